@@ -1,0 +1,27 @@
+"""aggkit_torch: federated training of PyTorch models with aggkit aggregators.
+
+Submodules load on first use, so ``import aggkit_torch`` does not import torch:
+
+- :mod:`aggkit_torch.data`: MNIST from its IDX files, client partitions;
+- :mod:`aggkit_torch.models`: the seed CNN;
+- :mod:`aggkit_torch.local_training`: the fast client step and evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["data", "local_training", "models"]
+
+_SUBMODULES = frozenset(__all__)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)
