@@ -238,6 +238,42 @@ def plain_epoch_throughput(
     return best_throughput(one_pass, repeats)
 
 
+LOOPS = ("plain", "local", "dataloader")
+MEMORY_FORMATS = ("nchw", "channels_last")
+LOOP_NAMES = {"plain": "plain in-memory", "local": "train_local", "dataloader": "DataLoader"}
+
+
+def make_pass(
+    loop: str,
+    memory_format: str,
+    *,
+    root: Path,
+    mnist: object = None,
+    num_samples: int | None = None,
+    warmup_batches: int = 5,
+) -> tuple[PassFn, str]:
+    """Build one of the benchmarked passes by name; returns it and a description.
+
+    ``loop`` is one of :data:`LOOPS`, ``memory_format`` one of :data:`MEMORY_FORMATS`;
+    ``mnist`` is the :func:`load_mnist` result (loaded from ``root`` if omitted).
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    kwargs = {
+        "channels_last": memory_format == "channels_last",
+        "num_samples": num_samples,
+        "warmup_batches": warmup_batches,
+    }
+    if loop == "dataloader":
+        dataset, kind = tutorial_dataset(root)
+        return dataloader_pass(dataset, **kwargs), f"DataLoader ({kind})"
+    if loop not in LOOP_NAMES:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    mnist = mnist if mnist is not None else load_mnist(root)
+    build = plain_pass if loop == "plain" else local_pass
+    return build(mnist.train_images, mnist.train_labels, **kwargs), LOOP_NAMES[loop]
+
+
 # --------------------------------------------------------------------------------------------
 # pytest-benchmark
 # --------------------------------------------------------------------------------------------
@@ -261,52 +297,25 @@ def mnist(mnist_root):
     return load_mnist(mnist_root)
 
 
-def _run(benchmark, one_pass: PassFn, **info: object) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_plain_throughput(benchmark, mnist_root, mnist, loop, memory_format):
+    one_pass, name = make_pass(
+        loop,
+        memory_format,
+        root=mnist_root,
+        mnist=mnist,
+        num_samples=SAMPLES,
+        warmup_batches=WARMUP,
+    )
     samples = benchmark.pedantic(one_pass, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    benchmark.extra_info.update(info, samples=samples, threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        loop=name, memory_format=memory_format, samples=samples, threads=torch.get_num_threads()
+    )
     if benchmark.stats is not None:  # None with --benchmark-disable
         benchmark.extra_info["samples_per_s"] = round(samples / benchmark.stats.stats.min)
     assert samples == (SAMPLES or 60000)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("memory_format", ["nchw", "channels_last"])
-def test_plain_in_memory(benchmark, mnist, memory_format):
-    cl = memory_format == "channels_last"
-    one_pass = plain_pass(
-        mnist.train_images,
-        mnist.train_labels,
-        channels_last=cl,
-        num_samples=SAMPLES,
-        warmup_batches=WARMUP,
-    )
-    _run(benchmark, one_pass, loop="plain in-memory", memory_format=memory_format)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("memory_format", ["nchw", "channels_last"])
-def test_train_local(benchmark, mnist, memory_format):
-    cl = memory_format == "channels_last"
-    one_pass = local_pass(
-        mnist.train_images,
-        mnist.train_labels,
-        channels_last=cl,
-        num_samples=SAMPLES,
-        warmup_batches=WARMUP,
-    )
-    _run(benchmark, one_pass, loop="train_local", memory_format=memory_format)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("memory_format", ["nchw", "channels_last"])
-def test_tutorial_dataloader(benchmark, mnist_root, memory_format):
-    configure_threads()
-    dataset, kind = tutorial_dataset(mnist_root)
-    cl = memory_format == "channels_last"
-    one_pass = dataloader_pass(
-        dataset, channels_last=cl, num_samples=SAMPLES, warmup_batches=WARMUP
-    )
-    _run(benchmark, one_pass, loop=f"DataLoader, {kind}", memory_format=memory_format)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,36 +329,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes; the best is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (all cores)")
     parser.add_argument("--data", default=None, help="directory holding MNIST/raw/")
+    parser.add_argument("--loops", default=",".join(LOOPS), help="comma-separated subset")
     args = parser.parse_args(argv)
 
     threads = configure_threads(args.threads)
     root = find_mnist_root(args.data)
     mnist = load_mnist(root)
-    dataset, kind = tutorial_dataset(root)
-    x, y = mnist.train_images, mnist.train_labels
-    n = args.samples
-    runs = {
-        ("plain in-memory", "nchw"): lambda: plain_pass(x, y, channels_last=False, num_samples=n),
-        ("plain in-memory", "channels_last"): lambda: plain_pass(
-            x, y, channels_last=True, num_samples=n
-        ),
-        ("train_local", "nchw"): lambda: local_pass(x, y, channels_last=False, num_samples=n),
-        ("train_local", "channels_last"): lambda: local_pass(
-            x, y, channels_last=True, num_samples=n
-        ),
-        (f"DataLoader ({kind})", "nchw"): lambda: dataloader_pass(
-            dataset, channels_last=False, num_samples=n
-        ),
-        (f"DataLoader ({kind})", "channels_last"): lambda: dataloader_pass(
-            dataset, channels_last=True, num_samples=n
-        ),
-    }
     print(
-        f"seed CNN, batch {BATCH_SIZE}, {n} samples/pass, best of {args.repeats}, {threads} threads"
+        f"seed CNN, batch {BATCH_SIZE}, {args.samples} samples/pass, "
+        f"best of {args.repeats}, {threads} threads, torch {torch.__version__}"
     )
-    for (loop, fmt), make in runs.items():
-        rate = best_throughput(make(), args.repeats)
-        print(f"{loop:32s} {fmt:14s} {rate:8.0f} samples/s", flush=True)
+    for loop in args.loops.split(","):
+        for fmt in MEMORY_FORMATS:
+            one_pass, name = make_pass(loop, fmt, root=root, mnist=mnist, num_samples=args.samples)
+            rate = best_throughput(one_pass, args.repeats)
+            print(f"{name:34s} {fmt:14s} {rate:8.0f} samples/s", flush=True)
 
 
 if __name__ == "__main__":
