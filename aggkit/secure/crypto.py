@@ -1,0 +1,253 @@
+"""The cryptographic primitives of the secure aggregation protocol (``cryptography`` package).
+
+- Key agreement: X25519 (:func:`generate_keypair`, :func:`agree`). Private keys travel as their
+  32 raw bytes because the protocol Shamir-shares them.
+- Key derivation: HKDF-SHA256 (:func:`derive_key`), salted with the round's session id and bound
+  to a purpose and to the unordered pair of client ids, so every derived key is used for exactly
+  one job in exactly one round.
+- Authenticated encryption of the Shamir shares: AES-256-GCM (:func:`seal`, :func:`unseal`), with
+  the (sender, receiver) pair as nonce and the session id and both ids as associated data. Each
+  pair key encrypts exactly two messages (one per direction), so nonces never repeat.
+- Commitments: SHA-256 of a self-mask seed (:func:`commit`), checked after reconstruction.
+- Mask generator: the AES-256-CTR keystream of a 256-bit seed (:class:`MaskGenerator`),
+  expanded into integers that are exactly uniform on ``[0, R)`` (modulo the PRG assumption): for
+  ``R = 2**b`` the low ``b`` bits of each 32- or 64-bit word, otherwise rejection sampling
+  (``aggkit/kernels/masking.py``). AES-CTR was 20-30 % faster than ChaCha20 on the development
+  machine (AES-NI, 3.7-4.4 GB/s against 3.0-3.2 GB/s).
+- Seeded randomness for reproducible simulations: :class:`DeterministicRandom` (a ChaCha20
+  keystream). Real deployments use ``os.urandom`` (the default everywhere).
+
+Only this module (and the protocol modules that import it) imports ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from aggkit.secure.errors import AuthenticationError
+
+__all__ = [
+    "KEY_SIZE",
+    "LABEL",
+    "SEAL_OVERHEAD",
+    "DeterministicRandom",
+    "MaskGenerator",
+    "agree",
+    "commit",
+    "derive_key",
+    "generate_keypair",
+    "mask_values",
+    "public_key_of",
+    "seal",
+    "unseal",
+    "word_dtype",
+]
+
+#: Domain-separation label of this protocol version, mixed into every derivation.
+LABEL = b"aggkit-secagg-v1"
+#: Size of private keys, public keys, seeds and derived keys, in bytes.
+KEY_SIZE = 32
+#: Bytes :func:`seal` adds to a plaintext (the GCM tag).
+SEAL_OVERHEAD = 16
+
+#: Bytes of keystream generated per call when masking (64 KiB: fits L2 with the accumulator slice).
+_CHUNK_BYTES = 1 << 16
+
+
+def generate_keypair(randbytes) -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair ``(private, public)`` as raw 32-byte strings.
+
+    Parameters
+    ----------
+    randbytes : callable
+        ``randbytes(n) -> bytes``, e.g. ``os.urandom``.
+
+    Examples
+    --------
+    >>> import os
+    >>> private, public = generate_keypair(os.urandom)
+    >>> public == public_key_of(private)
+    True
+    """
+    private = bytes(randbytes(KEY_SIZE))
+    return private, public_key_of(private)
+
+
+def public_key_of(private: bytes) -> bytes:
+    """The X25519 public key of a raw 32-byte private key."""
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def agree(private: bytes, public: bytes) -> bytes:
+    """X25519 shared secret; :class:`AuthenticationError` for an invalid (low-order) public key."""
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(public)
+        )
+    except ValueError as error:
+        raise AuthenticationError(f"key agreement failed: {error}") from None
+
+
+def derive_key(shared: bytes, session_id: bytes, purpose: bytes, a: int, b: int) -> bytes:
+    """HKDF-SHA256 key for ``purpose`` between clients ``a`` and ``b`` (symmetric in a, b)."""
+    low, high = min(a, b), max(a, b)
+    info = LABEL + b"|" + purpose + struct.pack(">II", low, high)
+    return HKDF(hashes.SHA256(), KEY_SIZE, salt=session_id, info=info).derive(shared)
+
+
+def _nonce_and_aad(session_id: bytes, sender: int, receiver: int) -> tuple[bytes, bytes]:
+    ids = struct.pack(">II", sender, receiver)
+    return b"\0\0\0\0" + ids, LABEL + session_id + ids
+
+
+def seal(key: bytes, session_id: bytes, sender: int, receiver: int, plaintext: bytes) -> bytes:
+    """AES-256-GCM encryption of ``plaintext`` from ``sender`` to ``receiver`` in this session."""
+    nonce, aad = _nonce_and_aad(session_id, sender, receiver)
+    return AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def unseal(key: bytes, session_id: bytes, sender: int, receiver: int, ciphertext: bytes) -> bytes:
+    """Decrypt a :func:`seal` ciphertext; :class:`AuthenticationError` if it was forged."""
+    nonce, aad = _nonce_and_aad(session_id, sender, receiver)
+    try:
+        return AESGCM(key).decrypt(nonce, bytes(ciphertext), aad)
+    except InvalidTag:
+        raise AuthenticationError(
+            f"ciphertext from client {sender} to client {receiver} failed authentication"
+        ) from None
+
+
+def commit(session_id: bytes, owner: int, secret: bytes) -> bytes:
+    """SHA-256 commitment to ``owner``'s secret in this session."""
+    return hashlib.sha256(
+        LABEL + b"|commit" + session_id + struct.pack(">I", owner) + secret
+    ).digest()
+
+
+def word_dtype(modulus: int) -> np.dtype:
+    """``uint32`` for ``modulus <= 2**32``, else ``uint64`` (``modulus <= 2**64``)."""
+    if not isinstance(modulus, int | np.integer) or isinstance(modulus, bool):
+        raise TypeError(f"modulus must be an int, got {type(modulus).__name__}")
+    if not 2 <= modulus <= 1 << 64:
+        raise ValueError(f"modulus must be in [2, 2**64], got {modulus}")
+    return np.dtype(np.uint32) if modulus <= 1 << 32 else np.dtype(np.uint64)
+
+
+class MaskGenerator:
+    """Adds or subtracts the mask ``PRG(seed)``, uniform on ``[0, modulus)``, into accumulators.
+
+    Holds the keystream buffers, so one generator serves many masks of one round without
+    allocating.
+
+    Parameters
+    ----------
+    modulus : int
+        ``R``, with ``2 <= R <= 2**64``. Accumulators are ``word_dtype(R)`` vectors.
+
+    Examples
+    --------
+    >>> gen = MaskGenerator(2**16)
+    >>> acc = np.zeros(4, np.uint32)
+    >>> _ = gen.apply(acc, bytes(32))
+    >>> _ = gen.apply(acc, bytes(32), subtract=True)
+    >>> acc
+    array([0, 0, 0, 0], dtype=uint32)
+    """
+
+    def __init__(self, modulus: int):
+        self.dtype = word_dtype(modulus)
+        self.modulus = int(modulus)
+        self.power_of_two = self.modulus & (self.modulus - 1) == 0
+        self._words = _CHUNK_BYTES // self.dtype.itemsize
+        self._zeros = bytes(_CHUNK_BYTES)
+        self._out = bytearray(_CHUNK_BYTES + 16)  # update_into wants block_size - 1 spare bytes
+        self._view = np.frombuffer(self._out, self.dtype, count=self._words)
+        from aggkit import kernels
+
+        self._kernels = kernels.masking
+
+    def apply(self, acc: np.ndarray, seed: bytes, subtract: bool = False) -> np.ndarray:
+        """``acc = (acc +/- PRG(seed)) mod modulus``, in place; ``acc`` holds values < modulus."""
+        if acc.dtype != self.dtype or acc.ndim != 1:
+            raise TypeError(f"acc must be a 1-D {self.dtype} array, got {acc.ndim}-D {acc.dtype}")
+        if len(seed) != KEY_SIZE:
+            raise ValueError(f"seed must be {KEY_SIZE} bytes, got {len(seed)}")
+        n = acc.shape[0]
+        if n == 0:
+            return acc
+        stream = Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(16))).encryptor()
+        if self.power_of_two:
+            kernel = self._kernels._add_words_pow2
+            mask = np.uint64(self.modulus - 1)
+            zeros = memoryview(self._zeros)
+            size = self.dtype.itemsize
+            for start in range(0, n, self._words):
+                count = min(self._words, n - start)
+                stream.update_into(zeros[: count * size], self._out)
+                kernel(acc[start : start + count], self._view, mask, subtract)
+        else:
+            pos = 0
+            while pos < n:
+                stream.update_into(self._zeros, self._out)
+                pos = self._kernels.add_words_rejection(
+                    acc, pos, self._view, self.modulus, subtract
+                )
+        return acc
+
+
+def mask_values(seed: bytes, modulus: int, length: int) -> np.ndarray:
+    """The mask ``PRG(seed)`` itself: ``length`` integers uniform on ``[0, modulus)``.
+
+    Examples
+    --------
+    >>> bool(mask_values(bytes(32), 10, 5).max() < 10)
+    True
+    """
+    acc = np.zeros(length, word_dtype(modulus))
+    return MaskGenerator(modulus).apply(acc, seed)
+
+
+class DeterministicRandom:
+    """A seeded ``randbytes(n)``: the ChaCha20 keystream keyed by SHA-256 of the seed and labels.
+
+    For reproducible simulations and tests only; real clients and servers use ``os.urandom``.
+
+    Parameters
+    ----------
+    seed : int or bytes
+        The seed.
+    *labels : int or str or bytes
+        Separate independent streams from one seed (e.g. ``"client", 7``).
+
+    Examples
+    --------
+    >>> DeterministicRandom(0, "client", 1)(4) == DeterministicRandom(0, "client", 1)(4)
+    True
+    """
+
+    def __init__(self, seed: int | bytes, *labels: int | str | bytes):
+        digest = hashlib.sha256(LABEL + b"|drbg")
+        for part in (seed, *labels):
+            if isinstance(part, bool) or not isinstance(part, int | str | bytes | np.integer):
+                raise TypeError(f"seed and labels must be int, str or bytes, got {part!r}")
+            if isinstance(part, str):
+                raw = b"s" + part.encode()
+            elif isinstance(part, bytes):
+                raw = b"b" + part
+            else:
+                raw = b"i" + str(int(part)).encode()
+            digest.update(struct.pack(">I", len(raw)) + raw)
+        key = digest.digest()
+        self._stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+
+    def __call__(self, n: int) -> bytes:
+        return self._stream.update(bytes(n))

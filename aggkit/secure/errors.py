@@ -1,0 +1,75 @@
+"""Exceptions of the secure aggregation protocol (``aggkit.secure.protocol`` and its parts).
+
+All derive from :class:`SecAggError`, so a transport can catch one type. The split follows what
+the caller should do next:
+
+- :class:`ProtocolAbort`: the round cannot finish (too few clients are left to reconstruct the
+  masks). The server stops *before* reconstructing any secret, so it learns no input; run a new
+  round.
+- :class:`AuthenticationError`: a ciphertext, a share or a reconstructed secret failed
+  verification (tampering, or a bug in a transport). The receiver refuses it.
+- :class:`ProtocolViolation`: a message is valid but not acceptable here: wrong stage, unknown
+  or duplicate sender, a late answer for a closed stage, or (:class:`RefusedRequest`) a server
+  request that an honest client must not answer.
+- :class:`MessageFormatError`: bytes that are not a well-formed message of this version.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "InsufficientSharesError",
+    "MessageFormatError",
+    "ProtocolAbort",
+    "ProtocolViolation",
+    "RefusedRequest",
+    "SecAggError",
+    "ShareIntegrityError",
+    "StageError",
+]
+
+
+class SecAggError(Exception):
+    """Base class of every secure aggregation error."""
+
+
+class ProtocolAbort(SecAggError, RuntimeError):
+    """The round was aborted: fewer clients than the threshold are left at some stage.
+
+    Attributes
+    ----------
+    stage : str
+        The stage at which the server gave up.
+    """
+
+    def __init__(self, message: str, *, stage: str):
+        super().__init__(f"secure aggregation aborted at stage {stage!r}: {message}")
+        self.stage = stage
+
+
+class AuthenticationError(SecAggError):
+    """A ciphertext, share or reconstructed secret failed verification."""
+
+
+class ShareIntegrityError(AuthenticationError, ValueError):
+    """Shamir shares are inconsistent with each other or with the secret's format."""
+
+
+class InsufficientSharesError(SecAggError, ValueError):
+    """Fewer Shamir shares than the threshold were given."""
+
+
+class ProtocolViolation(SecAggError):
+    """A well-formed message that the receiver must not accept in its current state."""
+
+
+class StageError(ProtocolViolation):
+    """A message for another stage than the current one (too early, too late, or repeated)."""
+
+
+class RefusedRequest(ProtocolViolation):
+    """An honest client refuses a server request (e.g. both secrets of one peer)."""
+
+
+class MessageFormatError(SecAggError, ValueError):
+    """Bytes that do not parse as a message of this protocol version."""

@@ -1,0 +1,607 @@
+"""The messages of the secure aggregation protocol, as plain data that round-trips through bytes.
+
+Any transport (the in-process loop of ``simulation.py``, Flower, gRPC, a message queue) carries
+``message.to_bytes()`` and rebuilds the message with :func:`decode`. There are four stages, each
+one server request to every client still in the round and one response per client:
+
+==================  =============================  ==============================
+stage               server -> client               client -> server
+==================  =============================  ==============================
+``advertise_keys``  :class:`AdvertiseKeysRequest`  :class:`AdvertiseKeysResponse`
+``share_keys``      :class:`ShareKeysRequest`      :class:`ShareKeysResponse`
+``masked_input``    :class:`MaskedInputRequest`    :class:`MaskedInputResponse`
+``unmask``          :class:`UnmaskRequest`         :class:`UnmaskResponse`
+==================  =============================  ==============================
+
+Wire format (version 1): ``b"AKSA"``, a version byte, a kind byte, then the fields in declaration
+order, big-endian: ids and counts as ``uint32``, sizes as ``uint64``, fixed-size keys raw,
+variable byte strings prefixed by their ``uint32`` length, and the masked vector as a word-size
+byte (4 or 8), a ``uint64`` length and the little-endian words. Decoding rejects a wrong magic,
+an unknown version or kind, truncated or trailing bytes and every field that fails validation,
+with :class:`~aggkit.secure.errors.MessageFormatError`. The same checks run when a message is
+built in Python (``ValueError`` / ``TypeError``), so an invalid message cannot be sent.
+
+This module does not import ``cryptography``.
+
+Examples
+--------
+>>> msg = UnmaskRequest(session_id=bytes(16), client_id=3, survivors=(1, 3), dropped=(2,))
+>>> decode(msg.to_bytes()) == msg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from aggkit.secure.errors import MessageFormatError
+
+__all__ = [
+    "MAGIC",
+    "MAX_CLIENT_ID",
+    "SESSION_ID_SIZE",
+    "STAGES",
+    "VERSION",
+    "AdvertiseKeysRequest",
+    "AdvertiseKeysResponse",
+    "MaskedInputRequest",
+    "MaskedInputResponse",
+    "Message",
+    "PeerKeys",
+    "ShareKeysRequest",
+    "ShareKeysResponse",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "decode",
+    "fields",
+]
+
+MAGIC = b"AKSA"
+VERSION = 1
+#: The four stages, in protocol order.
+STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+SESSION_ID_SIZE = 16
+#: Largest client id: Shamir evaluates shares at ``id + 1``, which must stay below ``2**31 - 1``.
+MAX_CLIENT_ID = (1 << 31) - 3
+_KEY = 32
+
+
+# --------------------------------------------------------------------------- encoding helpers
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def u8(self, v: int) -> None:
+        self.parts.append(struct.pack(">B", v))
+
+    def u32(self, v: int) -> None:
+        self.parts.append(struct.pack(">I", v))
+
+    def u64(self, v: int) -> None:
+        self.parts.append(struct.pack(">Q", v))
+
+    def raw(self, b: bytes) -> None:
+        self.parts.append(bytes(b))
+
+    def blob(self, b: bytes) -> None:
+        self.u32(len(b))
+        self.raw(b)
+
+    def ids(self, ids: tuple[int, ...]) -> None:
+        self.u32(len(ids))
+        self.parts.append(struct.pack(f">{len(ids)}I", *ids))
+
+    def pairs(self, pairs: tuple[tuple[int, bytes], ...]) -> None:
+        self.u32(len(pairs))
+        for i, b in pairs:
+            self.u32(i)
+            self.blob(b)
+
+
+class _Reader:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.view = memoryview(data).cast("B")
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.view):
+            raise MessageFormatError("message is truncated")
+        out = self.view[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def raw(self, n: int) -> bytes:
+        return bytes(self.take(n))
+
+    def blob(self) -> bytes:
+        return self.raw(self.u32())
+
+    def count(self, min_item_bytes: int) -> int:
+        n = self.u32()
+        if n * min_item_bytes > len(self.view) - self.pos:
+            raise MessageFormatError("message is truncated")
+        return n
+
+    def ids(self) -> tuple[int, ...]:
+        n = self.count(4)
+        return struct.unpack(f">{n}I", self.take(4 * n))
+
+    def pairs(self) -> tuple[tuple[int, bytes], ...]:
+        n = self.count(8)
+        return tuple((self.u32(), self.blob()) for _ in range(n))
+
+    def done(self) -> None:
+        if self.pos != len(self.view):
+            raise MessageFormatError(
+                f"{len(self.view) - self.pos} trailing bytes after the message"
+            )
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_session(value: object) -> None:
+    if not isinstance(value, bytes) or len(value) != SESSION_ID_SIZE:
+        raise ValueError(f"session_id must be {SESSION_ID_SIZE} bytes")
+
+
+def _check_id(value: object, what: str = "client_id") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= MAX_CLIENT_ID:
+        raise ValueError(f"{what} must be in [0, {MAX_CLIENT_ID}], got {value}")
+
+
+def _check_key(value: object, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != _KEY:
+        raise ValueError(f"{what} must be {_KEY} bytes")
+
+
+def _check_ids(values: tuple[int, ...], what: str) -> None:
+    for v in values:
+        _check_id(v, what)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+
+
+def _check_pairs(values: tuple[tuple[int, bytes], ...], what: str) -> None:
+    for pair in values:
+        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[1], bytes):
+            raise TypeError(f"{what} must be (client id, bytes) pairs")
+        _check_id(pair[0], what)
+    if len({p[0] for p in values}) != len(values):
+        raise ValueError(f"{what}: a client id appears twice")
+
+
+def _tuple_of_pairs(values) -> tuple[tuple[int, bytes], ...]:
+    return tuple((int(i) if isinstance(i, np.integer) else i, bytes(b)) for i, b in values)
+
+
+def _tuple_of_ids(values) -> tuple[int, ...]:
+    return tuple(int(v) if isinstance(v, np.integer) else v for v in values)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Message:
+    """Base class: ``to_bytes()``, ``from_bytes()``, equality by encoded bytes."""
+
+    KIND: ClassVar[int]
+    STAGE: ClassVar[str]
+    session_id: bytes
+    client_id: int
+
+    def to_bytes(self) -> bytes:
+        """The wire form of this message."""
+        w = _Writer()
+        w.raw(MAGIC)
+        w.u8(VERSION)
+        w.u8(self.KIND)
+        w.raw(self.session_id)
+        w.u32(self.client_id)
+        self._write(w)
+        return b"".join(w.parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Message:
+        """Parse ``data``; it must hold a message of this class."""
+        msg = decode(data)
+        if not isinstance(msg, cls):
+            raise MessageFormatError(f"expected {cls.__name__}, got {type(msg).__name__}")
+        return msg
+
+    def _write(self, w: _Writer) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> Message:  # pragma: no cover
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class AdvertiseKeysRequest(Message):
+    """Server -> client: the round's parameters; asks for the client's two public keys.
+
+    Attributes
+    ----------
+    session_id : bytes
+        16 random bytes naming the round; every key derivation is salted with it.
+    client_id : int
+        The recipient.
+    modulus : int
+        ``R``: inputs, masks and the sum live in ``[0, R)``, ``2 <= R <= 2**64``.
+    vector_length : int
+        ``m``, the length of every input vector.
+    threshold : int
+        ``t``: shares needed to reconstruct a client's secrets.
+    """
+
+    KIND: ClassVar[int] = 1
+    STAGE: ClassVar[str] = "advertise_keys"
+    session_id: bytes
+    client_id: int
+    modulus: int
+    vector_length: int
+    threshold: int
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        for name in ("modulus", "vector_length", "threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not 2 <= self.modulus <= 1 << 64:
+            raise ValueError(f"modulus must be in [2, 2**64], got {self.modulus}")
+        if not 0 <= self.vector_length < 1 << 60:
+            raise ValueError(f"vector_length must be in [0, 2**60), got {self.vector_length}")
+        if not 1 <= self.threshold <= MAX_CLIENT_ID + 1:
+            raise ValueError(f"threshold must be >= 1, got {self.threshold}")
+
+    def _write(self, w: _Writer) -> None:
+        w.u64(self.modulus - 1)
+        w.u64(self.vector_length)
+        w.u32(self.threshold)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> AdvertiseKeysRequest:
+        return cls(session_id, client_id, r.u64() + 1, r.u64(), r.u32())
+
+
+@dataclass(frozen=True, eq=False)
+class AdvertiseKeysResponse(Message):
+    """Client -> server: the client's X25519 public keys.
+
+    Attributes
+    ----------
+    encryption_key : bytes
+        ``c_u^PK``, for the channel that carries Shamir shares between clients.
+    mask_key : bytes
+        ``s_u^PK``, for the pairwise masks.
+    """
+
+    KIND: ClassVar[int] = 2
+    STAGE: ClassVar[str] = "advertise_keys"
+    session_id: bytes
+    client_id: int
+    encryption_key: bytes
+    mask_key: bytes
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        _check_key(self.encryption_key, "encryption_key")
+        _check_key(self.mask_key, "mask_key")
+
+    def _write(self, w: _Writer) -> None:
+        w.raw(self.encryption_key)
+        w.raw(self.mask_key)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> AdvertiseKeysResponse:
+        return cls(session_id, client_id, r.raw(_KEY), r.raw(_KEY))
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """One client's public keys as the server forwards them."""
+
+    client_id: int
+    encryption_key: bytes
+    mask_key: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.client_id)
+        _check_key(self.encryption_key, "encryption_key")
+        _check_key(self.mask_key, "mask_key")
+
+
+@dataclass(frozen=True, eq=False)
+class ShareKeysRequest(Message):
+    """Server -> client: the public keys of the client's neighbours *and its own* (echoed).
+
+    Attributes
+    ----------
+    peers : tuple of PeerKeys
+        Every member of the client's closed neighbourhood that advertised keys, the client
+        included, with distinct ids.
+    """
+
+    KIND: ClassVar[int] = 3
+    STAGE: ClassVar[str] = "share_keys"
+    session_id: bytes
+    client_id: int
+    peers: tuple[PeerKeys, ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        object.__setattr__(self, "peers", tuple(self.peers))
+        if any(not isinstance(p, PeerKeys) for p in self.peers):
+            raise TypeError("peers must be PeerKeys")
+        _check_ids(tuple(p.client_id for p in self.peers), "peers")
+
+    def _write(self, w: _Writer) -> None:
+        w.u32(len(self.peers))
+        for p in self.peers:
+            w.u32(p.client_id)
+            w.raw(p.encryption_key)
+            w.raw(p.mask_key)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ShareKeysRequest:
+        n = r.count(4 + 2 * _KEY)
+        peers = tuple(PeerKeys(r.u32(), r.raw(_KEY), r.raw(_KEY)) for _ in range(n))
+        return cls(session_id, client_id, peers)
+
+
+@dataclass(frozen=True, eq=False)
+class ShareKeysResponse(Message):
+    """Client -> server: encrypted Shamir shares for each neighbour, and a seed commitment.
+
+    Attributes
+    ----------
+    seed_commitment : bytes
+        SHA-256 commitment to the self-mask seed ``b_u``; the server checks the reconstructed
+        seed against it.
+    ciphertexts : tuple of (int, bytes)
+        ``(receiver, AEAD ciphertext of the receiver's shares of b_u and s_u^SK)``.
+    """
+
+    KIND: ClassVar[int] = 4
+    STAGE: ClassVar[str] = "share_keys"
+    session_id: bytes
+    client_id: int
+    seed_commitment: bytes
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        _check_key(self.seed_commitment, "seed_commitment")
+        object.__setattr__(self, "ciphertexts", _tuple_of_pairs(self.ciphertexts))
+        _check_pairs(self.ciphertexts, "ciphertexts")
+
+    def _write(self, w: _Writer) -> None:
+        w.raw(self.seed_commitment)
+        w.pairs(self.ciphertexts)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ShareKeysResponse:
+        return cls(session_id, client_id, r.raw(_KEY), r.pairs())
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInputRequest(Message):
+    """Server -> client: the ciphertexts addressed to this client, ``(sender, ciphertext)``.
+
+    The senders are the neighbours still in the round; the client masks with exactly them.
+    """
+
+    KIND: ClassVar[int] = 5
+    STAGE: ClassVar[str] = "masked_input"
+    session_id: bytes
+    client_id: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        object.__setattr__(self, "ciphertexts", _tuple_of_pairs(self.ciphertexts))
+        _check_pairs(self.ciphertexts, "ciphertexts")
+
+    def _write(self, w: _Writer) -> None:
+        w.pairs(self.ciphertexts)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> MaskedInputRequest:
+        return cls(session_id, client_id, r.pairs())
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInputResponse(Message):
+    """Client -> server: the masked vector ``y_u``, ``uint32`` (``R <= 2**32``) or ``uint64``.
+
+    Decoding returns a read-only view of the received bytes (no copy).
+    """
+
+    KIND: ClassVar[int] = 6
+    STAGE: ClassVar[str] = "masked_input"
+    session_id: bytes
+    client_id: int
+    masked: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        m = self.masked
+        if not isinstance(m, np.ndarray) or m.ndim != 1 or m.dtype not in (np.uint32, np.uint64):
+            raise TypeError("masked must be a 1-D uint32 or uint64 array")
+
+    def _write(self, w: _Writer) -> None:
+        m = self.masked
+        w.u8(m.dtype.itemsize)
+        w.u64(m.shape[0])
+        w.raw(np.ascontiguousarray(m, m.dtype.newbyteorder("<")).tobytes())
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> MaskedInputResponse:
+        size = r.u8()
+        if size not in (4, 8):
+            raise MessageFormatError(f"word size must be 4 or 8 bytes, got {size}")
+        n = r.u64()
+        if n > (len(r.view) - r.pos) // size:
+            raise MessageFormatError("message is truncated")
+        data = r.take(n * size)
+        words = np.frombuffer(data, f"<u{size}").astype(f"=u{size}", copy=False)
+        return cls(session_id, client_id, words)
+
+
+@dataclass(frozen=True, eq=False)
+class UnmaskRequest(Message):
+    """Server -> client: whose self-mask seed shares and whose mask-key shares to reveal.
+
+    Attributes
+    ----------
+    survivors : tuple of int
+        Neighbours (and the client itself) whose masked input arrived: reveal shares of ``b_v``.
+    dropped : tuple of int
+        Neighbours that shared keys but sent no masked input: reveal shares of ``s_v^SK``.
+        An honest client refuses a request where the two overlap.
+    """
+
+    KIND: ClassVar[int] = 7
+    STAGE: ClassVar[str] = "unmask"
+    session_id: bytes
+    client_id: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        object.__setattr__(self, "survivors", _tuple_of_ids(self.survivors))
+        object.__setattr__(self, "dropped", _tuple_of_ids(self.dropped))
+        _check_ids(self.survivors, "survivors")
+        _check_ids(self.dropped, "dropped")
+
+    def _write(self, w: _Writer) -> None:
+        w.ids(self.survivors)
+        w.ids(self.dropped)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> UnmaskRequest:
+        return cls(session_id, client_id, r.ids(), r.ids())
+
+
+@dataclass(frozen=True, eq=False)
+class UnmaskResponse(Message):
+    """Client -> server: the requested shares, ``(owner, share)``.
+
+    Attributes
+    ----------
+    seed_shares : tuple of (int, bytes)
+        Shares of the self-mask seeds of the surviving owners.
+    key_shares : tuple of (int, bytes)
+        Shares of the mask private keys of the dropped owners.
+    """
+
+    KIND: ClassVar[int] = 8
+    STAGE: ClassVar[str] = "unmask"
+    session_id: bytes
+    client_id: int
+    seed_shares: tuple[tuple[int, bytes], ...]
+    key_shares: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        object.__setattr__(self, "seed_shares", _tuple_of_pairs(self.seed_shares))
+        object.__setattr__(self, "key_shares", _tuple_of_pairs(self.key_shares))
+        _check_pairs(self.seed_shares, "seed_shares")
+        _check_pairs(self.key_shares, "key_shares")
+
+    def _write(self, w: _Writer) -> None:
+        w.pairs(self.seed_shares)
+        w.pairs(self.key_shares)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> UnmaskResponse:
+        return cls(session_id, client_id, r.pairs(), r.pairs())
+
+
+_KINDS: dict[int, type[Message]] = {
+    cls.KIND: cls
+    for cls in (
+        AdvertiseKeysRequest,
+        AdvertiseKeysResponse,
+        ShareKeysRequest,
+        ShareKeysResponse,
+        MaskedInputRequest,
+        MaskedInputResponse,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
+}
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Rebuild a message from :meth:`Message.to_bytes` output.
+
+    Raises
+    ------
+    MessageFormatError
+        Wrong magic, unsupported version, unknown kind, truncated or trailing bytes, or a field
+        that fails validation.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    r = _Reader(data)
+    if r.raw(len(MAGIC)) != MAGIC:
+        raise MessageFormatError("not a secure aggregation message (bad magic)")
+    version = r.u8()
+    if version != VERSION:
+        raise MessageFormatError(f"unsupported message version {version} (expected {VERSION})")
+    kind = r.u8()
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise MessageFormatError(f"unknown message kind {kind}")
+    session_id = r.raw(SESSION_ID_SIZE)
+    client_id = r.u32()
+    try:
+        msg = cls._read(r, session_id, client_id)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, MessageFormatError):
+            raise
+        raise MessageFormatError(f"invalid {cls.__name__}: {error}") from None
+    r.done()
+    return msg
+
+
+def fields(message: Message) -> dict[str, object]:
+    """The message's fields as a dict (for logging and tests)."""
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}

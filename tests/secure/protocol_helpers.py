@@ -1,0 +1,83 @@
+"""A hand-driven protocol round for tests: lets a test drop, tamper with or replace messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from aggkit.secure.crypto import DeterministicRandom
+from aggkit.secure.messages import STAGES, Message, decode
+from aggkit.secure.protocol import SecAggClient, SecAggResult, SecAggServer
+
+#: ``hook(stage, client_id, message) -> message``: sees each request before the client does and
+#: each response before the server does.
+Hook = Callable[[str, int, Message], Message]
+
+
+def drive_round(
+    inputs: np.ndarray,
+    *,
+    modulus: int,
+    threshold: int,
+    graph: Mapping[int, frozenset[int]] | None = None,
+    drop: Mapping[str, set[int]] | None = None,
+    on_request: Hook | None = None,
+    on_response: Hook | None = None,
+    seed: int = 0,
+) -> tuple[SecAggResult, SecAggServer, dict[int, SecAggClient]]:
+    """Run a full round over ``inputs`` rows; every message goes through bytes."""
+    drop = drop or {}
+    ids = list(range(inputs.shape[0]))
+    server = SecAggServer(
+        ids,
+        modulus=modulus,
+        vector_length=inputs.shape[1],
+        threshold=threshold,
+        graph=graph,
+        randbytes=DeterministicRandom(seed, "server"),
+    )
+    clients = {u: SecAggClient(u, randbytes=DeterministicRandom(seed, "client", u)) for u in ids}
+    requests = server.start()
+    result = None
+    for index, stage in enumerate(STAGES):
+        for u, request in requests.items():
+            if u in drop.get(stage, ()):
+                continue
+            request = decode(request.to_bytes())
+            if on_request is not None:
+                request = on_request(stage, u, request)
+            response = clients[u].handle(request, inputs[u] if stage == "masked_input" else None)
+            response = decode(response.to_bytes())
+            if on_response is not None:
+                response = on_response(stage, u, response)
+            server.receive(response)
+        if index < len(STAGES) - 1:
+            requests = server.advance()
+        else:
+            result = server.finish()
+    return result, server, clients
+
+
+def modular_sum(inputs: np.ndarray, rows, modulus: int) -> np.ndarray:
+    """The reference: exact sum of the given rows mod ``modulus``, as uint64."""
+    total = np.zeros(inputs.shape[1], dtype=object)
+    for r in rows:
+        total = total + inputs[r].astype(object)
+    return (total % modulus).astype(np.uint64)
+
+
+def up_to_masked_input(
+    n: int, *, modulus: int, vector_length: int, threshold: int
+) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, Message]]:
+    """Server and clients ``0..n-1`` after key sharing, with the masked-input requests."""
+    server = SecAggServer(
+        list(range(n)), modulus=modulus, vector_length=vector_length, threshold=threshold
+    )
+    clients = {u: SecAggClient(u) for u in range(n)}
+    requests = server.start()
+    for _ in range(2):
+        for u, r in requests.items():
+            server.receive(clients[u].handle(r))
+        requests = server.advance()
+    return server, clients, requests
