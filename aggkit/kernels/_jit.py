@@ -1,0 +1,103 @@
+"""The one decorator every aggkit kernel uses, and the disk cache that keeps compiled kernels fresh.
+
+Every ``@njit`` function in ``aggkit/kernels/`` is declared with :func:`kernel`, so compile options
+live in one place. Importing this module imports numba; ``import aggkit`` never does (kernel
+modules are loaded on first use, see ``aggkit/kernels/__init__.py``).
+
+Disk cache
+----------
+Numba keys a cached kernel on the modification time of *its own* source file, so a kernel keeps
+running a stale copy of a jitted helper that lives in another file after that helper is edited
+(checked on numba 0.68: numba PR #8396 was deferred). aggkit shares helpers between kernel files
+(the counter-based random generator, for one), so it registers its own cache locator for the
+files of this package: the source stamp is a hash over *every* file in ``aggkit/kernels/``. Editing
+any kernel file invalidates the cached code of all of them. The cache sits in the package's
+``__pycache__`` when that is writable, else in numba's user-wide cache directory.
+
+``AGGKIT_NUMBA_CACHE=0`` turns the disk cache off (the kernels then compile in each process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numba
+
+__all__ = ["CACHE", "kernel"]
+
+_KERNEL_DIR = Path(__file__).resolve().parent
+
+
+def _sources_stamp() -> str:
+    """A hash of the name, size and contents of every Python file in this package."""
+    digest = hashlib.sha256()
+    for path in sorted(_KERNEL_DIR.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _install_locator() -> bool:
+    """Register the cache locator for aggkit kernels; False if numba's internals have moved."""
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - numba layout changed
+        return False
+    base_classes = [
+        getattr(caching, name, None) for name in ("InTreeCacheLocator", "UserWideCacheLocator")
+    ]
+    if any(cls is None for cls in base_classes) or not hasattr(caching, "CacheImpl"):
+        return False  # pragma: no cover - numba layout changed
+    stamp = _sources_stamp()
+
+    def make(base):
+        class _AggkitLocator(base):
+            @classmethod
+            def from_function(cls, py_func, py_file):
+                if Path(py_file).resolve().parent != _KERNEL_DIR:
+                    return None
+                return super().from_function(py_func, py_file)
+
+            def get_source_stamp(self):
+                return stamp
+
+        _AggkitLocator.__name__ = f"Aggkit{base.__name__}"
+        return _AggkitLocator
+
+    locators = caching.CacheImpl._locator_classes
+    if not any(cls.__name__.startswith("Aggkit") for cls in locators):
+        # Ours go first, except that a user's NUMBA_CACHE_DIR still wins over the in-tree one.
+        position = 1 if os.environ.get("NUMBA_CACHE_DIR") else 0
+        for cls in reversed([make(b) for b in base_classes]):
+            locators.insert(position, cls)
+    return True
+
+
+CACHE: bool = os.environ.get("AGGKIT_NUMBA_CACHE", "1") != "0" and _install_locator()
+
+
+def kernel(function=None, *, parallel: bool = False, fastmath_reassoc: bool = False):
+    """Compile ``function`` with aggkit's kernel options.
+
+    ``nogil=True`` (callers may run kernels from threads), ``fastmath=False`` (results must match
+    the NumPy twins and not depend on reassociation), ``error_model="numpy"`` (no Python
+    exceptions for division by zero), and the disk cache described in the module docstring.
+    ``parallel=True`` enables ``numba.prange``; parallel kernels split work into pieces whose size
+    does not depend on the thread count and combine partial results in a fixed order, so their
+    bits do not depend on ``NUMBA_NUM_THREADS``.
+
+    ``fastmath_reassoc=True`` allows LLVM to reassociate floating-point operations (and nothing
+    else: NaN and Inf keep their meaning). Use it only for a float reduction loop, which cannot
+    vectorize otherwise; its summation order then depends on the compiled vector width, not on
+    the thread count, and its twin test compares with a tolerance.
+    """
+    fastmath = {"reassoc"} if fastmath_reassoc else False
+
+    def decorate(fn):
+        return numba.njit(
+            cache=CACHE, nogil=True, fastmath=fastmath, error_model="numpy", parallel=parallel
+        )(fn)
+
+    return decorate if function is None else decorate(function)

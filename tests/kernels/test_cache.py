@@ -1,0 +1,63 @@
+"""The kernel disk cache notices edits to helpers in other kernel files.
+
+Numba keys its cache on the caller's own file only, so a cached kernel keeps calling a stale copy
+of a helper after the helper's file changes. aggkit's cache locator stamps every kernel with a
+hash of all kernel files; this test edits a helper between two processes and expects the change.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import aggkit
+
+
+def _call(root: Path) -> str:
+    env = dict(os.environ, PYTHONPATH=str(root), AGGKIT_NUMBA_CACHE="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+    code = "from aggkit.kernels import caller_mod; print(caller_mod.caller(1))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=root
+    )
+    return done.stdout.strip()
+
+
+def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path):
+    package = tmp_path / "aggkit"
+    shutil.copytree(
+        Path(aggkit.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    kernels = package / "kernels"
+    helper = kernels / "helper_mod.py"
+    helper.write_text(
+        textwrap.dedent(
+            """
+        from aggkit.kernels._jit import kernel
+
+        @kernel
+        def helper(x):
+            return x + 1
+        """
+        )
+    )
+    (kernels / "caller_mod.py").write_text(
+        textwrap.dedent(
+            """
+        from aggkit.kernels._jit import kernel
+        from aggkit.kernels.helper_mod import helper
+
+        @kernel
+        def caller(x):
+            return helper(x) * 2
+        """
+        )
+    )
+    assert _call(tmp_path) == "4"
+    assert any((kernels / "__pycache__").glob("caller_mod.caller-*.nbi"))  # it was cached
+    helper.write_text(helper.read_text().replace("x + 1", "x + 100"))
+    assert _call(tmp_path) == "202"
