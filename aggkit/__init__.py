@@ -1,0 +1,63 @@
+"""aggkit: federated-learning aggregation algorithms on NumPy arrays, with Numba kernels.
+
+Factories compose like TensorFlow Federated's aggregators (an outer factory wraps an inner one)::
+
+    import aggkit as ak
+    process = ak.mean().create(template)      # template: a structure of arrays or ak.TensorSpec
+    state = process.initialize()
+    out = process.next(state, client_values, weights)   # out.state, out.result, out.measurements
+
+``import aggkit`` is cheap: it imports NumPy, not numba; kernels compile (or load from the disk
+cache) on first use. ``aggkit.privacy`` (which needs dp-accounting) loads on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aggkit.errors import EmptyRoundError, InvalidUpdateError
+from aggkit.mean import mean, unweighted_mean
+from aggkit.process import (
+    AggregationProcess,
+    ConstantEstimate,
+    EstimationProcess,
+    Factory,
+    Output,
+)
+from aggkit.structure import ClientBatch, Layout, TensorSpec
+from aggkit.sum import sum
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aggkit import privacy, testing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregationProcess",
+    "ClientBatch",
+    "ConstantEstimate",
+    "EmptyRoundError",
+    "EstimationProcess",
+    "Factory",
+    "InvalidUpdateError",
+    "Layout",
+    "Output",
+    "TensorSpec",
+    "mean",
+    "privacy",
+    "sum",
+    "testing",
+    "unweighted_mean",
+]
+
+_LAZY_MODULES = ("privacy", "testing")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        module = importlib.import_module(f"aggkit.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'aggkit' has no attribute {name!r}")

@@ -1,0 +1,298 @@
+"""``ak.mean`` (weighted) and ``ak.unweighted_mean``: a sum divided by the total weight or count.
+
+Both delegate the summation to inner *sum factories* (plain :func:`aggkit.sum` by default), which
+is where quantization and secure summation plug in: ``ak.mean(ak.quantized_sum())``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aggkit.errors import EmptyRoundError
+from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
+from aggkit.structure import ClientBatch, Layout, TensorSpec
+from aggkit.sum import SumFactory
+
+__all__ = [
+    "MeanFactory",
+    "MeanProcess",
+    "UnweightedMeanFactory",
+    "UnweightedMeanProcess",
+    "mean",
+    "unweighted_mean",
+]
+
+#: The layout the weight sum of ``ak.mean`` is created for (weights are float64 scalars).
+WEIGHT_LAYOUT = Layout(TensorSpec((), np.float64))
+#: The layout the count sum of ``ak.unweighted_mean`` is created for (TFF: int32).
+COUNT_LAYOUT = Layout(TensorSpec((), np.int32))
+
+
+def _check_unweighted(factory: Factory | None, name: str) -> Factory:
+    if factory is None:
+        return SumFactory()
+    if not isinstance(factory, Factory):
+        raise TypeError(f"{name} must be an aggregation factory, got {factory!r}")
+    if factory.is_weighted:
+        raise TypeError(f"{name} must be an unweighted factory, got the weighted {factory!r}")
+    return factory
+
+
+def _check_floating(layout: Layout, who: str) -> None:
+    if not layout.is_floating:
+        bad = [
+            f"{p}: {s.dtype}"
+            for p, s in zip(layout.paths, layout.specs, strict=True)
+            if s.dtype.kind != "f"
+        ]
+        raise TypeError(f"{who} needs floating-point tensors; got {', '.join(bad)}")
+
+
+def _weight_batch(values: np.ndarray, layout: Layout) -> ClientBatch:
+    return ClientBatch(np.ascontiguousarray(values, dtype=layout.dtype).reshape(-1, 1), layout)
+
+
+@dataclass(frozen=True)
+class MeanFactory(Factory):
+    """Weighted mean; build it with :func:`aggkit.mean`."""
+
+    value_sum: Factory | None = None
+    weight_sum: Factory | None = None
+    no_nan_division: bool = False
+
+    is_weighted = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
+        object.__setattr__(self, "weight_sum", _check_unweighted(self.weight_sum, "weight_sum"))
+        if not isinstance(self.no_nan_division, bool):
+            raise TypeError(f"no_nan_division must be a bool, got {self.no_nan_division!r}")
+
+    def _create(self, layout: Layout) -> MeanProcess:
+        _check_floating(layout, "ak.mean")
+        return MeanProcess(
+            layout,
+            self.value_sum.create(layout),
+            self.weight_sum.create(WEIGHT_LAYOUT),
+            self.no_nan_division,
+        )
+
+
+def mean(
+    value_sum: Factory | None = None,
+    weight_sum: Factory | None = None,
+    *,
+    no_nan_division: bool = False,
+) -> MeanFactory:
+    """A weighted aggregator returning ``sum_i w_i x_i / sum_i w_i``.
+
+    Each client's value is multiplied by its weight, the products are summed by ``value_sum``
+    and the weights by ``weight_sum``, and the server divides.
+
+    Parameters
+    ----------
+    value_sum, weight_sum : unweighted factory, optional
+        How the weighted values and the weights are summed (default :func:`aggkit.sum`).
+    no_nan_division : bool
+        Return 0 instead of NaN/Inf when the total weight is 0.
+
+    Returns
+    -------
+    MeanFactory
+        Its processes have state ``{"value_sum_process": ..., "weight_sum_process": ...}`` and
+        measurements ``{"mean_value": ..., "mean_weight": ...}`` (the inner processes').
+
+    Raises
+    ------
+    TypeError
+        An inner factory is weighted, or (at ``create``) the template has non-float tensors.
+
+    Examples
+    --------
+    >>> import numpy as np, aggkit as ak
+    >>> process = ak.mean().create(ak.TensorSpec((), np.float32))
+    >>> out = process.next(process.initialize(), [1.0, 2.0, 3.0], weights=[3, 2, 1])
+    >>> print(out.result)  # (3 + 4 + 3) / 6
+    1.6666666
+    """
+    return MeanFactory(value_sum, weight_sum, no_nan_division)
+
+
+def _divide(total: np.ndarray, denominator: float, no_nan_division: bool) -> np.ndarray:
+    if no_nan_division and denominator == 0:
+        return np.zeros_like(total, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total / np.float64(denominator)
+
+
+class MeanProcess(AggregationProcess):
+    """Process of :func:`aggkit.mean`."""
+
+    is_weighted = True
+
+    def __init__(
+        self,
+        layout: Layout,
+        value_sum: AggregationProcess,
+        weight_sum: AggregationProcess,
+        no_nan_division: bool,
+    ):
+        super().__init__(layout)
+        self.value_sum = value_sum
+        self.weight_sum = weight_sum
+        self.no_nan_division = no_nan_division
+        self.stats_needed = value_sum.stats_needed
+
+    def initialize(self) -> State:
+        return {
+            "value_sum_process": self.value_sum.initialize(),
+            "weight_sum_process": self.weight_sum.initialize(),
+        }
+
+    def begin_round(self, state: State) -> Round:
+        return _MeanRound(
+            self.value_sum.begin_round(state["value_sum_process"]),
+            self.weight_sum.begin_round(state["weight_sum_process"]),
+            self.no_nan_division,
+        )
+
+
+class _MeanRound(Round):
+    def __init__(self, value_round: Round, weight_round: Round, no_nan_division: bool):
+        self.value_round = value_round
+        self.weight_round = weight_round
+        self.no_nan_division = no_nan_division
+
+    def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self.value_round.add(block.scaled(weights), None)
+        self.weight_round.add(
+            Contributions(_weight_batch(weights, WEIGHT_LAYOUT), first_client=block.first_client),
+            None,
+        )
+
+    def finish(self):
+        value_state, total, value_measurements = self.value_round.finish()
+        weight_state, weight_total, weight_measurements = self.weight_round.finish()
+        state = {"value_sum_process": value_state, "weight_sum_process": weight_state}
+        result = _divide(total, float(weight_total[0]), self.no_nan_division)
+        measurements = {"mean_value": value_measurements, "mean_weight": weight_measurements}
+        return state, result, measurements
+
+
+@dataclass(frozen=True)
+class UnweightedMeanFactory(Factory):
+    """Unweighted mean; build it with :func:`aggkit.unweighted_mean`."""
+
+    value_sum: Factory | None = None
+    count_sum: Factory | None = None
+    strict_empty: bool = False
+
+    is_weighted = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
+        object.__setattr__(self, "count_sum", _check_unweighted(self.count_sum, "count_sum"))
+        if not isinstance(self.strict_empty, bool):
+            raise TypeError(f"strict_empty must be a bool, got {self.strict_empty!r}")
+
+    def _create(self, layout: Layout) -> UnweightedMeanProcess:
+        _check_floating(layout, "ak.unweighted_mean")
+        return UnweightedMeanProcess(
+            layout,
+            self.value_sum.create(layout),
+            self.count_sum.create(COUNT_LAYOUT),
+            self.strict_empty,
+        )
+
+
+def unweighted_mean(
+    value_sum: Factory | None = None,
+    count_sum: Factory | None = None,
+    *,
+    strict_empty: bool = False,
+) -> UnweightedMeanFactory:
+    """An unweighted aggregator returning ``sum_i x_i / K`` over the K participating clients.
+
+    Parameters
+    ----------
+    value_sum : unweighted factory, optional
+        How the values are summed (default :func:`aggkit.sum`).
+    count_sum : unweighted factory, optional
+        How the count is summed: it is created for an int32 scalar and every client contributes
+        1 (default :func:`aggkit.sum`).
+    strict_empty : bool
+        Raise :class:`~aggkit.EmptyRoundError` for a round with no clients instead of returning NaN.
+
+    Returns
+    -------
+    UnweightedMeanFactory
+        Its processes have state ``(value_sum_state, count_sum_state)`` and measurements
+        ``{"mean_value": ..., "mean_count": ...}``.
+
+    Examples
+    --------
+    >>> import numpy as np, aggkit as ak
+    >>> process = ak.unweighted_mean().create(ak.TensorSpec((), np.float32))
+    >>> print(process.next(process.initialize(), [1.0, 2.0, 3.0]).result)
+    2.0
+    """
+    return UnweightedMeanFactory(value_sum, count_sum, strict_empty)
+
+
+class UnweightedMeanProcess(AggregationProcess):
+    """Process of :func:`aggkit.unweighted_mean`."""
+
+    is_weighted = False
+
+    def __init__(
+        self,
+        layout: Layout,
+        value_sum: AggregationProcess,
+        count_sum: AggregationProcess,
+        strict_empty: bool,
+    ):
+        super().__init__(layout)
+        self.value_sum = value_sum
+        self.count_sum = count_sum
+        self.strict_empty = strict_empty
+        self.stats_needed = value_sum.stats_needed
+
+    def initialize(self) -> State:
+        return (self.value_sum.initialize(), self.count_sum.initialize())
+
+    def begin_round(self, state: State) -> Round:
+        return _UnweightedMeanRound(
+            self.value_sum.begin_round(state[0]),
+            self.count_sum.begin_round(state[1]),
+            self.strict_empty,
+        )
+
+
+class _UnweightedMeanRound(Round):
+    def __init__(self, value_round: Round, count_round: Round, strict_empty: bool):
+        self.value_round = value_round
+        self.count_round = count_round
+        self.strict_empty = strict_empty
+        self.clients = 0
+
+    def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self.value_round.add(block, None)
+        ones = np.ones(block.num_clients, dtype=COUNT_LAYOUT.dtype)
+        self.count_round.add(
+            Contributions(_weight_batch(ones, COUNT_LAYOUT), first_client=block.first_client), None
+        )
+        self.clients += block.num_clients
+
+    def finish(self):
+        if self.strict_empty and self.clients == 0:
+            raise EmptyRoundError("unweighted_mean over zero clients (strict_empty=True)")
+        value_state, total, value_measurements = self.value_round.finish()
+        count_state, count, count_measurements = self.count_round.finish()
+        result = _divide(total, float(count[0]), no_nan_division=False)
+        return (
+            (value_state, count_state),
+            result,
+            {"mean_value": value_measurements, "mean_count": count_measurements},
+        )

@@ -1,0 +1,86 @@
+"""``ak.sum()``: the plain sum of client values, the leaf of every composition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
+from aggkit.structure import Layout
+
+__all__ = ["SumFactory", "SumProcess", "sum"]
+
+
+@dataclass(frozen=True)
+class SumFactory(Factory):
+    """Unweighted factory of :class:`SumProcess`; build it with :func:`aggkit.sum`."""
+
+    is_weighted = False
+
+    def _create(self, layout: Layout) -> SumProcess:
+        return SumProcess(layout)
+
+
+def sum() -> SumFactory:
+    """An unweighted aggregator returning the sum of the client values.
+
+    The created process has state ``()`` and measurements ``()``. Any numeric structure is
+    accepted: floating tensors are accumulated in float64 and returned in their own dtype,
+    integer tensors are summed exactly in int64. Zero clients give zeros. A client holding NaN or
+    Inf raises :class:`~aggkit.InvalidUpdateError` naming the client and tensor (wrap the sum in
+    :func:`aggkit.zeroing` to drop such clients instead).
+
+    Examples
+    --------
+    >>> import numpy as np, aggkit as ak
+    >>> process = ak.sum().create(ak.TensorSpec((2,), np.float32))
+    >>> out = process.next(process.initialize(), [np.array([1, 2], np.float32),
+    ...                                           np.array([3, 4], np.float32)])
+    >>> out.result, out.measurements
+    (array([4., 6.], dtype=float32), ())
+    """
+    return SumFactory()
+
+
+class SumProcess(AggregationProcess):
+    """Sums ``coef[i] * matrix[i]`` over the round's contributions in one pass."""
+
+    is_weighted = False
+
+    def initialize(self) -> State:
+        return ()
+
+    def begin_round(self, state: State) -> Round:
+        return SumRound(self.layout)
+
+
+class SumRound(Round):
+    """Accumulates contributions in float64 (int64 for integer layouts).
+
+    Also used by other aggregators that end in a plain sum.
+    """
+
+    def __init__(self, layout: Layout):
+        self.integer = layout.dtype.kind in "iu"
+        self.acc = np.zeros(layout.size, dtype=np.int64 if self.integer else np.float64)
+
+    def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        from aggkit import kernels
+
+        coef = block.coef
+        if self.integer:
+            integral = coef.astype(np.int64)
+            if not np.array_equal(integral, coef):
+                raise TypeError("integer values can only be summed with integer coefficients")
+            coef = integral
+        kernels.weighted_sum.weighted_row_sum(block.matrix, coef, self.acc)
+        if not self.integer and not np.isfinite(self.acc).all():
+            # The sum of finite float32/float64 rows in float64 stays finite in practice, so some
+            # contributing row holds NaN or Inf: find it and name it.
+            for row in np.flatnonzero(block.active):
+                if not np.isfinite(block.matrix[row]).all():
+                    raise block.nonfinite_error(int(row))
+
+    def finish(self) -> tuple[State, np.ndarray, tuple]:
+        return (), self.acc, ()
