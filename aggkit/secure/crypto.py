@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -45,6 +46,7 @@ __all__ = [
     "commit",
     "derive_key",
     "generate_keypair",
+    "load_private_key",
     "mask_values",
     "public_key_of",
     "seal",
@@ -59,8 +61,12 @@ KEY_SIZE = 32
 #: Bytes :func:`seal` adds to a plaintext (the GCM tag).
 SEAL_OVERHEAD = 16
 
-#: Bytes of keystream generated per call when masking (64 KiB: fits L2 with the accumulator slice).
-_CHUNK_BYTES = 1 << 16
+#: Bytes of keystream generated per call when masking. 128 KiB chunks reached 0.76x the raw
+#: keystream speed on the development machine, 64 KiB 0.70x and 16 KiB 0.59x (per-call overhead);
+#: one call for a whole 1.7 MB mask 0.66x (the buffer and the accumulator no longer fit L2).
+_CHUNK_BYTES = 1 << 17
+#: Keystreams open at once in :meth:`MaskGenerator.apply_many`.
+_STREAMS_AT_ONCE = 256
 
 
 def generate_keypair(randbytes) -> tuple[bytes, bytes]:
@@ -82,17 +88,26 @@ def generate_keypair(randbytes) -> tuple[bytes, bytes]:
     return private, public_key_of(private)
 
 
+def load_private_key(private: bytes) -> X25519PrivateKey:
+    """The X25519 key object for raw private-key bytes."""
+    return X25519PrivateKey.from_private_bytes(private)
+
+
 def public_key_of(private: bytes) -> bytes:
     """The X25519 public key of a raw 32-byte private key."""
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
-def agree(private: bytes, public: bytes) -> bytes:
-    """X25519 shared secret; :class:`AuthenticationError` for an invalid (low-order) public key."""
+def agree(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    """X25519 shared secret; :class:`AuthenticationError` for an invalid (low-order) public key.
+
+    ``private`` may be a loaded key (:func:`load_private_key`): loading costs as much as an
+    exchange, so a party that agrees with many peers loads its key once.
+    """
+    if not isinstance(private, X25519PrivateKey):
+        private = load_private_key(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as error:
         raise AuthenticationError(f"key agreement failed: {error}") from None
 
@@ -177,31 +192,57 @@ class MaskGenerator:
 
     def apply(self, acc: np.ndarray, seed: bytes, subtract: bool = False) -> np.ndarray:
         """``acc = (acc +/- PRG(seed)) mod modulus``, in place; ``acc`` holds values < modulus."""
+        return self.apply_many(acc, [(seed, subtract)])
+
+    def apply_many(self, acc: np.ndarray, masks: Iterable[tuple[bytes, bool]]) -> np.ndarray:
+        """Add (``False``) or subtract (``True``) the mask of every ``(seed, subtract)``, in place.
+
+        Same result as calling :meth:`apply` for each, in any order. For power-of-two moduli
+        the work is chunk-major: each 128 KiB slice of ``acc`` takes the keystream of every mask
+        while it is in cache (0.80x the raw keystream speed against 0.76x mask by mask).
+        """
         if acc.dtype != self.dtype or acc.ndim != 1:
             raise TypeError(f"acc must be a 1-D {self.dtype} array, got {acc.ndim}-D {acc.dtype}")
-        if len(seed) != KEY_SIZE:
-            raise ValueError(f"seed must be {KEY_SIZE} bytes, got {len(seed)}")
+        masks = list(masks)
+        for seed, _ in masks:
+            if len(seed) != KEY_SIZE:
+                raise ValueError(f"seed must be {KEY_SIZE} bytes, got {len(seed)}")
         n = acc.shape[0]
-        if n == 0:
+        if n == 0 or not masks:
             return acc
-        stream = Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(16))).encryptor()
-        if self.power_of_two:
-            kernel = self._kernels._add_words_pow2
-            mask = np.uint64(self.modulus - 1)
-            zeros = memoryview(self._zeros)
-            size = self.dtype.itemsize
+        if not self.power_of_two:
+            for seed, subtract in masks:
+                stream = _keystream(seed)
+                pos = 0
+                while pos < n:
+                    stream.update_into(self._zeros, self._out)
+                    pos = self._kernels.add_words_rejection(
+                        acc, pos, self._view, self.modulus, subtract
+                    )
+            return acc
+        kernel = self._kernels._add_words_pow2
+        mask = np.uint64(self.modulus - 1)
+        full = self.modulus == 1 << (8 * self.dtype.itemsize)
+        zeros = memoryview(self._zeros)
+        size = self.dtype.itemsize
+        # Open streams in batches: a cipher context is small, but thousands at once are not needed.
+        for first in range(0, len(masks), _STREAMS_AT_ONCE):
+            streams = [
+                (_keystream(seed), bool(sub)) for seed, sub in masks[first:][:_STREAMS_AT_ONCE]
+            ]
             for start in range(0, n, self._words):
                 count = min(self._words, n - start)
-                stream.update_into(zeros[: count * size], self._out)
-                kernel(acc[start : start + count], self._view, mask, subtract)
-        else:
-            pos = 0
-            while pos < n:
-                stream.update_into(self._zeros, self._out)
-                pos = self._kernels.add_words_rejection(
-                    acc, pos, self._view, self.modulus, subtract
-                )
+                block = acc[start : start + count]
+                data = zeros[: count * size]
+                for stream, subtract in streams:
+                    stream.update_into(data, self._out)
+                    kernel(block, self._view, mask, subtract, full)
         return acc
+
+
+def _keystream(seed: bytes):
+    """The AES-256-CTR keystream of ``seed`` (counter block 0), as an encryptor of zeros."""
+    return Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(16))).encryptor()
 
 
 def mask_values(seed: bytes, modulus: int, length: int) -> np.ndarray:

@@ -246,11 +246,12 @@ class SecAggClient:
         self._held: dict[int, tuple[bytes, bytes]] = {}
         self._channel_keys: dict[int, bytes] = {}
         ciphertexts = []
+        channel_key = crypto.load_private_key(self._channel_sk)
         for v, (seed_share, key_share) in zip(holders, shares, strict=True):
             if v == u:
                 self._held[u] = (seed_share, key_share)
                 continue
-            shared = crypto.agree(self._channel_sk, peers[v].encryption_key)
+            shared = crypto.agree(channel_key, peers[v].encryption_key)
             key = crypto.derive_key(shared, self._session, _CHANNEL_PURPOSE, u, v)
             self._channel_keys[v] = key
             ciphertexts.append((v, crypto.seal(key, self._session, u, v, seed_share + key_share)))
@@ -289,13 +290,15 @@ class SecAggClient:
                 f"client {u}: only {len(self._masked_with)} neighbours left, fewer than the "
                 f"threshold {self._threshold} minus itself"
             )
+        masks = [(self._seed, False)]
+        mask_key = crypto.load_private_key(self._mask_sk)
+        for v in sorted(self._masked_with):
+            shared = crypto.agree(mask_key, self._peer_mask_keys[v])
+            seed = crypto.derive_key(shared, self._session, _MASK_PURPOSE, u, v)
+            masks.append((seed, v < u))  # + PRG(s_uv) for v > u, - PRG(s_uv) for v < u
         generator = crypto.MaskGenerator(self._modulus)
         masked = value.astype(generator.dtype)  # a fresh copy, never the caller's array
-        generator.apply(masked, self._seed)
-        for v in sorted(self._masked_with):
-            shared = crypto.agree(self._mask_sk, self._peer_mask_keys[v])
-            seed = crypto.derive_key(shared, self._session, _MASK_PURPOSE, u, v)
-            generator.apply(masked, seed, subtract=v < u)
+        generator.apply_many(masked, masks)
         return MaskedInputResponse(self._session, u, masked)
 
     def _unmask(self, request: UnmaskRequest, value) -> UnmaskResponse:
@@ -679,8 +682,7 @@ class SecAggServer:
             self._key_shares[owner][v + 1] = share
 
     def _unmask_sum(self) -> np.ndarray:
-        generator = crypto.MaskGenerator(self.modulus)
-        total = self._sum
+        masks = []
         for owner in sorted(self._seed_shares):
             seed = self._reconstruct(self._seed_shares[owner], owner, "self-mask seed")
             if crypto.commit(self.session_id, owner, seed) != self._commitments[owner]:
@@ -688,7 +690,7 @@ class SecAggServer:
                     f"the reconstructed self-mask seed of client {owner} does not match its "
                     "commitment: a share was tampered with"
                 )
-            generator.apply(total, seed, subtract=True)
+            masks.append((seed, True))
         for d in sorted(self._key_shares):
             key = self._reconstruct(self._key_shares[d], d, "mask key")
             if crypto.public_key_of(key) != self._keys[d][1]:
@@ -696,11 +698,14 @@ class SecAggServer:
                     f"the reconstructed mask key of client {d} does not match its public key: "
                     "a share was tampered with"
                 )
+            loaded = crypto.load_private_key(key)
             for u in sorted(self._graph[d] & self._u3):
-                shared = crypto.agree(key, self._keys[u][1])
+                shared = crypto.agree(loaded, self._keys[u][1])
                 seed = crypto.derive_key(shared, self.session_id, _MASK_PURPOSE, u, d)
                 # Survivor u added +PRG(s_ud) if d > u, -PRG(s_ud) if d < u: undo it.
-                generator.apply(total, seed, subtract=u < d)
+                masks.append((seed, u < d))
+        total = self._sum
+        crypto.MaskGenerator(self.modulus).apply_many(total, masks)
         return total.astype(np.uint64)
 
     def _reconstruct(self, shares: dict[int, bytes], owner: int, what: str) -> bytes:

@@ -84,3 +84,16 @@ def test_masks_span_several_keystream_chunks_consistently():
         assert not np.array_equal(acc, before)
         gen.apply(acc, b"q" * 32, subtract=True)
         np.testing.assert_array_equal(acc, before)
+
+
+def test_apply_many_equals_one_mask_at_a_time():
+    rng = np.random.default_rng(8)
+    for modulus in (2**32, 2**16, 2**64, 999):
+        masks = [(rng.bytes(32), bool(rng.integers(2))) for _ in range(300)]  # > one batch
+        gen = crypto.MaskGenerator(modulus)
+        one_by_one = np.zeros(70_000 if modulus == 2**32 else 3_000, gen.dtype)
+        together = one_by_one.copy()
+        for seed, subtract in masks:
+            gen.apply(one_by_one, seed, subtract)
+        gen.apply_many(together, masks)
+        np.testing.assert_array_equal(together, one_by_one)

@@ -1,0 +1,168 @@
+"""The secure aggregation protocol: masking speed, full rounds with dropouts, SecAgg vs SecAgg+.
+
+Three groups:
+
+* ``secagg-mask``: a client's masking work (its self mask and one pairwise mask per neighbour,
+  AES-256-CTR keystream added mod R into the vector) against the probe, the raw AES-256-CTR
+  keystream for the same number of bytes, measured in the same run. Goal: >= 0.70x the probe.
+  ``client masked_input stage`` is the whole stage for one client (share decryption, X25519 per
+  neighbour, HKDF, masking).
+* ``secagg-round``: a whole simulated round (all clients and the server, every message through
+  bytes) for K=100 clients of 431,080 values mod 2**32, with 0 %, 10 % and 30 % of the clients
+  dropping before they send their masked input (the case that makes the server reconstruct keys
+  and regenerate pairwise masks). ``extra_info`` keeps the per-stage costs.
+* ``secagg-scaling``: rounds with small vectors (1,000 values) as K grows, complete graph
+  (SecAgg) against a Harary graph with 2 * ceil(log2 K) neighbours (SecAgg+).
+
+Smoke mode (default) runs small sizes once. Full figures::
+
+    AGGKIT_BENCH_FULL=1 python -m pytest benchmarks/bench_secagg.py --benchmark-enable \
+        --benchmark-json=.benchmarks/secagg.json
+    python benchmarks/render.py .benchmarks/secagg.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from aggkit.secure.crypto import MaskGenerator
+from aggkit.secure.graph import default_degree
+from aggkit.secure.simulation import simulate_round
+from benchmarks.conftest import FULL, record
+from tests.secure.protocol_helpers import up_to_masked_input
+
+MODULUS = 2**32
+MNIST_VALUES = 431_080
+
+#: (values per client, masks per client): SecAgg+ at K=100 (14 neighbours + self mask) and the
+#: complete graph at K=100 (99 + 1).
+MASK_CASES = [(MNIST_VALUES, 15), (MNIST_VALUES, 100)] if FULL else [(10_007, 3)]
+ROUND_K, ROUND_M = (100, MNIST_VALUES) if FULL else (8, 1_001)
+SCALING_K = [10, 30, 100, 300, 1000] if FULL else [10, 20]
+SCALING_M = 1_000
+
+
+def _seeds(count: int) -> list[bytes]:
+    rng = np.random.default_rng(count)
+    return [rng.bytes(32) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_probe_raw_keystream(benchmark, m, masks):
+    """The probe: AES-256-CTR keystream for the same bytes, one call per seed, no arithmetic."""
+    seeds = _seeds(masks)
+    zeros = bytes(4 * m)
+    out = bytearray(4 * m + 16)
+
+    def run():
+        for seed in seeds:
+            Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(zeros, out)
+
+    record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks, probe=True)
+    benchmark(run)
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_client_masking(benchmark, m, masks):
+    """Self mask plus pairwise masks (half added, half subtracted) into one uint32 vector."""
+    seeds = _seeds(masks)
+    generator = MaskGenerator(MODULUS)
+    acc = np.random.default_rng(0).integers(0, MODULUS, m, dtype=np.uint32)
+    generator.apply(acc[:10], seeds[0])  # compile the kernel outside the timing
+
+    pairs = [(seed, i % 2 == 1) for i, seed in enumerate(seeds)]
+
+    def run():
+        generator.apply_many(acc, pairs)
+
+    record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks)
+    benchmark(run)
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_client_masked_input_stage(benchmark, m, masks):
+    """One client's whole masked_input stage, with ``masks - 1`` neighbours (complete graph)."""
+    n = masks  # the client and masks - 1 neighbours
+    _, clients, requests = up_to_masked_input(
+        n, modulus=MODULUS, vector_length=m, threshold=n // 2 + 1
+    )
+    x = np.random.default_rng(1).integers(0, MODULUS, m, dtype=np.uint32)
+    client, request = clients[0], requests[0]
+    state = dict(client.__dict__)
+
+    def run():
+        client.__dict__.update(state)  # replay the same request on the same client state
+        client.handle(request, x)
+
+    record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks)
+    benchmark.pedantic(run, rounds=5 if FULL else 1, iterations=1)
+
+
+def _round(benchmark, *, k, m, graph, dropout, rounds, threshold=None):
+    x = np.random.default_rng(k).integers(0, MODULUS, (k, m), dtype=np.uint32)
+    dropouts = {"masked_input": dropout} if dropout else None
+    last = {}
+
+    def run():
+        last["out"] = simulate_round(
+            x, modulus=MODULUS, graph=graph, dropouts=dropouts, threshold=threshold, seed=0
+        )
+
+    benchmark.pedantic(run, rounds=rounds, iterations=1)
+    out = last["out"]
+    expected = x[list(out.included)].astype(np.uint64).sum(axis=0) % MODULUS
+    assert np.array_equal(out.sum, expected)
+    degree = len(next(iter(out.graph.values())))
+    benchmark.extra_info.update(
+        included=len(out.included),
+        degree=degree,
+        threshold=out.threshold,
+        costs={s: dataclasses.asdict(c) for s, c in out.costs.items()},
+        client_mb_sent=sum(c.bytes_to_server for c in out.costs.values()) / k / 1e6,
+    )
+
+
+@pytest.mark.parametrize("graph", ["secagg+", "secagg"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1, 0.3], ids=lambda d: f"drop={d:.0%}")
+def test_full_round(benchmark, graph, dropout):
+    """K clients x m values mod 2**32: every client, the server, every message through bytes.
+
+    Thresholds: a majority of the holders for SecAgg (51 of 100); a third for SecAgg+ (5 of the
+    15 holders at K=100), because with the default 14 neighbours a majority threshold does not
+    survive 30 % dropouts: some client keeps fewer than 8 live holders and the round aborts.
+    """
+    record(
+        benchmark,
+        group=f"secagg-round|K={ROUND_K},m={ROUND_M:,}",
+        nbytes=4 * ROUND_K * ROUND_M,
+        graph=graph,
+        dropout=dropout,
+    )
+    _round(
+        benchmark,
+        k=ROUND_K,
+        m=ROUND_M,
+        graph=graph,
+        dropout=dropout,
+        rounds=2 if FULL else 1,
+        threshold=1 / 3 if graph == "secagg+" else None,
+    )
+
+
+@pytest.mark.parametrize("graph", ["secagg+", "secagg"])
+@pytest.mark.parametrize("k", SCALING_K, ids=lambda k: f"K={k}")
+def test_scaling(benchmark, graph, k):
+    """Small vectors, growing K: SecAgg's O(K^2) key agreements and shares vs SecAgg+'s."""
+    record(
+        benchmark,
+        group=f"secagg-scaling|m={SCALING_M:,}",
+        items=k,
+        graph=graph,
+        k=k,
+        default_degree=default_degree(k),
+    )
+    _round(benchmark, k=k, m=SCALING_M, graph=graph, dropout=0.1, rounds=1)
