@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 
@@ -289,3 +290,33 @@ def test_import_does_not_load_cryptography():
         "assert 'cryptography' not in sys.modules; assert 'numba' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("stage", ["advertise_keys", "share_keys"])
+def test_clients_gone_before_sharing_are_never_masked_with(stage):
+    x = random_inputs(np.random.default_rng(3), 6, 5, 2**32)
+    seen_peers, seen_senders = set(), set()
+
+    def spy(s, u, msg):
+        if s == "share_keys":
+            seen_peers.update(p.client_id for p in msg.peers)
+        if s == "masked_input":
+            seen_senders.update(v for v, _ in msg.ciphertexts)
+        return msg
+
+    result, _, _ = drive_round(x, modulus=2**32, threshold=3, drop={stage: {2}}, on_request=spy)
+    assert 2 not in seen_senders  # nobody received its shares, so nobody masked with it
+    assert (2 in seen_peers) == (stage == "share_keys")
+    assert "unmask" not in result.dropped and 2 not in result.included
+    np.testing.assert_array_equal(result.sum, modular_sum(x, [0, 1, 3, 4, 5], 2**32))
+
+
+@pytest.mark.parametrize(("k", "bits"), [(5, 20), (9, 60), (2, 1), (1, 8)])
+def test_bitwidth_channel_mapping_gives_the_integer_sum(k, bits):
+    # The mapping proposed for a secure_sum backend: modulus 2**(b + ceil(log2 K)) never wraps.
+    rng = np.random.default_rng(bits)
+    x = rng.integers(0, 2**bits, size=(k, 17), dtype=np.uint64)
+    x[:, 0] = 2**bits - 1  # every client at the top of the range
+    modulus = 2 ** (bits + math.ceil(math.log2(k)))
+    total = run_secure_sum(x, modulus=modulus, seed=k)
+    np.testing.assert_array_equal(total, x.astype(object).sum(axis=0).astype(np.uint64))
