@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from aggkit.errors import EmptyRoundError, InvalidUpdateError
 from aggkit.mean import mean, unweighted_mean
+from aggkit.presets import robust_aggregator
 from aggkit.process import (
     AggregationProcess,
     ConstantEstimate,
@@ -24,6 +25,8 @@ from aggkit.process import (
     Factory,
     Output,
 )
+from aggkit.quantile import private_quantile_estimator, quantile_estimator
+from aggkit.robust import clipping, zeroing
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 from aggkit.sum import sum
 
@@ -43,11 +46,16 @@ __all__ = [
     "Layout",
     "Output",
     "TensorSpec",
+    "clipping",
     "mean",
     "privacy",
+    "private_quantile_estimator",
+    "quantile_estimator",
+    "robust_aggregator",
     "sum",
     "testing",
     "unweighted_mean",
+    "zeroing",
 ]
 
 _LAZY_MODULES = ("privacy", "testing")

@@ -12,7 +12,7 @@ import numpy as np
 
 from aggkit.errors import EmptyRoundError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
-from aggkit.structure import ClientBatch, Layout, TensorSpec
+from aggkit.structure import Layout, TensorSpec
 from aggkit.sum import SumFactory
 
 __all__ = [
@@ -48,10 +48,6 @@ def _check_floating(layout: Layout, who: str) -> None:
             if s.dtype.kind != "f"
         ]
         raise TypeError(f"{who} needs floating-point tensors; got {', '.join(bad)}")
-
-
-def _weight_batch(values: np.ndarray, layout: Layout) -> ClientBatch:
-    return ClientBatch(np.ascontiguousarray(values, dtype=layout.dtype).reshape(-1, 1), layout)
 
 
 @dataclass(frozen=True)
@@ -168,8 +164,7 @@ class _MeanRound(Round):
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         self.value_round.add(block.scaled(weights), None)
         self.weight_round.add(
-            Contributions(_weight_batch(weights, WEIGHT_LAYOUT), first_client=block.first_client),
-            None,
+            Contributions.of_scalars(weights, WEIGHT_LAYOUT, first_client=block.first_client), None
         )
 
     def finish(self):
@@ -281,7 +276,7 @@ class _UnweightedMeanRound(Round):
         self.value_round.add(block, None)
         ones = np.ones(block.num_clients, dtype=COUNT_LAYOUT.dtype)
         self.count_round.add(
-            Contributions(_weight_batch(ones, COUNT_LAYOUT), first_client=block.first_client), None
+            Contributions.of_scalars(ones, COUNT_LAYOUT, first_client=block.first_client), None
         )
         self.clients += block.num_clients
 

@@ -205,6 +205,14 @@ class Contributions:
         self.first_client = first_client
         self._cache = _cache if _cache is not None else _StatsCache(frozenset(needs))
 
+    @classmethod
+    def of_scalars(
+        cls, values: np.ndarray, layout: Layout, *, first_client: int = 0
+    ) -> Contributions:
+        """One scalar per client (weights, counts) as a block for a scalar ``layout``."""
+        matrix = np.ascontiguousarray(values, dtype=layout.dtype).reshape(-1, 1)
+        return cls(ClientBatch(matrix, layout), first_client=first_client)
+
     @property
     def matrix(self) -> np.ndarray:
         """The raw ``[K, n]`` rows (before coefficients)."""

@@ -31,8 +31,17 @@ SCRIPT = textwrap.dedent(
     process = ak.mean().create(template)
     clients = [{"w": rng.standard_normal((300, 200), dtype=np.float32),
                 "b": rng.standard_normal(7, dtype=np.float32)} for _ in range(9)]
-    out = process.next(process.initialize(), clients, rng.random(9))
+    weights = rng.random(9)
+    out = process.next(process.initialize(), clients, weights)
     digest.update(out.result["w"].tobytes() + out.result["b"].tobytes())
+    clients[4]["w"] *= 1000.0  # zeroed by the robust aggregator
+    robust = ak.robust_aggregator().create(template)
+    state = robust.initialize()
+    for _ in range(3):
+        out = robust.next(state, clients, weights)
+        state = out.state
+        digest.update(out.result["w"].tobytes() + out.result["b"].tobytes())
+        digest.update(repr(out.measurements).encode() + repr(state).encode())
     print(digest.hexdigest())
     """
 )
