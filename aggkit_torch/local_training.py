@@ -158,15 +158,13 @@ def _batches(
 ) -> Iterator[torch.Tensor]:
     """Yield index batches: reshuffled every pass, ``steps`` batches or ``epochs`` passes."""
     n = idx.numel()
+    per_pass = -(-n // batch_size)
+    total = steps if steps is not None else epochs * per_pass
     done = 0
-    passes = 0
-    while True:
-        if steps is None and passes == epochs:
-            return
+    while done < total:
         order = idx[torch.randperm(n, generator=generator)]
-        passes += 1
         for start in range(0, n, batch_size):
-            if steps is not None and done == steps:
+            if done == total:
                 return
             yield order[start : start + batch_size]
             done += 1
