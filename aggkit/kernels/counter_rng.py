@@ -166,7 +166,9 @@ def _inline(dispatcher):
     this. Numba's ``inline="always"`` (an option of ``njit``) does it; ``kernel`` does not expose
     the option yet, so it is set on the dispatcher before its first compilation.
     """
-    dispatcher.targetoptions["inline"] = "always"
+    options = getattr(dispatcher, "targetoptions", None)  # None under NUMBA_DISABLE_JIT=1
+    if options is not None:
+        options["inline"] = "always"
     return dispatcher
 
 
