@@ -24,12 +24,13 @@ Smoke mode (default) runs small sizes once. Full figures::
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from aggkit.secure.crypto import MaskGenerator
+from aggkit.secure.crypto import CHUNK_BYTES, MaskGenerator
 from aggkit.secure.graph import default_degree
 from aggkit.secure.simulation import simulate_round
 from benchmarks.conftest import FULL, record
@@ -51,19 +52,31 @@ def _seeds(count: int) -> list[bytes]:
     return [rng.bytes(32) for _ in range(count)]
 
 
-@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
-def test_probe_raw_keystream(benchmark, m, masks):
-    """The probe: AES-256-CTR keystream for the same bytes, one call per seed, no arithmetic."""
-    seeds = _seeds(masks)
-    zeros = bytes(4 * m)
-    out = bytearray(4 * m + 16)
+def _keystream_run(seeds, nbytes, chunk):
+    zeros = memoryview(bytes(chunk))
+    out = bytearray(chunk + 16)
 
     def run():
         for seed in seeds:
-            Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update_into(zeros, out)
+            stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+            for start in range(0, nbytes, chunk):
+                stream.update_into(zeros[: min(chunk, nbytes - start)], out)
 
+    return run
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_probe_raw_keystream(benchmark, m, masks):
+    """The probe: AES-256-CTR keystream for the same bytes in 128 KiB calls, no arithmetic."""
     record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks, probe=True)
-    benchmark(run)
+    benchmark(_keystream_run(_seeds(masks), 4 * m, CHUNK_BYTES))
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_raw_keystream_one_call_per_mask(benchmark, m, masks):
+    """The same keystream in one call per mask (the output no longer fits L2: slower here)."""
+    record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks)
+    benchmark(_keystream_run(_seeds(masks), 4 * m, 4 * m))
 
 
 @pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
@@ -81,6 +94,35 @@ def test_client_masking(benchmark, m, masks):
 
     record(benchmark, group=f"secagg-mask|m={m:,},masks={masks}", nbytes=4 * m * masks)
     benchmark(run)
+
+
+@pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
+def test_masking_vs_keystream_interleaved(benchmark, m, masks):
+    """Probe and masking alternately, round after round: their ratio survives changing load.
+
+    The other engineers' jobs share the two cores, so a probe timed a minute before the masking
+    can see a different machine. ``extra_info["ratio"]`` is best probe time / best masking time
+    over the same rounds (the issue's goal: >= 0.70).
+    """
+    seeds = _seeds(masks)
+    probe = _keystream_run(seeds, 4 * m, CHUNK_BYTES)
+    generator = MaskGenerator(MODULUS)
+    acc = np.random.default_rng(0).integers(0, MODULUS, m, dtype=np.uint32)
+    pairs = [(seed, i % 2 == 1) for i, seed in enumerate(seeds)]
+    generator.apply_many(acc, pairs)
+    times = {"probe": [], "masking": []}
+
+    def run():
+        for name, fn in (("probe", probe), ("masking", lambda: generator.apply_many(acc, pairs))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    record(benchmark, group=f"secagg-mask-ratio|m={m:,},masks={masks}", nbytes=8 * m * masks)
+    benchmark.pedantic(run, rounds=40 if FULL else 1, iterations=1)
+    benchmark.extra_info["probe_gbps"] = 4 * m * masks / min(times["probe"]) / 1e9
+    benchmark.extra_info["masking_gbps"] = 4 * m * masks / min(times["masking"]) / 1e9
+    benchmark.extra_info["ratio"] = min(times["probe"]) / min(times["masking"])
 
 
 @pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")

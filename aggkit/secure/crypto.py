@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from aggkit.secure.errors import AuthenticationError
 
 __all__ = [
+    "CHUNK_BYTES",
     "KEY_SIZE",
     "LABEL",
     "SEAL_OVERHEAD",
@@ -64,7 +65,7 @@ SEAL_OVERHEAD = 16
 #: Bytes of keystream generated per call when masking. 128 KiB chunks reached 0.76x the raw
 #: keystream speed on the development machine, 64 KiB 0.70x and 16 KiB 0.59x (per-call overhead);
 #: one call for a whole 1.7 MB mask 0.66x (the buffer and the accumulator no longer fit L2).
-_CHUNK_BYTES = 1 << 17
+CHUNK_BYTES = 1 << 17
 #: Keystreams open at once in :meth:`MaskGenerator.apply_many`.
 _STREAMS_AT_ONCE = 256
 
@@ -182,9 +183,9 @@ class MaskGenerator:
         self.dtype = word_dtype(modulus)
         self.modulus = int(modulus)
         self.power_of_two = self.modulus & (self.modulus - 1) == 0
-        self._words = _CHUNK_BYTES // self.dtype.itemsize
-        self._zeros = bytes(_CHUNK_BYTES)
-        self._out = bytearray(_CHUNK_BYTES + 16)  # update_into wants block_size - 1 spare bytes
+        self._words = CHUNK_BYTES // self.dtype.itemsize
+        self._zeros = bytes(CHUNK_BYTES)
+        self._out = bytearray(CHUNK_BYTES + 16)  # update_into wants block_size - 1 spare bytes
         self._view = np.frombuffer(self._out, self.dtype, count=self._words)
         from aggkit import kernels
 
