@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import channels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -68,6 +69,7 @@ class SumRound(Round):
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         from aggkit import kernels
 
+        channels.record_plain(self.acc.size, block.num_clients, owner="sum")
         coef = block.coef
         if self.integer:
             integral = coef.astype(np.int64)
