@@ -1,0 +1,596 @@
+"""Clip, discretize and sum client rows for secure summation, in one pass over the client matrix.
+
+Secure aggregation can only add integers: every client maps its value into ``[0, 2**32 - 1]``
+(SPEC §8.2), the server learns the exact integer sum, and decodes it. These kernels do the client
+side for every row of the ``[K, n]`` client matrix and add the results into one ``int64``
+accumulator, applying each row's coefficient on the fly (no scaled copy of the matrix):
+
+* :func:`discretize_sum` (float rows): ``v = clip(coef[i] * x, lo, hi)`` in float64, then
+  ``q = min(sat64(rint(v * scale)) - shift, 2**32 - 1)`` with the unsigned difference, where
+  ``shift = sat64(rint(lo * scale))`` (rounding ``lo * scale`` on its own makes a zero decode to
+  exactly zero). ``rint`` rounds half to even.
+* :func:`discretize_sum_int` (integer rows): ``q = (clip(x, lo, hi) - lo) // divisor``, the
+  difference taken in uint64 so that any int64 range works.
+* :func:`modular_sum` (integer rows): ``acc = (acc + x mod m) mod m``.
+
+Overflow is impossible by construction: a float code is at most ``2**32 - 1``, so ``2**31``
+clients fit in the int64 accumulator; integer codes are bounded by ``(hi - lo) // divisor`` and
+the wrappers refuse a call whose clients could exceed int64; modular accumulators stay below
+``m <= 2**62``. Every sum is an exact integer sum, so the bits depend on neither the thread count
+nor the column block size, and the NumPy twins give the same accumulator.
+
+Each pass also reports, per row, how many elements lay above ``hi`` and below ``lo`` (an Inf is
+simply above or below) and, for float rows, how many were NaN; a secure sum with constant bounds
+needs no separate statistics pass.
+
+How the float pass is fast (K=100 x 431,080 float32 on the 2-core development machine, one
+thread): written literally, with saturating int64 casts per element, it ran at a third of the
+speed of the weighted sum; now it is within about 25% of it.
+
+* When ``|lo * scale|`` and ``|hi * scale|`` are below ``2**52`` (any range that contains 0, and
+  most others) the saturations can never act and ``rint(v * scale) - rint(lo * scale)`` is an exact
+  difference of doubles, so the code is computed in float64 without integer conversions. Other
+  ranges take the literal path; the twin always does, and the tests compare both.
+* Codes are summed in a float64 block buffer (exact: at most ``2**20`` rows of codes below
+  ``2**32`` per kernel call stay below ``2**53``) and converted to int64 once per block. A NaN
+  propagates into that buffer, which is how NaN rows are noticed without a per-element test.
+* As in ``weighted_sum.py``, ``prange`` runs over blocks of ``BLOCK`` columns and each block adds
+  four rows at a time; the clip counts are register counters per row, written per (block, row)
+  and added up afterwards, so threads never share a counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from aggkit.kernels._jit import kernel
+
+__all__ = [
+    "BLOCK",
+    "MAX_CODE",
+    "MAX_MODULUS",
+    "clip_flags_numpy",
+    "discretize_rows_int_numpy",
+    "discretize_rows_numpy",
+    "discretize_sum",
+    "discretize_sum_int",
+    "discretize_sum_int_numpy",
+    "discretize_sum_numpy",
+    "encode_float_numpy",
+    "encode_int_numpy",
+    "modular_sum",
+    "modular_sum_numpy",
+]
+
+#: Columns per parallel block: 4096 int64 accumulators (32 KiB) stay in L1.
+BLOCK = 4096
+#: The largest code a client sends: every float is discretized to ``[0, 2**32 - 1]``.
+MAX_CODE = 2**32 - 1
+#: The largest modulus :func:`modular_sum` accepts (``acc + r`` must not overflow int64).
+MAX_MODULUS = 2**62
+
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_TWO_63 = 9223372036854775808.0
+#: Rows per call of the float kernel, so that its float64 sums of codes stay exact.
+_ROWS_PER_CALL = 2**20
+#: The fast float form needs ``|rint(lo * scale)|`` and ``|rint(hi * scale)|`` below this.
+_FAST_LIMIT = 2.0**40
+
+
+# -- float rows ----------------------------------------------------------------------------------
+
+
+@kernel
+def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - compiled
+    """The code of one float64 value, as a float64 integer; NaN for NaN.
+
+    ``general=False`` (the fast form) returns ``code + low`` with ``low = rint(lo * scale)`` and
+    ``high = min(rint(hi * scale), low + 2**32 - 1)``: clipping ``v`` and then scaling and
+    rounding equals scaling and rounding and then clipping (all three are monotone), so the code
+    is ``min(max(rint(v * scale), low), high) - low``; the caller subtracts ``low`` once per sum.
+    This is exact when ``scale > 0`` and ``|lo * scale|``, ``|hi * scale|`` are far below
+    ``2**53``, so that no saturation can act and every rounded product is an exact double.
+
+    ``general=True`` follows SPEC §8.2 literally: clip, saturating int64 casts, and the unsigned
+    difference with ``shift`` (a uint64 holding ``sat64(rint(lo * scale))``).
+    """
+    if not general:
+        return min(max(np.rint(v * scale), low), high)
+    v = min(max(v, lo), hi)
+    t = np.rint(v * scale)
+    if t >= _TWO_63:
+        a = np.int64(_INT64_MAX)
+    elif t >= -_TWO_63:
+        a = np.int64(t)
+    else:  # below the int64 range, or NaN
+        a = np.int64(_INT64_MIN)
+    u = np.uint64(a) - shift
+    if u > np.uint64(MAX_CODE):
+        u = np.uint64(MAX_CODE)
+    code = np.float64(u)
+    if v != v:
+        code = v
+    return code
+
+
+@kernel(parallel=True)
+def _discretize_float(
+    matrix, rows, coef, lo, hi, scale, low, high, shift, general, out, flags, nan_columns, block
+):  # pragma: no cover - compiled
+    n = matrix.shape[1]
+    num_rows = rows.shape[0]
+    num_blocks = (n + block - 1) // block
+    # The fast form sums code + low: subtract low once per row at the end.
+    offset = 0 if general else np.int64(low) * num_rows
+    for b in prange(num_blocks):
+        start = b * block
+        stop = min(start + block, n)
+        m = stop - start
+        # Codes (plus low) are integers, and the wrapper bounds the rows per call so that their
+        # float64 sums stay below 2**53 and exact; they convert to int64 once per block.
+        total = np.zeros(m)
+        i = 0
+        while i + 4 <= num_rows:
+            x0 = matrix[rows[i], start:stop]
+            x1 = matrix[rows[i + 1], start:stop]
+            x2 = matrix[rows[i + 2], start:stop]
+            x3 = matrix[rows[i + 3], start:stop]
+            c0 = coef[rows[i]]
+            c1 = coef[rows[i + 1]]
+            c2 = coef[rows[i + 2]]
+            c3 = coef[rows[i + 3]]
+            a0 = a1 = a2 = a3 = 0
+            b0 = b1 = b2 = b3 = 0
+            for j in range(m):
+                v0 = c0 * np.float64(x0[j])
+                v1 = c1 * np.float64(x1[j])
+                v2 = c2 * np.float64(x2[j])
+                v3 = c3 * np.float64(x3[j])
+                a0 += v0 > hi
+                a1 += v1 > hi
+                a2 += v2 > hi
+                a3 += v3 > hi
+                b0 += v0 < lo
+                b1 += v1 < lo
+                b2 += v2 < lo
+                b3 += v3 < lo
+                q0 = _code(v0, lo, hi, scale, low, high, shift, general)
+                q1 = _code(v1, lo, hi, scale, low, high, shift, general)
+                q2 = _code(v2, lo, hi, scale, low, high, shift, general)
+                q3 = _code(v3, lo, hi, scale, low, high, shift, general)
+                total[j] += (q0 + q1) + (q2 + q3)
+            flags[b, i, 0] = a0
+            flags[b, i + 1, 0] = a1
+            flags[b, i + 2, 0] = a2
+            flags[b, i + 3, 0] = a3
+            flags[b, i, 1] = b0
+            flags[b, i + 1, 1] = b1
+            flags[b, i + 2, 1] = b2
+            flags[b, i + 3, 1] = b3
+            i += 4
+        while i < num_rows:
+            x0 = matrix[rows[i], start:stop]
+            c0 = coef[rows[i]]
+            a0 = b0 = 0
+            for j in range(m):
+                v0 = c0 * np.float64(x0[j])
+                a0 += v0 > hi
+                b0 += v0 < lo
+                total[j] += _code(v0, lo, hi, scale, low, high, shift, general)
+            flags[b, i, 0] = a0
+            flags[b, i, 1] = b0
+            i += 1
+        acc = out[start:stop]
+        bad = 0
+        for j in range(m):
+            t = total[j]
+            if t == t:
+                acc[j] += np.int64(t) - offset
+            else:
+                bad += 1
+        nan_columns[b] = bad
+
+
+def _active_rows(coef: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(coef).astype(np.int64)
+
+
+def _zero_row_flags(value: float, lo, hi, n: int) -> np.ndarray:
+    """The counts of a row of ``n`` copies of ``value`` (coefficient-0 rows hold exact zeros)."""
+    return np.array([n if value > hi else 0, n if value < lo else 0, 0], dtype=np.int64)
+
+
+def _combine(partials: np.ndarray, rows: np.ndarray, coef: np.ndarray, zero_flags) -> np.ndarray:
+    flags = np.empty((coef.shape[0], 3), dtype=np.int64)
+    flags[:] = zero_flags
+    flags[rows] = partials.sum(axis=0)
+    return flags
+
+
+def discretize_sum(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    lo: float,
+    hi: float,
+    scale: float,
+    shift: int,
+    out: np.ndarray,
+    *,
+    block: int = BLOCK,
+) -> np.ndarray:
+    """Add the 32-bit code of ``clip(coef[i] * matrix[i], lo, hi)`` of every row into ``out``.
+
+    A row whose coefficient is 0 holds exact zeros: it adds the code of ``clip(0, lo, hi)`` to
+    every column without its values being read (so NaN there does nothing). When an active row
+    holds NaN, the returned counts say so and ``out`` is left in an unspecified state.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``[K, n]`` C-contiguous float32/float64 client rows.
+    coef : numpy.ndarray
+        ``float64[K]`` non-negative coefficients.
+    lo, hi : float
+        The clipping range (float64 values of the bounds in the value dtype), ``lo <= hi``.
+    scale : float
+        ``(2**32 - 1) / (hi - lo)``, or 0 when ``hi == lo``.
+    shift : int
+        ``sat64(rint(lo * scale))``.
+    out : numpy.ndarray
+        ``int64[n]`` accumulator, updated in place. The caller keeps the number of rows added
+        below ``2**31`` (each code is at most ``2**32 - 1``).
+    block : int
+        Columns per parallel block; the result does not depend on it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64[K, 3]``: per row, the number of elements of ``coef[i] * matrix[i]`` above ``hi``
+        (Inf included), below ``lo`` (-Inf included), and NaN.
+
+    Examples
+    --------
+    >>> out = np.zeros(3, np.int64)
+    >>> x = np.array([[-2.0, 0.0, 0.5], [1.0, 1.0, 1.0]], np.float32)
+    >>> scale = (2**32 - 1) / 2.0
+    >>> discretize_sum(x, np.array([1.0, 0.5]), -1.0, 1.0, scale, -2147483648, out)
+    array([[0, 1, 0],
+           [0, 0, 0]])
+    >>> out  # codes 0, 2147483648 (0.0), 3221225472 (0.5) plus 3221225472 (0.5) each
+    array([3221225472, 5368709120, 6442450944])
+    """
+    _check_float_args(matrix, coef, out)
+    rows = _active_rows(coef)
+    num_zero = coef.shape[0] - rows.shape[0]
+    if num_zero:
+        out += num_zero * encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
+    n = matrix.shape[1]
+    num_blocks = (n + block - 1) // block
+    low = float(np.rint(lo * scale))
+    high = min(float(np.rint(hi * scale)), low + MAX_CODE)
+    # The fast form sums codes plus `low` in float64: keep each call's sums below 2**53.
+    general = not (scale > 0 and max(abs(low), abs(high)) < _FAST_LIMIT)
+    per_call = _ROWS_PER_CALL
+    if not general:
+        per_call = min(per_call, int(2**53 // (max(abs(low), abs(high)) + 1)))
+    partials = np.zeros((num_blocks, rows.shape[0], 3), dtype=np.int64)
+    nan_columns = np.zeros(num_blocks, dtype=np.int64)
+    for first in range(0, rows.shape[0] if n else 0, per_call):
+        part = slice(first, first + per_call)
+        _discretize_float(
+            matrix,
+            rows[part],
+            coef,
+            np.float64(lo),
+            np.float64(hi),
+            np.float64(scale),
+            low,
+            high,
+            np.uint64(np.int64(shift).view(np.uint64)),
+            general,
+            out,
+            partials[:, part],
+            nan_columns,
+            block,
+        )
+    if nan_columns.any():  # rare (an error for the caller): count NaNs per row exactly
+        for i, r in enumerate(rows):
+            partials[0, i, 2] = np.isnan(matrix[r]).sum()
+    return _combine(partials, rows, coef, _zero_row_flags(0.0, lo, hi, n))
+
+
+def _check_float_args(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray) -> None:
+    if matrix.dtype.kind != "f":
+        raise TypeError(f"matrix must be floating point, got {matrix.dtype}")
+    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
+        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
+    if coef.shape != (matrix.shape[0],):
+        raise ValueError(f"coef must have one entry per row ({matrix.shape[0]}), got {coef.shape}")
+
+
+def encode_float_numpy(
+    values: np.ndarray, lo: float, hi: float, scale: float, shift: int
+) -> np.ndarray:
+    """The codes of float64 ``values`` (the client shift of SPEC §8.2), as ``int64``.
+
+    Examples
+    --------
+    >>> encode_float_numpy(np.array([-2.0, -1.0, 1.0, 2.0]), -1.0, 1.0, (2**32 - 1) / 2.0,
+    ...                    -2147483648)
+    array([         0,          0, 4294967295, 4294967295])
+    """
+    v = np.clip(np.asarray(values, dtype=np.float64), lo, hi)
+    with np.errstate(invalid="ignore"):
+        t = np.rint(v * scale)
+        inside = (t >= -_TWO_63) & (t < _TWO_63)
+        a = np.where(inside, np.where(inside, t, 0.0).astype(np.int64), _INT64_MIN)
+    a = np.where(t >= _TWO_63, _INT64_MAX, a)
+    d = a.view(np.uint64) - np.int64(shift).view(np.uint64)
+    return np.minimum(d, np.uint64(MAX_CODE)).astype(np.int64)
+
+
+def discretize_rows_numpy(
+    matrix: np.ndarray, coef: np.ndarray, lo: float, hi: float, scale: float, shift: int
+) -> np.ndarray:
+    """The ``int64[K, n]`` codes of every float row: what each client sends.
+
+    A secure-sum backend that runs the real protocol receives these, one row per client.
+    Coefficient-0 rows hold exact zeros.
+    """
+    codes = np.empty(matrix.shape, dtype=np.int64)
+    for i in range(matrix.shape[0]):
+        if coef[i] == 0:
+            codes[i] = encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
+        else:
+            codes[i] = encode_float_numpy(
+                coef[i] * matrix[i].astype(np.float64), lo, hi, scale, shift
+            )
+    return codes
+
+
+def clip_flags_numpy(matrix: np.ndarray, coef: np.ndarray, lo, hi) -> np.ndarray:
+    """``int64[K, 3]``: per row, elements of ``coef[i] * matrix[i]`` above ``hi``, below ``lo``,
+    and NaN (float rows). Coefficient-0 rows hold exact zeros."""
+    flags = np.zeros((matrix.shape[0], 3), dtype=np.int64)
+    for i in range(matrix.shape[0]):
+        if coef[i] == 0:
+            flags[i] = _zero_row_flags(0, lo, hi, matrix.shape[1])
+        elif matrix.dtype.kind == "f":
+            x = matrix[i].astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = coef[i] * x
+            flags[i] = [(v > hi).sum(), (v < lo).sum(), np.isnan(x).sum()]
+        else:
+            flags[i] = [(matrix[i] > hi).sum(), (matrix[i] < lo).sum(), 0]
+    return flags
+
+
+def discretize_sum_numpy(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    lo: float,
+    hi: float,
+    scale: float,
+    shift: int,
+    out: np.ndarray,
+) -> np.ndarray:
+    """NumPy twin of :func:`discretize_sum` (same accumulator, same counts)."""
+    out += discretize_rows_numpy(matrix, coef, lo, hi, scale, shift).sum(axis=0, dtype=np.int64)
+    return clip_flags_numpy(matrix, coef, lo, hi)
+
+
+# -- integer rows --------------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def _discretize_int(matrix, rows, lo, hi, divisor, out, flags, block):  # pragma: no cover
+    n = matrix.shape[1]
+    num_rows = rows.shape[0]
+    num_blocks = (n + block - 1) // block
+    ulo = np.uint64(lo)
+    one = np.uint64(1)
+    for b in prange(num_blocks):
+        start = b * block
+        stop = min(start + block, n)
+        acc = out[start:stop]
+        for i in range(num_rows):
+            x = matrix[rows[i], start:stop]
+            above = 0
+            below = 0
+            for j in range(x.shape[0]):
+                v = x[j]
+                if v > hi:
+                    above += 1
+                    v = hi
+                if v < lo:
+                    below += 1
+                    v = lo
+                d = np.uint64(v) - ulo
+                if divisor != one:
+                    d = d // divisor
+                acc[j] += np.int64(d)
+            flags[b, i, 0] = above
+            flags[b, i, 1] = below
+
+
+def _check_int_args(
+    matrix: np.ndarray, coef: np.ndarray, out: np.ndarray, lo: int, hi: int, divisor: int
+) -> np.ndarray:
+    if matrix.dtype != np.int64:
+        raise TypeError(f"matrix must be int64, got {matrix.dtype}")
+    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
+        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
+    if coef.shape != (matrix.shape[0],):
+        raise ValueError(f"coef must have one entry per row ({matrix.shape[0]}), got {coef.shape}")
+    if not np.isin(coef, (0, 1)).all():
+        raise ValueError("integer rows take coefficients 0 or 1 only")
+    if not _INT64_MIN <= lo <= hi <= _INT64_MAX:
+        raise ValueError(f"need int64 bounds with lo <= hi, got lo={lo}, hi={hi}")
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    max_code = (hi - lo) // divisor
+    if matrix.shape[0] * max_code > _INT64_MAX:
+        raise ValueError(
+            f"{matrix.shape[0]} rows of codes up to {max_code} could overflow the int64 "
+            "accumulator; add fewer rows per call"
+        )
+    return _active_rows(coef)
+
+
+def discretize_sum_int(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    lo: int,
+    hi: int,
+    divisor: int,
+    out: np.ndarray,
+    *,
+    block: int = BLOCK,
+) -> np.ndarray:
+    """Add ``(clip(matrix[i], lo, hi) - lo) // divisor`` of every row into ``out``.
+
+    Rows with coefficient 0 hold exact zeros (their values are not read); other rows must have
+    coefficient 1.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``int64[K, n]`` C-contiguous client rows.
+    coef : numpy.ndarray
+        ``[K]`` coefficients, each 0 or 1.
+    lo, hi : int
+        The clipping range, int64 values with ``lo <= hi``.
+    divisor : int
+        ``>= 1``; codes are ``(clip(x) - lo) // divisor`` (the difference is exact in uint64).
+    out : numpy.ndarray
+        ``int64[n]`` accumulator, updated in place. Raises ValueError when ``K`` codes of up to
+        ``(hi - lo) // divisor`` could overflow it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64[K, 3]``: per row, elements above ``hi``, below ``lo``, and 0.
+
+    Examples
+    --------
+    >>> out = np.zeros(3, np.int64)
+    >>> discretize_sum_int(np.array([[-5, 0, 7]]), np.ones(1), -1, 1, 1, out)
+    array([[1, 1, 0]])
+    >>> out
+    array([0, 1, 2])
+    """
+    rows = _check_int_args(matrix, coef, out, lo, hi, divisor)
+    num_zero = coef.shape[0] - rows.shape[0]
+    if num_zero:
+        out += num_zero * int(encode_int_numpy(np.zeros(1, np.int64), lo, hi, divisor)[0])
+    n = matrix.shape[1]
+    num_blocks = (n + block - 1) // block
+    partials = np.zeros((num_blocks, rows.shape[0], 3), dtype=np.int64)
+    if rows.size and n:
+        _discretize_int(
+            matrix, rows, np.int64(lo), np.int64(hi), np.uint64(divisor), out, partials, block
+        )
+    return _combine(partials, rows, coef, _zero_row_flags(0, lo, hi, n))
+
+
+def encode_int_numpy(values: np.ndarray, lo: int, hi: int, divisor: int = 1) -> np.ndarray:
+    """``(clip(values, lo, hi) - lo) // divisor`` for int64 ``values``, as ``int64``.
+
+    Examples
+    --------
+    >>> encode_int_numpy(np.array([0, 1, 2, 3, 5, -254, -255, -256, 255, 256, 257]), -255, 256)
+    array([255, 256, 257, 258, 260,   1,   0,   0, 510, 511, 511])
+    """
+    clipped = np.clip(np.asarray(values, dtype=np.int64), lo, hi)
+    d = clipped.view(np.uint64) - np.int64(lo).view(np.uint64)
+    return (d // np.uint64(divisor)).astype(np.int64)
+
+
+def discretize_rows_int_numpy(
+    matrix: np.ndarray, coef: np.ndarray, lo: int, hi: int, divisor: int
+) -> np.ndarray:
+    """The ``int64[K, n]`` codes of every integer row (coefficient-0 rows hold zeros)."""
+    codes = np.empty(matrix.shape, dtype=np.int64)
+    for i in range(matrix.shape[0]):
+        row = matrix[i] if coef[i] != 0 else np.zeros(1, np.int64)
+        codes[i] = encode_int_numpy(row, lo, hi, divisor)
+    return codes
+
+
+def discretize_sum_int_numpy(
+    matrix: np.ndarray, coef: np.ndarray, lo: int, hi: int, divisor: int, out: np.ndarray
+) -> np.ndarray:
+    """NumPy twin of :func:`discretize_sum_int`."""
+    out += discretize_rows_int_numpy(matrix, coef, lo, hi, divisor).sum(axis=0, dtype=np.int64)
+    return clip_flags_numpy(matrix, coef, lo, hi)
+
+
+# -- modular sums --------------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def _modular_sum(matrix, rows, modulus, out, block):  # pragma: no cover - compiled
+    n = matrix.shape[1]
+    num_blocks = (n + block - 1) // block
+    for b in prange(num_blocks):
+        start = b * block
+        stop = min(start + block, n)
+        acc = out[start:stop]
+        for i in range(rows.shape[0]):
+            x = matrix[rows[i], start:stop]
+            for j in range(x.shape[0]):
+                s = acc[j] + x[j] % modulus  # Python semantics: the remainder is in [0, m)
+                if s >= modulus:
+                    s -= modulus
+                acc[j] = s
+
+
+def modular_sum(
+    matrix: np.ndarray, coef: np.ndarray, modulus: int, out: np.ndarray, *, block: int = BLOCK
+) -> np.ndarray:
+    """``out = (out + sum_i (matrix[i] mod m)) mod m`` over rows with coefficient 1.
+
+    Rows with coefficient 0 are skipped (they hold zeros); others must have coefficient 1.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``int64[K, n]`` client rows (any values: they wrap).
+    coef : numpy.ndarray
+        ``[K]`` coefficients, each 0 or 1.
+    modulus : int
+        ``1 <= m <= 2**62``.
+    out : numpy.ndarray
+        ``int64[n]`` accumulator with entries in ``[0, m)``, updated in place.
+
+    Examples
+    --------
+    >>> out = np.zeros(2, np.int64)
+    >>> modular_sum(np.array([[-1, 7], [22, 220]]), np.ones(2), 22, out)
+    array([21,  7])
+    """
+    if matrix.dtype != np.int64:
+        raise TypeError(f"matrix must be int64, got {matrix.dtype}")
+    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
+        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
+    if not 1 <= modulus <= MAX_MODULUS:
+        raise ValueError(f"modulus must be in [1, 2**62], got {modulus}")
+    if not np.isin(coef, (0, 1)).all():
+        raise ValueError("integer rows take coefficients 0 or 1 only")
+    rows = _active_rows(coef)
+    if rows.size and matrix.shape[1]:
+        _modular_sum(matrix, rows, np.int64(modulus), out, block)
+    return out
+
+
+def modular_sum_numpy(
+    matrix: np.ndarray, coef: np.ndarray, modulus: int, out: np.ndarray
+) -> np.ndarray:
+    """NumPy twin of :func:`modular_sum` (Python integers, no overflow possible)."""
+    total = out.astype(object)
+    for i in np.flatnonzero(coef):
+        total = (total + matrix[i].astype(object)) % modulus
+    out[:] = total.astype(np.int64)
+    return out
