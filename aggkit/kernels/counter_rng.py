@@ -120,8 +120,12 @@ _SEED_ROOT = 0x61676B6974526E67  # "agkitRng": the key that absorbs a user's int
 _TWO_M53 = 2.0**-53
 _UINT64_LIMIT = 1 << 64
 
-# log(x): fdlibm e_log.c (Sun Microsystems, 1993; freely distributable) kernel on
-# [sqrt(2)/2, sqrt(2)): f = x - 1, s = f / (2 + f), log(x) = f - s(f - R(s^2)).
+# log(x): the reduction and coefficients of fdlibm's e_log.c, on [sqrt(2)/2, sqrt(2)):
+# f = x - 1, s = f / (2 + f), log(x) = f - (f^2/2 - s (f^2/2 + R(s^2))). Its notice:
+#   Copyright (C) 1993 by Sun Microsystems, Inc. All rights reserved.
+#   Developed at SunSoft, a Sun Microsystems, Inc. business.
+#   Permission to use, copy, modify, and distribute this software is freely granted,
+#   provided that this notice is preserved.
 _LN2_HI = 6.93147180369123816490e-01  # ln 2, high 32 bits: e * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 _LG1 = 6.666666666666735130e-01
