@@ -101,8 +101,9 @@ def test_masking_vs_keystream_interleaved(benchmark, m, masks):
     """Probe and masking alternately, round after round: their ratio survives changing load.
 
     The other engineers' jobs share the two cores, so a probe timed a minute before the masking
-    can see a different machine. ``extra_info["ratio"]`` is best probe time / best masking time
-    over the same rounds (the issue's goal: >= 0.70).
+    can see a different machine. ``extra_info["ratio"]`` is the median over rounds of probe time /
+    masking time within the round (adjacent in time, so under the same load); ``best_ratio``
+    divides the best times (the issue's goal: >= 0.70).
     """
     seeds = _seeds(masks)
     probe = _keystream_run(seeds, 4 * m, CHUNK_BYTES)
@@ -122,7 +123,9 @@ def test_masking_vs_keystream_interleaved(benchmark, m, masks):
     benchmark.pedantic(run, rounds=40 if FULL else 1, iterations=1)
     benchmark.extra_info["probe_gbps"] = 4 * m * masks / min(times["probe"]) / 1e9
     benchmark.extra_info["masking_gbps"] = 4 * m * masks / min(times["masking"]) / 1e9
-    benchmark.extra_info["ratio"] = min(times["probe"]) / min(times["masking"])
+    benchmark.extra_info["best_ratio"] = min(times["probe"]) / min(times["masking"])
+    per_round = np.asarray(times["probe"]) / np.asarray(times["masking"])
+    benchmark.extra_info["ratio"] = float(np.median(per_round))
 
 
 @pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
