@@ -1,0 +1,576 @@
+"""Stochastic-rounding uniform quantization: levels, the fused quantized sum, and bit packing.
+
+A client quantizes each large tensor of its (coefficient-scaled) value ``v = c * x`` to
+``top + 1 = 2**bits`` levels between a range ``[lo, hi]`` that covers it:
+``u = (v - lo) * scale`` with ``scale = top / (hi - lo)`` (0 for a constant tensor), and level
+``q = floor(u + U)`` (at most ``top``), where ``U`` is uniform on [0, 1): ``q`` is ``floor(u)``
+or ``floor(u) + 1``, the latter with probability ``u - floor(u)``, so ``E[q] = u`` (up to the
+``2**-32`` grid of ``U``). The server decodes ``lo + q * step`` with ``step = (hi - lo) / top``,
+an unbiased estimate of ``v``. Choosing the range and building payloads is the caller's
+(:mod:`aggkit.compression`); this module holds the loops.
+
+Random numbers
+--------------
+``U`` comes from the counter-based generator (:mod:`aggkit.kernels.counter_rng`), 32 bits at a
+time: element ``i`` of a tensor reads word ``(i >> 8) & 3`` of Philox block
+``(i >> 10) * 256 + (i & 255)`` of the tensor's stream key, and rounds with
+``q = floor(u + word * 2**-32)``, which is ``floor(u) + 1`` with probability ``u - floor(u)``
+(up to the ``2**-32`` grid of ``U``). One Philox block serves four elements: a chunk of
+``CHUNK = 1024`` elements reads blocks ``256 c .. 256 c + 255``, word ``k`` for elements
+``256 k .. 256 k + 255`` of the chunk, the layout that lets both the generator loop and the
+rounding loop vectorize. The stream key of client ``j``'s tensor ``t`` is
+``fold_in(fold_in(round_key, j), t)`` (``derive_key(round_key, j, t)`` in Python). Every level is
+a pure function of (round key, client, tensor, index, value, range), so the bits do not depend
+on the thread count, on how clients are split into blocks, or on whether a client is encoded
+alone (:func:`stochastic_levels`) or inside the fused sum (:func:`quantized_row_sum`).
+
+The fused sum
+-------------
+Simulation does not need the packed integers: :func:`quantized_row_sum` computes each active
+row's levels and adds the decoded values straight into a float64 accumulator, applying each
+row's coefficient on the fly. ``prange`` runs over tasks of ``TASK`` columns of one tensor; a
+task goes chunk by chunk, four rows at a time (four memory streams in flight, the accumulator
+loaded once per four rows). For every column the additions happen in row order, exactly as in
+:func:`quantized_row_sum_numpy`, so the two agree bit for bit. Tensors not marked for
+quantization get ``acc += c * x`` in float64, like :mod:`aggkit.kernels.weighted_sum`.
+
+Bit packing
+-----------
+:func:`pack_bits` concatenates the ``bits``-bit levels into one little-endian bit stream (value
+``i`` occupies stream bits ``[i * bits, (i + 1) * bits)``, low bit first) and cuts the stream into
+28-bit pieces, one per int32 word (bits 28-31 are zero, so every word serialises as a 4-byte
+varint): ``ceil(n * bits / 28)`` words for ``n`` values. This is the layout of the reference
+implementation's ``pack_into_int(value, bits, 28)``. :func:`unpack_bits` inverts it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from aggkit.kernels._jit import kernel
+from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, random_block, random_block_numpy
+
+__all__ = [
+    "CHUNK",
+    "WORD_BITS",
+    "pack_bits",
+    "pack_bits_numpy",
+    "packed_words",
+    "quantized_row_sum",
+    "quantized_row_sum_numpy",
+    "stochastic_levels",
+    "stochastic_levels_numpy",
+    "stream_tasks",
+    "unpack_bits",
+    "unpack_bits_numpy",
+]
+
+#: Elements per random-stream chunk (256 Philox blocks).
+CHUNK = 1024
+#: Columns per parallel task of the fused sum (a multiple of ``CHUNK``).
+TASK = 8192
+_QUARTER = CHUNK // 4  # Philox blocks per chunk (four 32-bit words each)
+_TWO_M32 = 2.0**-32
+#: Payload bits per packed int32 word.
+WORD_BITS = 28
+_WORD_MASK = np.uint64((1 << WORD_BITS) - 1)
+_WORD_BITS_U = np.uint64(WORD_BITS)
+_ZERO = np.uint64(0)
+
+
+def _inline(dispatcher):
+    """Inline a small device function into its callers (so their loops vectorize)."""
+    dispatcher.targetoptions["inline"] = "always"
+    return dispatcher
+
+
+# --------------------------------------------------------------------------------------------
+# Device functions
+# --------------------------------------------------------------------------------------------
+
+
+@_inline
+@kernel
+def _level(v, lo, scale, word, top):  # pragma: no cover - compiled
+    """The stochastic level of ``v`` in ``[0, top]`` for a 32-bit random ``word`` (``v >= lo``)."""
+    return min(np.floor((v - lo) * scale + np.float64(word) * _TWO_M32), top)
+
+
+@kernel
+def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
+    """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key``: word ``k`` to ``words[k, b]``.
+
+    ``words.reshape(CHUNK)[r]`` is then the random word of element ``r`` of the chunk.
+    """
+    w0s = words[0]
+    w1s = words[1]
+    w2s = words[2]
+    w3s = words[3]
+    first = chunk * _QUARTER
+    for b in range(count):
+        w0, w1, w2, w3 = random_block(key, first + b)
+        w0s[b] = np.uint32(w0)
+        w1s[b] = np.uint32(w1)
+        w2s[b] = np.uint32(w2)
+        w3s[b] = np.uint32(w3)
+
+
+@kernel
+def _accumulate_levels(x, words, coef, lo, scale, step, top, out):  # pragma: no cover - compiled
+    for j in range(x.shape[0]):
+        q = _level(coef * x[j], lo, scale, words[j], top)
+        out[j] += lo + q * step
+
+
+@kernel
+def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, top, out):  # pragma: no cover
+    """Four rows at a time (four memory streams; ``out`` read and written once).
+
+    ``w0..w3`` are the rows' random words; ``p[k]`` holds row ``k``'s coefficient, range start,
+    scale and step. Rows are added in order, so the bits equal four calls of
+    :func:`_accumulate_levels`.
+    """
+    c0, l0, s0, d0 = p[0, 0], p[0, 1], p[0, 2], p[0, 3]
+    c1, l1, s1, d1 = p[1, 0], p[1, 1], p[1, 2], p[1, 3]
+    c2, l2, s2, d2 = p[2, 0], p[2, 1], p[2, 2], p[2, 3]
+    c3, l3, s3, d3 = p[3, 0], p[3, 1], p[3, 2], p[3, 3]
+    for j in range(x0.shape[0]):
+        a = out[j]
+        a += l0 + _level(c0 * x0[j], l0, s0, w0[j], top) * d0
+        a += l1 + _level(c1 * x1[j], l1, s1, w1[j], top) * d1
+        a += l2 + _level(c2 * x2[j], l2, s2, w2[j], top) * d2
+        a += l3 + _level(c3 * x3[j], l3, s3, w3[j], top) * d3
+        out[j] = a
+
+
+@kernel
+def _store_levels(x, words, coef, lo, scale, top, out):  # pragma: no cover - compiled
+    for j in range(x.shape[0]):
+        out[j] = np.uint32(_level(coef * x[j], lo, scale, words[j], top))
+
+
+@kernel
+def _accumulate_exact(x, coef, out):  # pragma: no cover - compiled
+    for j in range(x.shape[0]):
+        out[j] += coef * x[j]
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@kernel(parallel=True)
+def _quantized_row_sum(
+    matrix,
+    rows,
+    coef,
+    task_tensor,
+    task_start,
+    offsets,
+    quantize,
+    lo,
+    scale,
+    step,
+    top,
+    round_key,
+    first_client,
+    acc,
+):  # pragma: no cover - compiled
+    num_rows = rows.shape[0]
+    for task in prange(task_tensor.shape[0]):
+        t = task_tensor[task]
+        task_stop = min(task_start[task] + TASK, offsets[t + 1])
+        if not quantize[t]:
+            out = acc[task_start[task] : task_stop]
+            for ii in range(num_rows):
+                i = rows[ii]
+                _accumulate_exact(matrix[i, task_start[task] : task_stop], coef[i], out)
+            continue
+        words = np.empty((4, 4, _QUARTER), dtype=np.uint32)
+        flat = words.reshape(4, CHUNK)
+        p = np.empty((4, 4))
+        for start in range(task_start[task], task_stop, CHUNK):
+            stop = min(start + CHUNK, task_stop)
+            m = stop - start
+            chunk = (start - offsets[t]) // CHUNK
+            count = min(m, _QUARTER)
+            out = acc[start:stop]
+            ii = 0
+            while ii + 4 <= num_rows:
+                for k in range(4):
+                    i = rows[ii + k]
+                    key = fold_in(fold_in(round_key, first_client + i), t)
+                    _chunk_words(key, chunk, count, words[k])
+                    p[k, 0] = coef[i]
+                    p[k, 1] = lo[i, t]
+                    p[k, 2] = scale[i, t]
+                    p[k, 3] = step[i, t]
+                _accumulate_levels4(
+                    matrix[rows[ii], start:stop],
+                    matrix[rows[ii + 1], start:stop],
+                    matrix[rows[ii + 2], start:stop],
+                    matrix[rows[ii + 3], start:stop],
+                    flat[0, :m],
+                    flat[1, :m],
+                    flat[2, :m],
+                    flat[3, :m],
+                    p,
+                    top,
+                    out,
+                )
+                ii += 4
+            while ii < num_rows:
+                i = rows[ii]
+                key = fold_in(fold_in(round_key, first_client + i), t)
+                _chunk_words(key, chunk, count, words[0])
+                x = matrix[i, start:stop]
+                w = flat[0, :m]
+                _accumulate_levels(x, w, coef[i], lo[i, t], scale[i, t], step[i, t], top, out)
+                ii += 1
+
+
+@kernel(parallel=True)
+def _stochastic_levels(x, coef, lo, scale, top, key, out):  # pragma: no cover - compiled
+    n = x.shape[0]
+    for chunk in prange((n + CHUNK - 1) // CHUNK):
+        start = chunk * CHUNK
+        stop = min(start + CHUNK, n)
+        m = stop - start
+        words = np.empty((4, _QUARTER), dtype=np.uint32)
+        _chunk_words(key, chunk, min(m, _QUARTER), words)
+        _store_levels(
+            x[start:stop], words.reshape(CHUNK)[:m], coef, lo, scale, top, out[start:stop]
+        )
+
+
+# Packing works on groups of values that fill whole words: g values of b bits are g * b / 28
+# words when g = 28 / gcd(b, 28). Pieces of groups are independent, so they run in parallel.
+_GROUPS_PER_PIECE = 2048
+
+
+@kernel(parallel=True)
+def _pack_bits(values, bits, group, out):  # pragma: no cover - compiled
+    n = values.shape[0]
+    num_words = out.shape[0]
+    per_group = group * bits // WORD_BITS
+    num_groups = (n + group - 1) // group
+    b = np.uint64(bits)
+    for piece in prange((num_groups + _GROUPS_PER_PIECE - 1) // _GROUPS_PER_PIECE):
+        first = piece * _GROUPS_PER_PIECE * group
+        last = min(first + _GROUPS_PER_PIECE * group, n)
+        w = piece * _GROUPS_PER_PIECE * per_group
+        buffer = np.uint64(0)
+        filled = np.uint64(0)
+        for i in range(first, last):
+            buffer |= np.uint64(values[i]) << filled
+            filled += b
+            if filled >= _WORD_BITS_U:
+                out[w] = np.int32(buffer & _WORD_MASK)
+                w += 1
+                buffer >>= _WORD_BITS_U
+                filled -= _WORD_BITS_U
+        if filled > _ZERO and w < num_words:
+            out[w] = np.int32(buffer)
+
+
+@kernel(parallel=True)
+def _unpack_bits(words, bits, group, out):  # pragma: no cover - compiled
+    n = out.shape[0]
+    per_group = group * bits // WORD_BITS
+    num_groups = (n + group - 1) // group
+    b = np.uint64(bits)
+    mask = np.uint64((1 << bits) - 1)
+    for piece in prange((num_groups + _GROUPS_PER_PIECE - 1) // _GROUPS_PER_PIECE):
+        first = piece * _GROUPS_PER_PIECE * group
+        last = min(first + _GROUPS_PER_PIECE * group, n)
+        w = piece * _GROUPS_PER_PIECE * per_group
+        buffer = np.uint64(0)
+        filled = np.uint64(0)
+        for i in range(first, last):
+            if filled < b:
+                buffer |= (np.uint64(np.uint32(words[w])) & _WORD_MASK) << filled
+                w += 1
+                filled += _WORD_BITS_U
+            out[i] = np.uint32(buffer & mask)
+            buffer >>= b
+            filled -= b
+
+
+# --------------------------------------------------------------------------------------------
+# Python wrappers
+# --------------------------------------------------------------------------------------------
+
+
+def stream_tasks(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parallel tasks of :func:`quantized_row_sum` for tensor boundaries ``offsets``.
+
+    Returns ``(task_tensor, task_start)``: task ``k`` covers columns ``task_start[k]`` to
+    ``min(task_start[k] + TASK, offsets[task_tensor[k] + 1])`` of tensor ``task_tensor[k]``;
+    every task starts a multiple of ``TASK`` after its tensor's start. Depends only on the
+    layout, so a process computes it once.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    tensors = []
+    starts = []
+    for t in range(len(offsets) - 1):
+        begin, end = int(offsets[t]), int(offsets[t + 1])
+        if end > begin:
+            s = np.arange(begin, end, TASK, dtype=np.int64)
+            starts.append(s)
+            tensors.append(np.full(s.size, t, dtype=np.int64))
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(tensors), np.concatenate(starts)
+
+
+def _check_top(bits: int) -> float:
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in [1, 16], got {bits}")
+    return float((1 << bits) - 1)
+
+
+def quantized_row_sum(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    offsets: np.ndarray,
+    quantize: np.ndarray,
+    lo: np.ndarray,
+    scale: np.ndarray,
+    step: np.ndarray,
+    bits: int,
+    round_key: int,
+    first_client: int,
+    acc: np.ndarray,
+    *,
+    tasks: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Add every active row's decoded quantized value into ``acc`` (encode, decode and sum fused).
+
+    For each row ``i`` with ``coef[i] != 0`` and each tensor ``t``: if ``quantize[t]``, adds
+    ``lo[i, t] + q * step[i, t]`` where ``q`` is the stochastic level of ``coef[i] * x`` (see the
+    module docstring); otherwise adds ``coef[i] * x`` exactly (in float64). Rows with coefficient
+    0 are skipped, even if they hold NaN.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray
+        ``[K, n]`` C-contiguous float32 or float64 client rows.
+    coef : numpy.ndarray
+        ``float64[K]`` non-negative coefficients.
+    offsets : numpy.ndarray
+        ``int64[T + 1]`` tensor boundaries.
+    quantize : numpy.ndarray
+        ``bool[T]``: which tensors are quantized.
+    lo, scale, step : numpy.ndarray
+        ``float64[K, T]`` per row and tensor: range start, ``top / (hi - lo)`` (0 for a constant
+        tensor) and ``(hi - lo) / top``, where ``top = 2**bits - 1``. The range must contain
+        ``coef[i] * x`` for the tensor.
+    bits : int
+        In [1, 16].
+    round_key : int
+        The round's stream key (client ``first_client + i`` gets sub-stream ``first_client + i``).
+    first_client : int
+        Global index of row 0 (so results do not depend on how clients are split into blocks).
+    acc : numpy.ndarray
+        ``float64[n]`` accumulator, updated in place.
+    tasks : tuple of numpy.ndarray, optional
+        :func:`stream_tasks` of ``offsets`` (computed if not given).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``acc``.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0.25, 1.0]], np.float32)
+    >>> lo, hi = np.zeros((1, 1)), np.ones((1, 1))
+    >>> acc = quantized_row_sum(x, np.ones(1), np.array([0, 3]), np.array([True]), lo, hi,
+    ...                         hi, 1, 7, 0, np.zeros(3))
+    >>> bool(acc[0] == 0.0 and acc[1] in (0.0, 1.0) and acc[2] == 1.0)
+    True
+    """
+    top = _check_top(bits)
+    if tasks is None:
+        tasks = stream_tasks(offsets)
+    rows = np.flatnonzero(coef).astype(np.int64)
+    if rows.size and tasks[0].size:
+        _quantized_row_sum(
+            matrix,
+            rows,
+            coef,
+            tasks[0],
+            tasks[1],
+            np.asarray(offsets, dtype=np.int64),
+            np.asarray(quantize, dtype=np.bool_),
+            lo,
+            scale,
+            step,
+            top,
+            np.uint64(round_key),
+            np.int64(first_client),
+            acc,
+        )
+    return acc
+
+
+def stochastic_levels(
+    x: np.ndarray,
+    coef: float,
+    lo: float,
+    scale: float,
+    bits: int,
+    key: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The levels ``q`` (``uint32[n]``) of one tensor of one client: what it bit-packs and sends.
+
+    ``key`` is the tensor's stream key (``derive_key(round_key, client, tensor)``); the levels
+    are the ones :func:`quantized_row_sum` decodes for that client and tensor.
+
+    Examples
+    --------
+    >>> q = stochastic_levels(np.array([0.0, 1.0, 2.5, 3.0]), 1.0, 0.0, 1.0, 2, key=3)  # 2 bits
+    >>> bool(q[0] == 0 and q[1] == 1 and q[2] in (2, 3) and q[3] == 3)
+    True
+    """
+    top = _check_top(bits)
+    x = np.ascontiguousarray(x).reshape(-1)
+    if out is None:
+        out = np.empty(x.size, dtype=np.uint32)
+    if x.size:
+        _stochastic_levels(x, float(coef), float(lo), float(scale), top, np.uint64(key), out)
+    return out
+
+
+def packed_words(count: int, bits: int) -> int:
+    """The int32 words that hold ``count`` values of ``bits`` bits: ``ceil(count * bits / 28)``."""
+    return -(-int(count) * int(bits) // WORD_BITS)
+
+
+def _group(bits: int) -> int:
+    return WORD_BITS // int(np.gcd(bits, WORD_BITS))
+
+
+def pack_bits(values: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack integers in ``[0, 2**bits)`` into int32 words of 28 payload bits (module docstring).
+
+    Examples
+    --------
+    >>> pack_bits(np.array([1, 2, 3], np.uint32), 8)  # 1 + 2 * 2**8 + 3 * 2**16
+    array([197121], dtype=int32)
+    """
+    _check_top(bits)
+    values = np.ascontiguousarray(values, dtype=np.uint32).reshape(-1)
+    size = packed_words(values.size, bits)
+    if out is None:
+        out = np.empty(size, dtype=np.int32)
+    elif out.shape != (size,) or out.dtype != np.int32:
+        raise ValueError(f"out must be int32[{size}], got {out.dtype}{list(out.shape)}")
+    if values.size:
+        _pack_bits(values, int(bits), _group(bits), out)
+    return out
+
+
+def unpack_bits(
+    words: np.ndarray, bits: int, count: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``count`` values (``uint32``) from packed words.
+
+    Examples
+    --------
+    >>> unpack_bits(np.array([197121], np.int32), 8, 3)
+    array([1, 2, 3], dtype=uint32)
+    """
+    _check_top(bits)
+    words = np.ascontiguousarray(words, dtype=np.int32).reshape(-1)
+    if words.size != packed_words(count, bits):
+        raise ValueError(
+            f"{count} values of {bits} bits take {packed_words(count, bits)} words, "
+            f"got {words.size}"
+        )
+    if out is None:
+        out = np.empty(count, dtype=np.uint32)
+    if count:
+        _unpack_bits(words, int(bits), _group(bits), out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy twins (bit-exact)
+# --------------------------------------------------------------------------------------------
+
+
+def _words_numpy(key: int, count: int) -> np.ndarray:
+    """The random words of elements ``0 .. count - 1`` of stream ``key`` (``uint64``)."""
+    i = np.arange(count, dtype=np.uint64)
+    blocks = (i >> np.uint64(10)) * np.uint64(_QUARTER) + (i & np.uint64(_QUARTER - 1))
+    unique = np.arange(
+        0, (count + CHUNK - 1) // CHUNK * _QUARTER if count else 0, dtype=np.uint64
+    )  # every block a chunk may read (cheaper than one per element)
+    w = random_block_numpy(key, unique)
+    word = ((i >> np.uint64(8)) & np.uint64(3)).astype(np.intp)
+    return w[blocks.astype(np.intp), word]
+
+
+def _levels_numpy(v: np.ndarray, lo: float, scale: float, words: np.ndarray, top: float):
+    return np.minimum(np.floor((v - lo) * scale + words.astype(np.float64) * _TWO_M32), top)
+
+
+def stochastic_levels_numpy(
+    x: np.ndarray, coef: float, lo: float, scale: float, bits: int, key: int
+) -> np.ndarray:
+    """Twin of :func:`stochastic_levels`."""
+    top = _check_top(bits)
+    v = float(coef) * np.asarray(x).reshape(-1).astype(np.float64)
+    return _levels_numpy(v, lo, scale, _words_numpy(key, v.size), top).astype(np.uint32)
+
+
+def quantized_row_sum_numpy(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    offsets: np.ndarray,
+    quantize: np.ndarray,
+    lo: np.ndarray,
+    scale: np.ndarray,
+    step: np.ndarray,
+    bits: int,
+    round_key: int,
+    first_client: int,
+    acc: np.ndarray,
+) -> np.ndarray:
+    """Twin of :func:`quantized_row_sum` (same bits: rows added one at a time, in row order)."""
+    top = _check_top(bits)
+    for i in np.flatnonzero(coef):
+        for t in range(len(offsets) - 1):
+            seg = slice(int(offsets[t]), int(offsets[t + 1]))
+            v = coef[i] * matrix[i, seg].astype(np.float64)
+            if not v.size:
+                continue
+            if quantize[t]:
+                key = fold_in_numpy(fold_in_numpy(round_key, first_client + int(i)), t)
+                q = _levels_numpy(v, lo[i, t], scale[i, t], _words_numpy(key, v.size), top)
+                acc[seg] += lo[i, t] + q * step[i, t]
+            else:
+                acc[seg] += v
+    return acc
+
+
+def pack_bits_numpy(values: np.ndarray, bits: int) -> np.ndarray:
+    """Twin of :func:`pack_bits`: through an explicit array of stream bits."""
+    values = np.asarray(values, dtype=np.uint64).reshape(-1)
+    stream = ((values[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).reshape(-1)
+    size = packed_words(values.size, bits)
+    stream = np.concatenate([stream, np.zeros(size * WORD_BITS - stream.size, np.uint64)])
+    powers = np.uint64(1) << np.arange(WORD_BITS, dtype=np.uint64)
+    return (stream.reshape(size, WORD_BITS) * powers).sum(axis=1).astype(np.int32)
+
+
+def unpack_bits_numpy(words: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Twin of :func:`unpack_bits`."""
+    words = np.asarray(words, dtype=np.int64).reshape(-1).astype(np.uint64)
+    stream = ((words[:, None] >> np.arange(WORD_BITS, dtype=np.uint64)) & np.uint64(1)).reshape(-1)
+    stream = stream[: count * bits].reshape(count, bits)
+    return (stream << np.arange(bits, dtype=np.uint64)).sum(axis=1).astype(np.uint32)
