@@ -190,7 +190,7 @@ def _discretize_float(
                 acc[j] += np.int64(t) - offset
             else:
                 bad += 1
-        nan_columns[b] = bad
+        nan_columns[b] += bad
 
 
 def _active_rows(coef: np.ndarray) -> np.ndarray:
@@ -279,6 +279,7 @@ def discretize_sum(
     nan_columns = np.zeros(num_blocks, dtype=np.int64)
     for first in range(0, rows.shape[0] if n else 0, per_call):
         part = slice(first, first + per_call)
+        chunk = np.zeros((num_blocks, len(rows[part]), 3), dtype=np.int64)
         _discretize_float(
             matrix,
             rows[part],
@@ -291,10 +292,11 @@ def discretize_sum(
             np.uint64(np.int64(shift).view(np.uint64)),
             general,
             out,
-            partials[:, part],
+            chunk,
             nan_columns,
             block,
         )
+        partials[:, part] = chunk
     if nan_columns.any():  # rare (an error for the caller): count NaNs per row exactly
         for i, r in enumerate(rows):
             partials[0, i, 2] = np.isnan(matrix[r]).sum()

@@ -109,6 +109,10 @@ def test_more_rows_than_one_call_takes(monkeypatch):
         ours, twin, flags, twin_flags = _both(matrix, coef, _code(*bounds, np.float32), block=7)
         np.testing.assert_array_equal(ours, twin)
         np.testing.assert_array_equal(flags, twin_flags)
+    matrix[1, 17] = np.nan  # in the first call of several: still reported
+    _, _, flags, twin_flags = _both(matrix, coef, _code(-2.0, 2.0, np.float32), block=7)
+    np.testing.assert_array_equal(flags, twin_flags)
+    assert flags[1, 2] == 1
 
 
 def test_encode_matches_the_literal_formula_on_exact_values():
