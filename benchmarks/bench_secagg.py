@@ -28,6 +28,9 @@ import time
 
 import numpy as np
 import pytest
+
+pytest.importorskip("cryptography")
+
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from aggkit.secure.crypto import CHUNK_BYTES, MaskGenerator

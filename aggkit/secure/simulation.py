@@ -275,7 +275,8 @@ def run_secure_sum(
 
     Same parameters as :func:`simulate_round`. Without dropouts the result is bit-identical to
     ``inputs.sum(axis=0) % modulus`` (computed without overflow); with dropouts it is the sum over
-    the clients that sent their masked input.
+    the clients that sent their masked input. ``modulus=1`` (every sum is 0, nothing to hide)
+    returns zeros without running a round, so a backend can pass any modulus >= 1.
 
     Returns
     -------
@@ -287,6 +288,11 @@ def run_secure_sum(
     >>> run_secure_sum(np.array([[20, 1], [5, 21]]), modulus=22, seed=1)
     array([3, 0], dtype=uint64)
     """
+    if modulus == 1:
+        x = np.asarray(inputs)
+        if x.ndim != 2 or x.dtype.kind not in "iu" or (x.size and (x.min() < 0 or x.max() > 0)):
+            raise ValueError("with modulus 1, inputs must be a [K, m] integer matrix of zeros")
+        return np.zeros(x.shape[1], np.uint64)
     return simulate_round(
         inputs,
         modulus=modulus,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import pytest
+
+pytest.importorskip("cryptography")
 
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.messages import STAGES, Message, decode

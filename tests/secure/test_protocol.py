@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure import protocol, shamir
 from aggkit.secure.errors import ProtocolAbort, ProtocolViolation, StageError
 from aggkit.secure.graph import harary_graph
@@ -320,3 +322,9 @@ def test_bitwidth_channel_mapping_gives_the_integer_sum(k, bits):
     modulus = 2 ** (bits + math.ceil(math.log2(k)))
     total = run_secure_sum(x, modulus=modulus, seed=k)
     np.testing.assert_array_equal(total, x.astype(object).sum(axis=0).astype(np.uint64))
+
+
+def test_modulus_one_needs_no_round():
+    np.testing.assert_array_equal(run_secure_sum(np.zeros((3, 2), np.int64), modulus=1), [0, 0])
+    with pytest.raises(ValueError):
+        run_secure_sum(np.ones((3, 2), np.int64), modulus=1)

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure import crypto
 from aggkit.secure.errors import AuthenticationError
 

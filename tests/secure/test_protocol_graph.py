@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.graph import check_graph, complete_graph, default_degree, harary_graph
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+
+pytest.importorskip("cryptography")
 
 from aggkit.secure.errors import ProtocolAbort
 from aggkit.secure.graph import harary_graph

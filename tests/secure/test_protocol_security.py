@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure.errors import (
     AuthenticationError,
     MessageFormatError,

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure import shamir
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.errors import InsufficientSharesError, ShareIntegrityError

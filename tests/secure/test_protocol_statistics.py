@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+pytest.importorskip("cryptography")
+
 from aggkit.secure.crypto import MaskGenerator, mask_values
 from aggkit.secure.messages import MaskedInputResponse
 from tests.secure.protocol_helpers import drive_round
