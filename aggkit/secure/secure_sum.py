@@ -142,10 +142,10 @@ class FloatCode:
             return np.full(total.shape, num_summands * self.lo)
         offset = num_summands * self.shift
         if abs(offset) + MAX_CODE * num_summands <= _INT64_MAX:
-            exact = (total + np.int64(offset)).astype(np.float64)
+            exact = total + np.int64(offset)
         else:  # only for ranges tiny next to their offset: Python integers
             exact = (total.astype(object) + offset).astype(np.float64)
-        return exact * (self.span / MAX_CODE)
+        return np.multiply(exact, self.span / MAX_CODE, dtype=np.float64)
 
 
 def _check_total(total: np.ndarray, num_summands: int) -> None:
