@@ -272,6 +272,8 @@ def discretize_sum(
     high = min(float(np.rint(hi * scale)), low + MAX_CODE)
     # The fast form sums codes plus `low` in float64: keep each call's sums below 2**53.
     general = not (scale > 0 and max(abs(low), abs(high)) < _FAST_LIMIT)
+    if not general and int(low) != shift:
+        raise ValueError(f"shift must be rint(lo * scale) = {int(low)}, got {shift}")
     per_call = _ROWS_PER_CALL
     if not general:
         per_call = min(per_call, int(2**53 // (max(abs(low), abs(high)) + 1)))
