@@ -191,44 +191,45 @@ def _quantized_row_sum(
         words = np.empty((4, 4, _QUARTER), dtype=np.uint32)
         flat = words.reshape(4, CHUNK)
         p = np.empty((4, 4))
-        for start in range(task_start[task], task_stop, CHUNK):
-            stop = min(start + CHUNK, task_stop)
-            m = stop - start
-            chunk = (start - offsets[t]) // CHUNK
-            count = min(m, _QUARTER)
-            out = acc[start:stop]
-            ii = 0
-            while ii + 4 <= num_rows:
-                for k in range(4):
-                    i = rows[ii + k]
-                    key = fold_in(fold_in(round_key, first_client + i), t)
-                    _chunk_words(key, chunk, count, words[k])
-                    p[k, 0] = coef[i]
-                    p[k, 1] = lo[i, t]
-                    p[k, 2] = scale[i, t]
-                    p[k, 3] = step[i, t]
-                _accumulate_levels4(
-                    matrix[rows[ii], start:stop],
-                    matrix[rows[ii + 1], start:stop],
-                    matrix[rows[ii + 2], start:stop],
-                    matrix[rows[ii + 3], start:stop],
-                    flat[0, :m],
-                    flat[1, :m],
-                    flat[2, :m],
-                    flat[3, :m],
-                    p,
-                    top,
-                    out,
-                )
-                ii += 4
-            while ii < num_rows:
-                i = rows[ii]
-                key = fold_in(fold_in(round_key, first_client + i), t)
-                _chunk_words(key, chunk, count, words[0])
-                x = matrix[i, start:stop]
-                w = flat[0, :m]
-                _accumulate_levels(x, w, coef[i], lo[i, t], scale[i, t], step[i, t], top, out)
-                ii += 1
+        keys = np.empty(4, dtype=np.uint64)
+        ii = 0
+        while ii < num_rows:
+            group = 4 if ii + 4 <= num_rows else 1
+            for k in range(group):
+                i = rows[ii + k]
+                keys[k] = fold_in(fold_in(round_key, first_client + i), t)
+                p[k, 0] = coef[i]
+                p[k, 1] = lo[i, t]
+                p[k, 2] = scale[i, t]
+                p[k, 3] = step[i, t]
+            # Row by row over the whole task: long contiguous runs of each row for the prefetcher.
+            for start in range(task_start[task], task_stop, CHUNK):
+                stop = min(start + CHUNK, task_stop)
+                m = stop - start
+                chunk = (start - offsets[t]) // CHUNK
+                count = min(m, _QUARTER)
+                out = acc[start:stop]
+                for k in range(group):
+                    _chunk_words(keys[k], chunk, count, words[k])
+                if group == 4:
+                    _accumulate_levels4(
+                        matrix[rows[ii], start:stop],
+                        matrix[rows[ii + 1], start:stop],
+                        matrix[rows[ii + 2], start:stop],
+                        matrix[rows[ii + 3], start:stop],
+                        flat[0, :m],
+                        flat[1, :m],
+                        flat[2, :m],
+                        flat[3, :m],
+                        p,
+                        top,
+                        out,
+                    )
+                else:
+                    x = matrix[rows[ii], start:stop]
+                    w = flat[0, :m]
+                    _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], top, out)
+            ii += group
 
 
 @kernel(parallel=True)
