@@ -206,8 +206,9 @@ def _not_found_message(paths: Sequence[Path]) -> str:
     names = ", ".join(MNIST_FILES)
     return (
         f"MNIST not found. Looked for {names} (or .gz) in:\n{looked}\n"
-        f"Point to a directory holding MNIST/raw/ with the data path argument or the "
-        f"{ENV_VAR} environment variable, or download it (about 11 MB) with "
+        f"Point to the directory holding MNIST/raw/ with the data path argument (--data on "
+        f"the command line) or the {ENV_VAR} environment variable, or download MNIST "
+        f"(about 11 MB) with "
         f"`load_mnist(download=True)` or "
         f"`python -c 'import aggkit_torch.data as d; d.download_mnist()'` "
         f"(saved under {_cache_dir()})."
