@@ -4,7 +4,10 @@ Submodules load on first use, so ``import aggkit_torch`` does not import torch:
 
 - :mod:`aggkit_torch.data`: MNIST from its IDX files, client partitions;
 - :mod:`aggkit_torch.models`: the seed CNN;
-- :mod:`aggkit_torch.local_training`: the fast client step and evaluation.
+- :mod:`aggkit_torch.local_training`: the fast client step and evaluation;
+- :mod:`aggkit_torch.params`: views between model parameters and aggkit structures;
+- :mod:`aggkit_torch.federated`: the federated-averaging trainer;
+- :mod:`aggkit_torch.mnist`: the federated MNIST command line (``python -m aggkit_torch.mnist``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["data", "local_training", "models"]
+__all__ = ["data", "federated", "local_training", "mnist", "models", "params"]
 
 _SUBMODULES = frozenset(__all__)
 
