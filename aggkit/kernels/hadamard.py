@@ -66,21 +66,44 @@ def padded_size(n: int) -> int:
 
 @_inline
 @kernel
-def _radix4_contiguous(v):  # pragma: no cover - compiled
-    """Stages with strides 1 and 2 over groups of four neighbours (``v.size % 4 == 0``)."""
-    for i in range(0, v.shape[0], 4):
+def _radix8_contiguous(v):  # pragma: no cover - compiled
+    """Stages with strides 1, 2 and 4 over groups of eight neighbours (``v.size % 8 == 0``)."""
+    for i in range(0, v.shape[0], 8):
         x0 = v[i]
         x1 = v[i + 1]
         x2 = v[i + 2]
         x3 = v[i + 3]
-        s01 = x0 + x1
-        d01 = x0 - x1
-        s23 = x2 + x3
-        d23 = x2 - x3
-        v[i] = s01 + s23
-        v[i + 1] = d01 + d23
-        v[i + 2] = s01 - s23
-        v[i + 3] = d01 - d23
+        x4 = v[i + 4]
+        x5 = v[i + 5]
+        x6 = v[i + 6]
+        x7 = v[i + 7]
+        # stride 1
+        a0 = x0 + x1
+        a1 = x0 - x1
+        a2 = x2 + x3
+        a3 = x2 - x3
+        a4 = x4 + x5
+        a5 = x4 - x5
+        a6 = x6 + x7
+        a7 = x6 - x7
+        # stride 2
+        b0 = a0 + a2
+        b1 = a1 + a3
+        b2 = a0 - a2
+        b3 = a1 - a3
+        b4 = a4 + a6
+        b5 = a5 + a7
+        b6 = a4 - a6
+        b7 = a5 - a7
+        # stride 4
+        v[i] = b0 + b4
+        v[i + 1] = b1 + b5
+        v[i + 2] = b2 + b6
+        v[i + 3] = b3 + b7
+        v[i + 4] = b0 - b4
+        v[i + 5] = b1 - b5
+        v[i + 6] = b2 - b6
+        v[i + 7] = b3 - b7
 
 
 @_inline
@@ -136,9 +159,9 @@ def _stages(v, h, limit):  # pragma: no cover - compiled
 @kernel
 def _block_stages(v):  # pragma: no cover - compiled
     """Every stage of the FWHT of the power-of-two block ``v`` (which fits in cache)."""
-    if v.shape[0] >= 4:
-        _radix4_contiguous(v)
-        _stages(v, 4, v.shape[0])
+    if v.shape[0] >= 8:
+        _radix8_contiguous(v)
+        _stages(v, 8, v.shape[0])
     else:
         _stages(v, 1, v.shape[0])
 
