@@ -36,7 +36,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -154,12 +154,19 @@ class FederatedTrainer:
         Weighted (given client weights) or unweighted (given none).
     train_images, train_labels : torch.Tensor
         All training examples in memory; clients are index sets into them.
-    partitions : sequence of index arrays
-        One per client (``aggkit_torch.data.partition_*``).
+    partitions : sequence of index arrays, or mapping of client name to index array
+        One per client (``aggkit_torch.data.partition_*``), or named clients such as
+        ``{"bob": range(0, 30000), "alice": range(30000, 60000)}``.
     test_images, test_labels : torch.Tensor, optional
         For :meth:`evaluate` and per-round test accuracy.
     config : FedAvgConfig
         Hyperparameters.
+    local_update : callable, optional
+        ``local_update(model, optimizer, images, labels) -> num_examples`` trains the worker model
+        in place on one client's examples; an existing script's own training function fits as
+        is. Torch's global random generator is seeded per (seed, round, client) before each call,
+        so runs stay reproducible. By default :func:`~aggkit_torch.local_training.train_local`
+        with the config's epochs, steps and batch size.
     """
 
     def __init__(
@@ -173,10 +180,17 @@ class FederatedTrainer:
         test_labels: torch.Tensor | None = None,
         *,
         config: FedAvgConfig | None = None,
+        local_update: Callable[..., int] | None = None,
     ):
         self.config = config or FedAvgConfig()
         if not isinstance(aggregator, ak.Factory):
             raise TypeError(f"aggregator must be an aggkit factory, got {aggregator!r}")
+        if isinstance(partitions, Mapping):
+            self.client_names = [str(name) for name in partitions]
+            partitions = list(partitions.values())
+        else:
+            self.client_names = [str(i) for i in range(len(partitions))]
+        self.local_update = local_update
         self.partitions = [np.asarray(p, dtype=np.int64) for p in partitions]
         if not self.partitions or any(len(p) == 0 for p in self.partitions):
             raise ValueError("partitions must be a non-empty list of non-empty index arrays")
@@ -237,22 +251,32 @@ class FederatedTrainer:
             generator = torch.Generator().manual_seed(
                 _seed_of(config.seed, self.round, int(client))
             )
-            result = train_local(
-                self.worker,
-                self.client_optimizer,
-                self.train_images,
-                self.train_labels,
-                self.partitions[client],
-                epochs=config.local_epochs,
-                steps=config.local_steps,
-                batch_size=config.batch_size,
-                generator=generator,
-            )
-            if write_delta(initial, self.worker, self.batch.matrix[row]):
-                weights[row] = (
-                    result.num_examples if config.client_weighting == "num_examples" else 1.0
+            if self.local_update is None:
+                result = train_local(
+                    self.worker,
+                    self.client_optimizer,
+                    self.train_images,
+                    self.train_labels,
+                    self.partitions[client],
+                    epochs=config.local_epochs,
+                    steps=config.local_steps,
+                    batch_size=config.batch_size,
+                    generator=generator,
                 )
-                losses.append(result.mean_loss)
+                examples, loss = result.num_examples, result.mean_loss
+            else:
+                torch.manual_seed(_seed_of(config.seed, self.round, int(client)))
+                rows = torch.from_numpy(self.partitions[client])
+                examples = self.local_update(
+                    self.worker,
+                    self.client_optimizer,
+                    self.train_images.index_select(0, rows),
+                    self.train_labels.index_select(0, rows),
+                )
+                loss = math.nan
+            if write_delta(initial, self.worker, self.batch.matrix[row]):
+                weights[row] = examples if config.client_weighting == "num_examples" else 1.0
+                losses.append(loss)
             else:  # SPEC 9.7: a non-finite update is replaced by zeros, with weight 0
                 self.batch.matrix[row] = 0.0
                 nonfinite += 1
@@ -269,8 +293,8 @@ class FederatedTrainer:
         self.round += 1
         metrics: dict[str, Any] = {
             "round": self.round,
-            "clients": [int(c) for c in clients],
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "clients": [self.client_names[c] for c in clients],
+            "train_loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
             "nonfinite_clients": nonfinite,
             "examples": int(weights.sum()) if config.client_weighting == "num_examples" else None,
             "measurements": flatten_measurements(output.measurements),
@@ -362,7 +386,8 @@ def format_round(metrics: dict[str, Any]) -> str:
     parts = [f"round {metrics['round']}"]
     if "test_accuracy" in metrics:
         parts.append(f"test accuracy {metrics['test_accuracy']:.4f}")
-    parts.append(f"train loss {metrics['train_loss']:.4f}")
+    if math.isfinite(metrics["train_loss"]):
+        parts.append(f"train loss {metrics['train_loss']:.4f}")
     parts.append(f"{metrics['round_seconds']:.1f}s (aggregate {metrics['aggregate_seconds']:.3f}s)")
     shown = {
         k: (f"{v:.4g}" if isinstance(v, float) else str(v))
