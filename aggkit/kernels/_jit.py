@@ -78,7 +78,9 @@ def _install_locator() -> bool:
 CACHE: bool = os.environ.get("AGGKIT_NUMBA_CACHE", "1") != "0" and _install_locator()
 
 
-def kernel(function=None, *, parallel: bool = False, fastmath_reassoc: bool = False):
+def kernel(
+    function=None, *, parallel: bool = False, fastmath_reassoc: bool = False, inline: bool = False
+):
     """Compile ``function`` with aggkit's kernel options.
 
     ``nogil=True`` (callers may run kernels from threads), ``fastmath=False`` (results must match
@@ -92,12 +94,21 @@ def kernel(function=None, *, parallel: bool = False, fastmath_reassoc: bool = Fa
     else: NaN and Inf keep their meaning). Use it only for a float reduction loop, which cannot
     vectorize otherwise; its summation order then depends on the compiled vector width, not on
     the thread count, and its twin test compares with a tolerance.
+
+    ``inline=True`` inlines a device function into its callers at the numba IR level. numba does
+    not inline large helpers on its own, and a call left in a hot loop stops it from vectorizing
+    (the Gaussian noise loop: 42 ns per element with the call, 9 without).
     """
     fastmath = {"reassoc"} if fastmath_reassoc else False
 
     def decorate(fn):
         return numba.njit(
-            cache=CACHE, nogil=True, fastmath=fastmath, error_model="numpy", parallel=parallel
+            cache=CACHE,
+            nogil=True,
+            fastmath=fastmath,
+            error_model="numpy",
+            parallel=parallel,
+            inline="always" if inline else "never",
         )(fn)
 
     return decorate if function is None else decorate(function)

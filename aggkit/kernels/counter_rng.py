@@ -162,22 +162,7 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9 = (
 # --------------------------------------------------------------------------------------------
 
 
-def _inline(dispatcher):
-    """Make numba inline a device function into every kernel that calls it.
-
-    A loop that calls a device function vectorizes only if the call is inlined, and LLVM does not
-    inline functions this large by itself: the Gaussian kernel runs 4-5 times slower without
-    this. Numba's ``inline="always"`` (an option of ``njit``) does it; ``kernel`` does not expose
-    the option yet, so it is set on the dispatcher before its first compilation.
-    """
-    options = getattr(dispatcher, "targetoptions", None)  # None under NUMBA_DISABLE_JIT=1
-    if options is not None:
-        options["inline"] = "always"
-    return dispatcher
-
-
-@_inline
-@kernel
+@kernel(inline=True)
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 of counter words ``c0..c3`` under key words ``k0, k1``.
 
@@ -197,8 +182,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def random_block(key, counter):
     """The four 32-bit words (as ``np.uint64``) of stream block ``counter`` under ``key``."""
     k = np.uint64(key)
@@ -206,8 +190,7 @@ def random_block(key, counter):
     return philox4x32_10(c & _MASK32, c >> _SHIFT32, _ZERO, _ZERO, k & _MASK32, k >> _SHIFT32)
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def fold_in(key, data):
     """The key of sub-stream ``data`` (an integer) of ``key``: a ``np.uint64``."""
     k = np.uint64(key)
@@ -218,24 +201,21 @@ def fold_in(key, data):
     return (w0 << _SHIFT32) | w1
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def uniform01(key, index):
     """A float64 uniform on [0, 1) (multiples of 2**-53) at ``index`` of stream ``key``."""
     w0, w1, _, _ = random_block(key, index)
     return np.int64(((w0 << _SHIFT32) | w1) >> _SHIFT11) * _TWO_M53
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def rademacher(key, index):
     """``+1.0`` or ``-1.0`` with probability 1/2 each, at ``index`` of stream ``key``."""
     w0, _, _, _ = random_block(key, index)
     return 1.0 - 2.0 * np.float64(np.int64(w0 >> _SHIFT31))
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _log_unit(t):
     """Natural log of ``t`` in (2**-64, 1] (no libm call; about one ulp)."""
     # Scale t into (1/2, 1] by exact powers of two, counting the exponent in e.
@@ -272,8 +252,7 @@ def _log_unit(t):
     return e * _LN2_HI - ((hfsq - (s * (hfsq + r) + e * _LN2_LO)) - f)
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _cos_sin_turns(v):
     """``(cos 2 pi v, sin 2 pi v)`` for ``v`` in [0, 1) on the 2**-53 grid (no libm call)."""
     x = 4.0 * v  # exact
@@ -304,8 +283,7 @@ def _cos_sin_turns(v):
     return cos_t, sin_t
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def normal_pair(key, counter):
     """Two independent float64 N(0, 1) values from stream block ``counter`` (Box-Muller)."""
     w0, w1, w2, w3 = random_block(key, counter)
@@ -316,8 +294,7 @@ def normal_pair(key, counter):
     return r * cos_t, r * sin_t
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def standard_normal(key, index):
     """A float64 N(0, 1) value at ``index`` of stream ``key``: half of a :func:`normal_pair`."""
     i = np.uint64(index)
