@@ -45,7 +45,7 @@ def _ranges(matrix, coef, offs, bits):
 
 
 @st.composite
-def quantized_sums(draw, max_cols=2 * TASK + 300):
+def quantized_sums(draw, max_cols=TASK + CHUNK + 7):
     matrix = draw(client_matrices(max_rows=9, max_cols=max_cols, allow_nonfinite=False))
     offs = draw(offsets(matrix.shape[1], max_tensors=4))
     coef = draw(coefficients(matrix.shape[0]))
@@ -66,6 +66,21 @@ def test_fused_sum_matches_twin_bit_for_bit(case):
     ours = quantized_row_sum(*args, np.zeros(matrix.shape[1]))
     twin = quantized_row_sum_numpy(*args, np.zeros(matrix.shape[1]))
     np.testing.assert_array_equal(ours, twin)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype):
+    rng = np.random.default_rng(3)
+    cols = 2 * TASK + CHUNK + 13  # three tasks, the last with a partial chunk
+    matrix = rng.standard_normal((11, cols)).astype(dtype)  # two groups of four rows, then three
+    coef = rng.random(11)
+    coef[5] = 0.0
+    offs = np.array([0, 7, cols - 500, cols])
+    quantize = np.array([True, True, False])
+    lo, scale, step = _ranges(matrix, coef, offs, 8)
+    args = (matrix, coef, offs, quantize, lo, scale, step, 8, 99, 3)
+    ours = quantized_row_sum(*args, np.zeros(cols))
+    np.testing.assert_array_equal(ours, quantized_row_sum_numpy(*args, np.zeros(cols)))
 
 
 @given(quantized_sums(max_cols=3 * CHUNK), st.data())
