@@ -99,8 +99,8 @@ class FloatCode:
     can be off by half a float32 unit of the span, and then the code of ``hi`` exceeds
     ``2**32 - 1`` and is clipped, so a client at the upper bound loses up to ``2**-25`` of the
     range, far more than the half step (``2**-33`` of the range) the discretization promises.
-    In float64 the difference of two float32 bounds is exact and every client stays within one
-    step.
+    In float64 the difference of two float32 bounds is exact (unless their magnitudes are more
+    than ``2**29`` apart) and every client stays within one step.
 
     Examples
     --------
