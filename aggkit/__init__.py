@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aggkit.dp import gaussian_adaptive, gaussian_fixed
 from aggkit.errors import EmptyRoundError, InvalidUpdateError
 from aggkit.mean import mean, unweighted_mean
-from aggkit.presets import robust_aggregator
+from aggkit.presets import dp_aggregator, robust_aggregator
 from aggkit.process import (
     AggregationProcess,
     ConstantEstimate,
@@ -47,6 +48,9 @@ __all__ = [
     "Output",
     "TensorSpec",
     "clipping",
+    "dp_aggregator",
+    "gaussian_adaptive",
+    "gaussian_fixed",
     "mean",
     "privacy",
     "private_quantile_estimator",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
+from aggkit.dp import gaussian_adaptive
 from aggkit.mean import mean, unweighted_mean
 from aggkit.process import Factory
 from aggkit.quantile import quantile_estimator
 from aggkit.robust import clipping, zeroing
 
-__all__ = ["robust_aggregator"]
+__all__ = ["dp_aggregator", "robust_aggregator"]
 
 
 def _default_zeroing(inner: Factory, secure_estimation: bool = False) -> Factory:
@@ -91,6 +92,71 @@ def robust_aggregator(
     factory: Factory = mean() if weighted else unweighted_mean()
     if clipping:
         factory = _default_clipping(factory)
+    if zeroing:
+        factory = _default_zeroing(factory)
+    return factory
+
+
+def dp_aggregator(
+    noise_multiplier: float,
+    clients_per_round: float,
+    zeroing: bool = True,
+    *,
+    population: float | None = None,
+    delta: float | None = None,
+    seed: int | None = None,
+) -> Factory:
+    """Differentially private mean with adaptive clipping: ``zeroing(gaussian_adaptive(...))``.
+
+    ``ak.gaussian_adaptive(noise_multiplier, clients_per_round)`` with its defaults (first clip
+    0.1, target unclipped quantile 0.5, learning rate 0.2, clipped-count noise
+    ``0.05 * clients_per_round``), wrapped in the default adaptive zeroing of
+    :func:`robust_aggregator` (L-inf norm above ``2 * q0.98 + 1``), as
+    ``tff.learning.dp_aggregator``. Unweighted: the result is divided by the expected
+    ``clients_per_round``, so use it with uniform client weights.
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        The overall noise multiplier ``z`` (>= 0); must be below ``0.1 * clients_per_round``
+        (twice the default clipped-count noise).
+    clients_per_round : float
+        The expected number of clients per round (> 0).
+    zeroing : bool
+        Include the adaptive zeroing stage.
+    population, delta, seed
+        As in :func:`aggkit.gaussian_fixed`: with ``population``, measurements report the running
+        epsilon of the DP layer; ``seed=None`` draws the noise key from the operating system (a
+        seeded run is for research reproducibility, not for a deployment).
+
+    Returns
+    -------
+    Factory
+        With zeroing, measurements ``{"zeroing": {"dp_query_metrics": {"clip": float}, "dp": ()},
+        "zeroing_norm": float, "zeroed_count": int}`` (``"privacy"`` joins ``"dp"`` when the
+        population is given).
+
+    Notes
+    -----
+    The zeroing threshold is estimated *without* noise from the raw client norms, as in TFF: the
+    reported epsilon covers the DP layer only, and the threshold (and which clients it zeroes)
+    is not protected by it.
+
+    Examples
+    --------
+    >>> import numpy as np, aggkit as ak
+    >>> process = ak.dp_aggregator(0.5, 20, seed=0).create(ak.TensorSpec((3,), np.float32))
+    >>> out = process.next(process.initialize(), [np.full(3, 0.01, np.float32)] * 20)
+    >>> out.measurements["zeroing_norm"], out.measurements["zeroed_count"]
+    (21.0, 0)
+    >>> clip = out.measurements["zeroing"]["dp_query_metrics"]["clip"]  # next round's clip
+    >>> round(clip, 3)  # all 20 below 0.1: about 0.1 * exp(-0.2 * 0.5); the count is noised
+    0.091
+    """
+    _check_flags(zeroing=zeroing)
+    factory: Factory = gaussian_adaptive(
+        noise_multiplier, clients_per_round, population=population, delta=delta, seed=seed
+    )
     if zeroing:
         factory = _default_zeroing(factory)
     return factory
