@@ -4,21 +4,27 @@ A client quantizes each large tensor of its (coefficient-scaled) value ``v = c *
 ``top + 1 = 2**bits`` levels between a range ``[lo, hi]`` that covers it:
 ``u = (v - lo) * scale`` with ``scale = top / (hi - lo)`` (0 for a constant tensor), and level
 ``q = floor(u + U)`` (at most ``top``), where ``U`` is uniform on [0, 1): ``q`` is ``floor(u)``
-or ``floor(u) + 1``, the latter with probability ``u - floor(u)``, so ``E[q] = u`` (up to the
-``2**-32`` grid of ``U``). The server decodes ``lo + q * step`` with ``step = (hi - lo) / top``,
-an unbiased estimate of ``v``. Choosing the range and building payloads is the caller's
-(:mod:`aggkit.compression`); this module holds the loops.
+or ``floor(u) + 1``, the latter with probability ``u - floor(u)``, so ``E[q] = u`` up to the
+grid of ``U`` (below). The server decodes ``lo + q * step`` with ``step = (hi - lo) / top``, an
+unbiased estimate of ``v``. Choosing the range and building payloads is the caller's
+(:mod:`aggkit.compression`); this module holds the loops. Arithmetic is float64.
 
 Random numbers
 --------------
-``U`` comes from the counter-based generator (:mod:`aggkit.kernels.counter_rng`), 32 bits at a
-time: element ``i`` of a tensor reads word ``(i >> 8) & 3`` of Philox block
-``(i >> 10) * 256 + (i & 255)`` of the tensor's stream key, and rounds with
-``q = floor(u + word * 2**-32)``, which is ``floor(u) + 1`` with probability ``u - floor(u)``
-(up to the ``2**-32`` grid of ``U``). One Philox block serves four elements: a chunk of
-``CHUNK = 1024`` elements reads blocks ``256 c .. 256 c + 255``, word ``k`` for elements
-``256 k .. 256 k + 255`` of the chunk, the layout that lets both the generator loop and the
-rounding loop vectorize. The stream key of client ``j``'s tensor ``t`` is
+``U`` comes from the counter-based generator (:mod:`aggkit.kernels.counter_rng`) on a grid of
+``2**-r``: ``r = 16`` bits for quantizers of 8 bits or more, ``r = 32`` below. Rounding up then
+happens with probability ``ceil(2**r frac) / 2**r`` instead of ``frac``, a bias below
+``2**-r`` of a step, that is below ``2**-24`` of the client's range ``hi - lo`` in every case
+(one float32 unit in the last place of the range). The reference implementation rounds in
+float32, which at 8 bits has the same ``2**-16`` resolution. 16-bit uniforms take half the
+generator's work: eight elements per Philox block instead of four.
+
+A stream chunk is 256 Philox blocks: ``2048`` elements with 16-bit uniforms, ``1024`` with
+32-bit ones (:func:`chunk_size`). Element ``r`` of chunk ``c`` of a tensor reads block
+``256 c + (r % 256)``; with 32-bit uniforms word ``r // 256`` of it, with 16-bit uniforms the
+low (``k`` even) or high (``k`` odd) half of word ``k // 2``, ``k = r // 256``. (So a chunk's
+numbers fill a ``[4 or 8, 256]`` buffer row by row, a layout that lets both the generator loop
+and the rounding loop vectorize.) The stream key of client ``j``'s tensor ``t`` is
 ``fold_in(fold_in(round_key, j), t)`` (``derive_key(round_key, j, t)`` in Python). Every level is
 a pure function of (round key, client, tensor, index, value, range), so the bits do not depend
 on the thread count, on how clients are split into blocks, or on whether a client is encoded
@@ -52,8 +58,11 @@ from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, random_block, random_block_numpy
 
 __all__ = [
-    "CHUNK",
+    "BLOCKS",
+    "SHORT_UNIFORM_BITS",
+    "TASK",
     "WORD_BITS",
+    "chunk_size",
     "pack_bits",
     "pack_bits_numpy",
     "packed_words",
@@ -62,16 +71,19 @@ __all__ = [
     "stochastic_levels",
     "stochastic_levels_numpy",
     "stream_tasks",
+    "uniform_bits",
     "unpack_bits",
     "unpack_bits_numpy",
 ]
 
-#: Elements per random-stream chunk (256 Philox blocks).
-CHUNK = 1024
-#: Columns per parallel task of the fused sum (a multiple of ``CHUNK``).
+#: Philox blocks per random-stream chunk.
+BLOCKS = 256
+#: Quantizers with at least this many bits round with 16-bit uniforms, others with 32-bit ones.
+SHORT_UNIFORM_BITS = 8
+#: Columns per parallel task of the fused sum (a multiple of every chunk size).
 TASK = 8192
-_QUARTER = CHUNK // 4  # Philox blocks per chunk (four 32-bit words each)
-_TWO_M32 = 2.0**-32
+_M16 = np.uint64(0xFFFF)
+_S16 = np.uint64(16)
 #: Payload bits per packed int32 word.
 WORD_BITS = 28
 _WORD_MASK = np.uint64((1 << WORD_BITS) - 1)
@@ -92,39 +104,62 @@ def _inline(dispatcher):
 
 @_inline
 @kernel
-def _level(v, lo, scale, word, top):  # pragma: no cover - compiled
-    """The stochastic level of ``v`` in ``[0, top]`` for a 32-bit random ``word`` (``v >= lo``)."""
-    return min(np.floor((v - lo) * scale + np.float64(word) * _TWO_M32), top)
+def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
+    """The stochastic level of ``v >= lo`` in ``[0, top]`` for the uniform ``word * inv``."""
+    return min(np.floor((v - lo) * scale + np.float64(word) * inv), top)
 
 
 @kernel
 def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
-    """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key``: word ``k`` to ``words[k, b]``.
+    """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into ``words[:, b]``.
 
-    ``words.reshape(CHUNK)[r]`` is then the random word of element ``r`` of the chunk.
+    ``words`` is ``uint32[4, 256]`` (word ``k`` of a block to row ``k``) or ``uint32[8, 256]``
+    (the low then the high 16 bits of word ``k`` to rows ``2k`` and ``2k + 1``; kept as uint32,
+    which the rounding loop converts in one instruction); ``words.reshape(-1)[r]`` is then the
+    random number of element ``r`` of the chunk.
     """
-    w0s = words[0]
-    w1s = words[1]
-    w2s = words[2]
-    w3s = words[3]
-    first = chunk * _QUARTER
-    for b in range(count):
-        w0, w1, w2, w3 = random_block(key, first + b)
-        w0s[b] = np.uint32(w0)
-        w1s[b] = np.uint32(w1)
-        w2s[b] = np.uint32(w2)
-        w3s[b] = np.uint32(w3)
+    first = chunk * BLOCKS
+    if words.shape[0] == 4:
+        w0s = words[0]
+        w1s = words[1]
+        w2s = words[2]
+        w3s = words[3]
+        for b in range(count):
+            w0, w1, w2, w3 = random_block(key, first + b)
+            w0s[b] = w0
+            w1s[b] = w1
+            w2s[b] = w2
+            w3s[b] = w3
+    else:
+        h0 = words[0]
+        h1 = words[1]
+        h2 = words[2]
+        h3 = words[3]
+        h4 = words[4]
+        h5 = words[5]
+        h6 = words[6]
+        h7 = words[7]
+        for b in range(count):
+            w0, w1, w2, w3 = random_block(key, first + b)
+            h0[b] = w0 & _M16
+            h1[b] = w0 >> _S16
+            h2[b] = w1 & _M16
+            h3[b] = w1 >> _S16
+            h4[b] = w2 & _M16
+            h5[b] = w2 >> _S16
+            h6[b] = w3 & _M16
+            h7[b] = w3 >> _S16
 
 
 @kernel
-def _accumulate_levels(x, words, coef, lo, scale, step, top, out):  # pragma: no cover - compiled
+def _accumulate_levels(x, words, coef, lo, scale, step, inv, top, out):  # pragma: no cover
     for j in range(x.shape[0]):
-        q = _level(coef * x[j], lo, scale, words[j], top)
+        q = _level(coef * x[j], lo, scale, words[j], inv, top)
         out[j] += lo + q * step
 
 
 @kernel
-def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, top, out):  # pragma: no cover
+def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, inv, top, out):  # pragma: no cover
     """Four rows at a time (four memory streams; ``out`` read and written once).
 
     ``w0..w3`` are the rows' random words; ``p[k]`` holds row ``k``'s coefficient, range start,
@@ -137,17 +172,17 @@ def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, top, out):  # pragma:
     c3, l3, s3, d3 = p[3, 0], p[3, 1], p[3, 2], p[3, 3]
     for j in range(x0.shape[0]):
         a = out[j]
-        a += l0 + _level(c0 * x0[j], l0, s0, w0[j], top) * d0
-        a += l1 + _level(c1 * x1[j], l1, s1, w1[j], top) * d1
-        a += l2 + _level(c2 * x2[j], l2, s2, w2[j], top) * d2
-        a += l3 + _level(c3 * x3[j], l3, s3, w3[j], top) * d3
+        a += l0 + _level(c0 * x0[j], l0, s0, w0[j], inv, top) * d0
+        a += l1 + _level(c1 * x1[j], l1, s1, w1[j], inv, top) * d1
+        a += l2 + _level(c2 * x2[j], l2, s2, w2[j], inv, top) * d2
+        a += l3 + _level(c3 * x3[j], l3, s3, w3[j], inv, top) * d3
         out[j] = a
 
 
 @kernel
-def _store_levels(x, words, coef, lo, scale, top, out):  # pragma: no cover - compiled
+def _store_levels(x, words, coef, lo, scale, inv, top, out):  # pragma: no cover - compiled
     for j in range(x.shape[0]):
-        out[j] = np.uint32(_level(coef * x[j], lo, scale, words[j], top))
+        out[j] = np.uint32(_level(coef * x[j], lo, scale, words[j], inv, top))
 
 
 @kernel
@@ -174,11 +209,14 @@ def _quantized_row_sum(
     scale,
     step,
     top,
+    per_block,
+    inv,
     round_key,
     first_client,
     acc,
 ):  # pragma: no cover - compiled
     num_rows = rows.shape[0]
+    chunk_size = BLOCKS * per_block
     for task in prange(task_tensor.shape[0]):
         t = task_tensor[task]
         task_stop = min(task_start[task] + TASK, offsets[t + 1])
@@ -188,8 +226,8 @@ def _quantized_row_sum(
                 i = rows[ii]
                 _accumulate_exact(matrix[i, task_start[task] : task_stop], coef[i], out)
             continue
-        words = np.empty((4, 4, _QUARTER), dtype=np.uint32)
-        flat = words.reshape(4, CHUNK)
+        words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
+        flat = words.reshape(4, chunk_size)
         p = np.empty((4, 4))
         keys = np.empty(4, dtype=np.uint64)
         ii = 0
@@ -203,11 +241,11 @@ def _quantized_row_sum(
                 p[k, 2] = scale[i, t]
                 p[k, 3] = step[i, t]
             # Row by row over the whole task: long contiguous runs of each row for the prefetcher.
-            for start in range(task_start[task], task_stop, CHUNK):
-                stop = min(start + CHUNK, task_stop)
+            for start in range(task_start[task], task_stop, chunk_size):
+                stop = min(start + chunk_size, task_stop)
                 m = stop - start
-                chunk = (start - offsets[t]) // CHUNK
-                count = min(m, _QUARTER)
+                chunk = (start - offsets[t]) // chunk_size
+                count = min(m, BLOCKS)
                 out = acc[start:stop]
                 for k in range(group):
                     _chunk_words(keys[k], chunk, count, words[k])
@@ -222,28 +260,29 @@ def _quantized_row_sum(
                         flat[2, :m],
                         flat[3, :m],
                         p,
+                        inv,
                         top,
                         out,
                     )
                 else:
                     x = matrix[rows[ii], start:stop]
                     w = flat[0, :m]
-                    _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], top, out)
+                    _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], inv, top, out)
             ii += group
 
 
 @kernel(parallel=True)
-def _stochastic_levels(x, coef, lo, scale, top, key, out):  # pragma: no cover - compiled
+def _stochastic_levels(x, coef, lo, scale, top, per_block, inv, key, out):  # pragma: no cover
     n = x.shape[0]
-    for chunk in prange((n + CHUNK - 1) // CHUNK):
-        start = chunk * CHUNK
-        stop = min(start + CHUNK, n)
+    chunk_size = BLOCKS * per_block
+    for chunk in prange((n + chunk_size - 1) // chunk_size):
+        start = chunk * chunk_size
+        stop = min(start + chunk_size, n)
         m = stop - start
-        words = np.empty((4, _QUARTER), dtype=np.uint32)
-        _chunk_words(key, chunk, min(m, _QUARTER), words)
-        _store_levels(
-            x[start:stop], words.reshape(CHUNK)[:m], coef, lo, scale, top, out[start:stop]
-        )
+        words = np.empty((per_block, BLOCKS), dtype=np.uint32)
+        _chunk_words(key, chunk, min(m, BLOCKS), words)
+        w = words.reshape(chunk_size)[:m]
+        _store_levels(x[start:stop], w, coef, lo, scale, inv, top, out[start:stop])
 
 
 # Packing works on groups of values that fill whole words: g values of b bits are g * b / 28
@@ -332,6 +371,22 @@ def _check_top(bits: int) -> float:
     return float((1 << bits) - 1)
 
 
+def uniform_bits(bits: int) -> int:
+    """Resolution of the rounding uniforms of a ``bits``-bit quantizer: 16 or 32 bits."""
+    return 16 if bits >= SHORT_UNIFORM_BITS else 32
+
+
+def chunk_size(bits: int) -> int:
+    """Elements per random-stream chunk of a ``bits``-bit quantizer (256 Philox blocks)."""
+    return BLOCKS * 128 // uniform_bits(bits)
+
+
+def _stream_shape(bits: int) -> tuple[int, float]:
+    """Random numbers per Philox block, and the grid step of the uniforms."""
+    r = uniform_bits(bits)
+    return 128 // r, 2.0**-r
+
+
 def quantized_row_sum(
     matrix: np.ndarray,
     coef: np.ndarray,
@@ -397,6 +452,7 @@ def quantized_row_sum(
     if tasks is None:
         tasks = stream_tasks(offsets)
     rows = np.flatnonzero(coef).astype(np.int64)
+    per_block, inv = _stream_shape(bits)
     if rows.size and tasks[0].size:
         _quantized_row_sum(
             matrix,
@@ -410,6 +466,8 @@ def quantized_row_sum(
             scale,
             step,
             top,
+            per_block,
+            inv,
             np.uint64(round_key),
             np.int64(first_client),
             acc,
@@ -441,8 +499,11 @@ def stochastic_levels(
     x = np.ascontiguousarray(x).reshape(-1)
     if out is None:
         out = np.empty(x.size, dtype=np.uint32)
+    per_block, inv = _stream_shape(bits)
     if x.size:
-        _stochastic_levels(x, float(coef), float(lo), float(scale), top, np.uint64(key), out)
+        _stochastic_levels(
+            x, float(coef), float(lo), float(scale), top, per_block, inv, np.uint64(key), out
+        )
     return out
 
 
@@ -504,29 +565,33 @@ def unpack_bits(
 # --------------------------------------------------------------------------------------------
 
 
-def _words_numpy(key: int, count: int) -> np.ndarray:
-    """The random words of elements ``0 .. count - 1`` of stream ``key`` (``uint64``)."""
-    i = np.arange(count, dtype=np.uint64)
-    blocks = (i >> np.uint64(10)) * np.uint64(_QUARTER) + (i & np.uint64(_QUARTER - 1))
-    unique = np.arange(
-        0, (count + CHUNK - 1) // CHUNK * _QUARTER if count else 0, dtype=np.uint64
-    )  # every block a chunk may read (cheaper than one per element)
-    w = random_block_numpy(key, unique)
-    word = ((i >> np.uint64(8)) & np.uint64(3)).astype(np.intp)
-    return w[blocks.astype(np.intp), word]
+def _words_numpy(key: int, count: int, bits: int) -> np.ndarray:
+    """The random numbers of elements ``0 .. count - 1`` of stream ``key`` (``uint64``)."""
+    size = chunk_size(bits)
+    i = np.arange(count, dtype=np.int64)
+    blocks = (i // size) * BLOCKS + (i % BLOCKS)
+    slot = (i % size) // BLOCKS  # the row of the chunk's word buffer
+    num_blocks = -(-count // size) * BLOCKS  # every block a chunk may read
+    w = random_block_numpy(key, np.arange(num_blocks, dtype=np.uint64))
+    if uniform_bits(bits) == 32:
+        return w[blocks, slot]
+    halves = w[blocks, slot >> 1] >> (np.uint64(16) * (slot & 1).astype(np.uint64))
+    return halves & _M16
 
 
-def _levels_numpy(v: np.ndarray, lo: float, scale: float, words: np.ndarray, top: float):
-    return np.minimum(np.floor((v - lo) * scale + words.astype(np.float64) * _TWO_M32), top)
+def _levels_numpy(v: np.ndarray, lo: float, scale: float, words: np.ndarray, bits: int):
+    inv = 2.0 ** -uniform_bits(bits)
+    top = float((1 << bits) - 1)
+    return np.minimum(np.floor((v - lo) * scale + words.astype(np.float64) * inv), top)
 
 
 def stochastic_levels_numpy(
     x: np.ndarray, coef: float, lo: float, scale: float, bits: int, key: int
 ) -> np.ndarray:
     """Twin of :func:`stochastic_levels`."""
-    top = _check_top(bits)
+    _check_top(bits)
     v = float(coef) * np.asarray(x).reshape(-1).astype(np.float64)
-    return _levels_numpy(v, lo, scale, _words_numpy(key, v.size), top).astype(np.uint32)
+    return _levels_numpy(v, lo, scale, _words_numpy(key, v.size, bits), bits).astype(np.uint32)
 
 
 def quantized_row_sum_numpy(
@@ -543,7 +608,7 @@ def quantized_row_sum_numpy(
     acc: np.ndarray,
 ) -> np.ndarray:
     """Twin of :func:`quantized_row_sum` (same bits: rows added one at a time, in row order)."""
-    top = _check_top(bits)
+    _check_top(bits)
     for i in np.flatnonzero(coef):
         for t in range(len(offsets) - 1):
             seg = slice(int(offsets[t]), int(offsets[t + 1]))
@@ -552,7 +617,8 @@ def quantized_row_sum_numpy(
                 continue
             if quantize[t]:
                 key = fold_in_numpy(fold_in_numpy(round_key, first_client + int(i)), t)
-                q = _levels_numpy(v, lo[i, t], scale[i, t], _words_numpy(key, v.size), top)
+                words = _words_numpy(key, v.size, bits)
+                q = _levels_numpy(v, lo[i, t], scale[i, t], words, bits)
                 acc[seg] += lo[i, t] + q * step[i, t]
             else:
                 acc[seg] += v

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from aggkit.kernels.counter_rng import derive_key
 from aggkit.kernels.quantize import (
-    CHUNK,
     TASK,
+    chunk_size,
     pack_bits,
     pack_bits_numpy,
     packed_words,
@@ -24,6 +24,7 @@ from aggkit.kernels.quantize import (
 from tests.strategies import client_matrices, coefficients, offsets
 
 BITS = st.integers(1, 16)
+CHUNK = chunk_size(16)  # the longer of the two chunk sizes
 
 
 def _ranges(matrix, coef, offs, bits):
@@ -68,8 +69,9 @@ def test_fused_sum_matches_twin_bit_for_bit(case):
     np.testing.assert_array_equal(ours, twin)
 
 
+@pytest.mark.parametrize("bits", [4, 8])  # 32-bit and 16-bit uniforms
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype):
+def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype, bits):
     rng = np.random.default_rng(3)
     cols = 2 * TASK + CHUNK + 13  # three tasks, the last with a partial chunk
     matrix = rng.standard_normal((11, cols)).astype(dtype)  # two groups of four rows, then three
@@ -77,8 +79,8 @@ def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype):
     coef[5] = 0.0
     offs = np.array([0, 7, cols - 500, cols])
     quantize = np.array([True, True, False])
-    lo, scale, step = _ranges(matrix, coef, offs, 8)
-    args = (matrix, coef, offs, quantize, lo, scale, step, 8, 99, 3)
+    lo, scale, step = _ranges(matrix, coef, offs, bits)
+    args = (matrix, coef, offs, quantize, lo, scale, step, bits, 99, 3)
     ours = quantized_row_sum(*args, np.zeros(cols))
     np.testing.assert_array_equal(ours, quantized_row_sum_numpy(*args, np.zeros(cols)))
 
