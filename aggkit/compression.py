@@ -5,7 +5,9 @@ threshold)`` (SPEC.md section 7.1). Per round, each client quantizes every float
 with more than ``threshold`` elements to ``2**bits`` levels between its own minimum and maximum,
 with stochastic rounding, bit-packs the levels (28 payload bits per int32 word) and uploads them
 with the range; smaller tensors, integer tensors and constant tensors travel exactly. The server
-decodes every client and sums. The estimate is unbiased, and each decoded coordinate is within
+decodes every client and sums. The estimate is unbiased (up to the grid of the rounding
+uniforms, 16 bits from 8 quantization bits up and 32 bits below: a bias under ``2**-24`` of the
+client's range, see :mod:`aggkit.kernels.quantize`), and each decoded coordinate is within
 ``(max - min) / (2**bits - 1)`` of the client's value.
 
 Used as the value sum of a mean, ``ak.mean(ak.quantized_sum())``: the client's value is then its
