@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aggkit.compression import quantized_sum
 from aggkit.dp import gaussian_adaptive, gaussian_fixed
 from aggkit.errors import EmptyRoundError, InvalidUpdateError
+from aggkit.hadamard import hadamard
 from aggkit.mean import mean, unweighted_mean
-from aggkit.presets import dp_aggregator, robust_aggregator
+from aggkit.presets import (
+    compression_aggregator,
+    dp_aggregator,
+    robust_aggregator,
+    secure_aggregator,
+)
 from aggkit.process import (
     AggregationProcess,
     ConstantEstimate,
@@ -28,6 +35,8 @@ from aggkit.process import (
 )
 from aggkit.quantile import private_quantile_estimator, quantile_estimator
 from aggkit.robust import clipping, zeroing
+from aggkit.secure.modular_sum import secure_modular_sum
+from aggkit.secure.secure_sum import secure_sum
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 from aggkit.sum import sum
 
@@ -48,14 +57,20 @@ __all__ = [
     "Output",
     "TensorSpec",
     "clipping",
+    "compression_aggregator",
     "dp_aggregator",
     "gaussian_adaptive",
     "gaussian_fixed",
+    "hadamard",
     "mean",
     "privacy",
     "private_quantile_estimator",
     "quantile_estimator",
+    "quantized_sum",
     "robust_aggregator",
+    "secure_aggregator",
+    "secure_modular_sum",
+    "secure_sum",
     "sum",
     "testing",
     "unweighted_mean",

@@ -74,12 +74,15 @@ def _trainer(mnist, aggregator, **config):
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("name", ["mean", "robust"])
+@pytest.mark.parametrize("name", mnist_cli.AGGREGATORS)
 def test_short_real_mnist_run_learns(mnist, name):
-    args = mnist_cli.parse_args(["--aggregator", name])
-    trainer = _trainer(mnist, mnist_cli.make_aggregator(name, args))
+    args = mnist_cli.parse_args(["--aggregator", name, "--clients-per-round", "4"])
+    weighting = "uniform" if name == "dp" else "num_examples"
+    trainer = _trainer(mnist, mnist_cli.make_aggregator(name, args), client_weighting=weighting)
     history = trainer.run(2, progress=False, log=None)
-    assert history[-1]["test_accuracy"] > 0.6  # chance is 0.1
+    # Chance is 0.1. DP starts from a clip norm of 0.1 (TFF's default) that adapts upwards over
+    # rounds, so two short rounds move it less far (0.40 measured; the others 0.7-0.9).
+    assert history[-1]["test_accuracy"] > (0.25 if name == "dp" else 0.6)
     assert history[-1]["nonfinite_clients"] == 0
     if name == "robust":
         assert {"zeroing_norm", "zeroed_count", "zeroing/clipping_norm"} <= set(
