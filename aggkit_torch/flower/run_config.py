@@ -1,0 +1,201 @@
+"""The Flower MNIST app's configuration: the options of ``python -m aggkit_torch.mnist``.
+
+A Flower run is configured by a flat TOML table, ``[tool.flwr.app.config]`` in the app's
+``pyproject.toml``, overridden with ``flwr run --run-config 'key=value ...'``. The MNIST app's
+keys are the long options of the main job (``aggregator``, ``clients``, ``rounds``,
+``local-steps``, ...) and are read by the main job's own parser (:func:`mnist_args`), so a
+Flower run and ``python -m aggkit_torch.mnist`` given the same options train the same model.
+TOML has no null: ``0`` or ``""`` stands for "not set" where the command line's default is
+None (``clients-per-round``, ``local-steps``, ``weighting``, ``data``, ``train-subset``,
+``threads``).
+
+The strategy tells each client how to train in the train message's config
+(:func:`client_train_config`; read back with :func:`client_train_settings`), so one client
+app serves any run.
+
+Examples
+--------
+>>> args = mnist_args({"aggregator": "mean", "local-steps": 0, "lr": 0.05})
+>>> args.aggregator, args.local_steps, args.lr, args.clients_per_round
+('mean', None, 0.05, 10)
+>>> config = fedavg_config(args)
+>>> train = client_train_config(config)
+>>> train["client-lr"], train["local-steps"]
+(0.05, 0)
+>>> client_train_settings(train)["steps"] is None
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from aggkit_torch.federated import FedAvgConfig
+
+__all__ = [
+    "FLOWER_KEYS",
+    "RUN_CONFIG",
+    "client_train_config",
+    "client_train_settings",
+    "fedavg_config",
+    "mnist_args",
+    "partitions",
+]
+
+#: The app's run configuration and its defaults (those of ``python -m aggkit_torch.mnist``).
+RUN_CONFIG: dict[str, str | int | float | bool] = {
+    "aggregator": "robust",
+    "clients": 10,
+    "clients-per-round": 0,
+    "rounds": 3,
+    "local-epochs": 1,
+    "local-steps": 0,
+    "partition": "iid",
+    "alpha": 0.5,
+    "batch-size": 64,
+    "lr": 0.01,
+    "momentum": 0.5,
+    "server-optimizer": "sgd",
+    "server-lr": 1.0,
+    "server-momentum": 0.0,
+    "weighting": "",
+    "noise-multiplier": 0.1,
+    "data": "",
+    "train-subset": 0,
+    "eval-every": 1,
+    "seed": 0,
+    "threads": 0,
+    # Flower only: whether the server evaluates on the MNIST test set (every eval-every rounds
+    # and after the last), the fraction of nodes that evaluate on their share of the test set
+    # each round (0: none), where the server app writes metrics.json and model.npz ("":
+    # nowhere), and how long a round may wait for replies (seconds).
+    "server-eval": True,
+    "fraction-evaluate": 0.0,
+    "out": "",
+    "round-timeout": 3600.0,
+}
+
+#: Keys that only the Flower apps read (the others are ``python -m aggkit_torch.mnist``'s).
+FLOWER_KEYS = ("server-eval", "fraction-evaluate", "out", "round-timeout")
+
+# Values that mean "not set" (the command line's default, None, has no TOML spelling).
+_UNSET = {
+    "clients-per-round": 0,
+    "local-steps": 0,
+    "weighting": "",
+    "data": "",
+    "train-subset": 0,
+    "threads": 0,
+}
+
+
+def mnist_args(run_config: Mapping[str, Any]) -> argparse.Namespace:
+    """The main job's arguments for a Flower run configuration.
+
+    Keys of :data:`RUN_CONFIG` that are missing take the command line's defaults; unknown keys
+    are ignored (a Flower app may carry its own).
+
+    Raises
+    ------
+    ValueError
+        A value the main job's parser rejects (the message is the parser's).
+    """
+    argv: list[str] = []
+    for key in RUN_CONFIG:
+        if key in FLOWER_KEYS or key not in run_config:
+            continue
+        value = run_config[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"run config {key}={value!r}: expected a string or a number")
+        if key in _UNSET and value == _UNSET[key]:
+            continue
+        argv += [f"--{key}", str(value)]
+    from aggkit_torch import mnist
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return mnist.parse_args(argv)
+    except SystemExit:
+        raise ValueError(
+            f"invalid run config: {errors.getvalue().strip().splitlines()[-1]}"
+        ) from None
+
+
+def fedavg_config(args: argparse.Namespace) -> FedAvgConfig:
+    """The :class:`~aggkit_torch.federated.FedAvgConfig` the main job builds from ``args``."""
+    from aggkit_torch.federated import FedAvgConfig
+
+    return FedAvgConfig(
+        clients_per_round=args.clients_per_round,
+        local_epochs=args.local_epochs,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        client_lr=args.lr,
+        client_momentum=args.momentum,
+        server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        client_weighting=args.weighting,
+        seed=args.seed,
+        eval_every=args.eval_every,
+    )
+
+
+def partitions(
+    args: argparse.Namespace, labels: object, num_clients: int | None = None
+) -> Sequence[np.ndarray]:
+    """The main job's split of the training examples (``--partition``, ``--seed``)."""
+    from aggkit_torch import data
+
+    count = args.clients if num_clients is None else num_clients
+    if args.partition == "iid":
+        return data.partition_iid(labels, count, seed=args.seed)
+    if args.partition == "dirichlet":
+        return data.partition_dirichlet(labels, count, args.alpha, seed=args.seed)
+    return data.partition_shards(labels, count, seed=args.seed)
+
+
+def client_train_config(config: FedAvgConfig) -> dict[str, int | float | bool]:
+    """What a client needs to train as :class:`FederatedTrainer` would (a ConfigRecord's items).
+
+    ``local-steps`` 0 means whole epochs; ``channels-last`` is resolved, since the memory format
+    changes the convolution's rounding.
+    """
+    from aggkit_torch.local_training import CHANNELS_LAST_DEFAULT
+
+    channels_last = config.channels_last
+    return {
+        "seed": config.seed,
+        "local-epochs": config.local_epochs,
+        "local-steps": config.local_steps or 0,
+        "batch-size": config.batch_size,
+        "client-lr": float(config.client_lr),
+        "client-momentum": float(config.client_momentum),
+        "channels-last": CHANNELS_LAST_DEFAULT if channels_last is None else bool(channels_last),
+    }
+
+
+def client_train_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Read :func:`client_train_config`'s items back (KeyError names a missing one)."""
+    try:
+        return {
+            "seed": int(record["seed"]),
+            "epochs": int(record["local-epochs"]),
+            "steps": int(record["local-steps"]) or None,
+            "batch_size": int(record["batch-size"]),
+            "lr": float(record["client-lr"]),
+            "momentum": float(record["client-momentum"]),
+            "channels_last": bool(record["channels-last"]),
+        }
+    except KeyError as error:
+        raise KeyError(
+            f"the train message's config lacks {error}; was it sent by AggkitStrategy?"
+        ) from None
