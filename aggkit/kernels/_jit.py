@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numba
 
-__all__ = ["CACHE", "kernel"]
+__all__ = ["CACHE", "kernel", "threads_for"]
 
 _KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -112,3 +114,23 @@ def kernel(
         )(fn)
 
     return decorate if function is None else decorate(function)
+
+
+@contextmanager
+def threads_for(tasks: int) -> Iterator[None]:
+    """Run the parallel kernels called inside on at most ``tasks`` threads.
+
+    Waking a sleeping worker thread for work it will not get costs milliseconds on a busy
+    machine: a ``[100, 1]`` weight sum took 0.05 ms on one thread and 12 ms (median) on two while
+    another process kept the second core busy. Every aggkit kernel's bits are independent of the
+    thread count, so this changes no result.
+    """
+    threads = numba.get_num_threads()
+    if tasks >= threads:
+        yield
+        return
+    numba.set_num_threads(max(1, int(tasks)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)

@@ -41,14 +41,10 @@ speed of the weighted sum; now it is within about 25% of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import numba
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
     "BLOCK",
@@ -81,26 +77,6 @@ _TWO_63 = 9223372036854775808.0
 _ROWS_PER_CALL = 2**20
 #: The fast float form needs ``|rint(lo * scale)|`` and ``|rint(hi * scale)|`` below this.
 _FAST_LIMIT = 2.0**40
-
-
-@contextmanager
-def _threads_for(num_blocks: int) -> Iterator[None]:
-    """Run parallel kernels on at most ``num_blocks`` threads.
-
-    Waking a sleeping worker thread for work it will not get costs milliseconds on a busy
-    machine (measured: a [100, 1] weight sum took 0.05 ms on one thread, 12 ms median on two
-    while another process kept the second core busy). Integer sums do not depend on the
-    thread count, so this changes no bits.
-    """
-    threads = numba.get_num_threads()
-    if num_blocks >= threads:
-        yield
-        return
-    numba.set_num_threads(max(1, num_blocks))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
 
 
 # -- float rows ----------------------------------------------------------------------------------
@@ -306,7 +282,7 @@ def discretize_sum(
     for first in range(0, rows.shape[0] if n else 0, per_call):
         part = slice(first, first + per_call)
         chunk = np.zeros((num_blocks, len(rows[part]), 3), dtype=np.int64)
-        with _threads_for(num_blocks):
+        with threads_for(num_blocks):
             _discretize_float(
                 matrix,
                 rows[part],
@@ -518,7 +494,7 @@ def discretize_sum_int(
     num_blocks = (n + block - 1) // block
     partials = np.zeros((num_blocks, rows.shape[0], 3), dtype=np.int64)
     if rows.size and n:
-        with _threads_for(num_blocks):
+        with threads_for(num_blocks):
             _discretize_int(
                 matrix, rows, np.int64(lo), np.int64(hi), np.uint64(divisor), out, partials, block
             )
@@ -611,7 +587,7 @@ def modular_sum(
         raise ValueError("integer rows take coefficients 0 or 1 only")
     rows = _active_rows(coef)
     if rows.size and matrix.shape[1]:
-        with _threads_for(-(-matrix.shape[1] // block)):
+        with threads_for(-(-matrix.shape[1] // block)):
             _modular_sum(matrix, rows, np.int64(modulus), out, block)
     return out
 

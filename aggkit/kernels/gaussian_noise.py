@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from aggkit.kernels import counter_rng
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.counter_rng import normal_pair, standard_normal
 
 __all__ = [
@@ -123,7 +123,8 @@ def add_gaussian_noise(out: np.ndarray, sigma: float, key: int, offset: int = 0)
     sigma = _as_sigma(sigma)
     key = counter_rng._as_key(key)
     offset = counter_rng._as_offset(offset, flat.size)
-    _add_gaussian_noise_kernel(flat, sigma, key, offset)
+    with threads_for(-(-(flat.size // 2 + 1) // _PIECE_PAIRS)):
+        _add_gaussian_noise_kernel(flat, sigma, key, offset)
     return out
 
 

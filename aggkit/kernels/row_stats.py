@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = ["CHUNK", "RowStats", "row_stats", "row_stats_numpy"]
 
@@ -270,20 +270,22 @@ def row_stats(
     p_sq = np.empty((num_rows, num_tasks))
     p_abs = np.empty((num_rows, num_tasks) if with_l1 else (0, 0))
     p_bits = np.empty((num_rows, num_tasks, 3), dtype=np.int64)
+    groups = _row_groups(num_rows)
     if num_rows and num_tasks:
-        _row_stats_partials(
-            matrix,
-            bits,
-            _row_groups(num_rows),
-            starts,
-            ends,
-            wide,
-            with_l1,
-            with_minmax,
-            p_sq,
-            p_abs,
-            p_bits,
-        )
+        with threads_for(len(groups) * num_tasks):
+            _row_stats_partials(
+                matrix,
+                bits,
+                groups,
+                starts,
+                ends,
+                wide,
+                with_l1,
+                with_minmax,
+                p_sq,
+                p_abs,
+                p_bits,
+            )
     sq = p_sq.sum(axis=1)
     finite = np.isfinite(sq)
     int_dtype = np.int64 if wide else np.int32

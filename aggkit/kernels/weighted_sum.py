@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = ["BLOCK", "weighted_row_sum", "weighted_row_sum_numpy"]
 
@@ -100,7 +100,8 @@ def weighted_row_sum(
     """
     rows = np.flatnonzero(coef).astype(np.int64)
     if rows.size and matrix.shape[1]:
-        _weighted_row_sum(matrix, rows, coef, acc, block)
+        with threads_for(-(-matrix.shape[1] // block)):
+            _weighted_row_sum(matrix, rows, coef, acc, block)
     return acc
 
 
