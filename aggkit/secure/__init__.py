@@ -1,7 +1,18 @@
 """Secure summation: modular sums and the pairwise-masking secure aggregation protocol.
 
 Nothing is imported here on purpose: ``import aggkit.secure`` stays cheap and does not import
-``cryptography``. The protocol lives in ``aggkit.secure.protocol`` (client and server state
-machines), ``messages``, ``crypto``, ``shamir``, ``graph`` and ``simulation`` (in-process rounds,
-``run_secure_sum``).
+``cryptography``. The modules:
+
+- ``secure_sum`` (``ak.secure_sum``, the 32-bit discretized secure sum) and ``modular_sum``
+  (``secure_modular_sum``): aggregators whose sums go through the secure channels of
+  :mod:`aggkit.channels`;
+- ``protocol`` (SecAgg / SecAgg+ client and server state machines), ``messages`` (their wire
+  format), ``crypto`` (X25519, HKDF, AES-GCM, AES-CTR masks), ``shamir`` (t-of-n secret sharing)
+  and ``graph`` (who masks with whom);
+- ``simulation``: in-process rounds over K simulated clients with dropouts and per-stage costs
+  (``simulate_round``, ``run_secure_sum``);
+- ``backend``: ``MaskingBackend``, a :class:`aggkit.channels.SumBackend` that runs the protocol
+  for every secure channel sum, e.g. ``MaskingBackend().run(process, state, values, weights)``
+  (bit-identical to the default in-process sums; consistent dropouts per round);
+- ``errors``: the protocol's exceptions (``ProtocolAbort`` and others).
 """
