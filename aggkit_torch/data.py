@@ -451,7 +451,7 @@ def partition_iid(labels: object, num_clients: int, seed: int | None = None) -> 
     Examples
     --------
     >>> [p.tolist() for p in partition_iid([0, 1, 0, 1, 2], 2, seed=1)]
-    [[1, 2, 4], [0, 3]]
+    [[0, 1, 4], [2, 3]]
     """
     y = _as_labels(labels)
     k = _check_num_clients(num_clients, len(y))

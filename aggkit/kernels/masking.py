@@ -169,7 +169,7 @@ def add_mod(
     --------
     >>> acc = np.array([5, 20], np.uint32)
     >>> add_mod(acc, np.array([17, 21], np.uint32), 22)
-    array([0, 19], dtype=uint32)
+    array([ 0, 19], dtype=uint32)
     >>> add_mod(acc, np.array([1, 21], np.uint32), 22, subtract=True)
     array([21, 20], dtype=uint32)
     """
