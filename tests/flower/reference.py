@@ -49,7 +49,9 @@ def torch_threads(count: int | None):
         torch.set_num_threads(saved)
 
 
-def trainer_run(mnist: Any, clients: int, per_round: int, threads: int | None = None):
+def trainer_run(
+    mnist: Any, clients: int, per_round: int, threads: int | None = None, rounds: int | None = None
+):
     """FederatedTrainer with the seeds, partitions and initial weights the Flower apps use.
 
     Written out by hand (not through aggkit_torch.flower's helpers), so the comparison checks
@@ -79,7 +81,7 @@ def trainer_run(mnist: Any, clients: int, per_round: int, threads: int | None = 
                 seed=seed,
             ),
         )
-        for _ in range(RUN["rounds"]):
+        for _ in range(RUN["rounds"] if rounds is None else rounds):
             trainer.run_round()
     params = {name: p.detach().numpy().copy() for name, p in trainer.model.named_parameters()}
     return params, trainer.history
@@ -91,7 +93,7 @@ def assert_same_run(flower_arrays: dict[str, np.ndarray], flower_history, refere
     Returns the largest absolute weight difference (0.0 when the runs agree bit for bit).
     """
     params, history = reference
-    assert len(flower_history) == len(history) == RUN["rounds"]
+    assert len(flower_history) == len(history) > 0
     for ours, theirs in zip(flower_history, history, strict=True):
         assert [str(c) for c in ours["clients"]] == theirs["clients"]
         assert ours["measurements"].keys() == theirs["measurements"].keys()
@@ -122,7 +124,7 @@ def flower_run(federation: Any, tmp_path: Path, config: dict[str, Any], timeout:
     out = Path(config["out"])
     assert (out / "model.npz").exists(), logs[-4000:] + federation.tail()
     summary = json.loads((out / "metrics.json").read_text())
-    last = summary["train_metrics"][str(RUN["rounds"])]
+    last = summary["train_metrics"][str(config["rounds"])]
     assert {"aggregator/zeroing_norm", "aggregator/zeroing/clipping_norm"} <= set(last)
     assert last["clients"] == config["clients-per-round"]
     assert "'aggregator/zeroing/clipping_norm'" in logs

@@ -7,11 +7,11 @@
   ``flower-supernode --node-config 'partition-id=<i> num-partitions=<n>'``), talking HTTP, with
   the commands of ``docs/flower.md``. Every node answers the partition query; 3 train per
   round, because every ClientApp task is a fresh ``flwr-clientapp`` process (about 5 s of CPU
-  for Flower's runtime, torch and MNIST). Needs only ``flwr``. It starts 10 SuperNodes when it
-  is the only real run (no Ray), and 5 when the simulation already covers many clients, so
-  that the two together stay near two minutes on 2 cores.
+  for Flower's runtime, torch and MNIST). Needs only ``flwr``. When it is the only real run
+  (no Ray) it starts 10 SuperNodes for 2 rounds; when the simulation already covers many
+  clients and rounds, 5 SuperNodes for 1 round, so that the two stay near two minutes on 2 cores.
 
-Both run 2 rounds of ``robust_aggregator()``; the final global model must be the one the
+Both run ``robust_aggregator()``; the final global model must be the one the
 trainer computes from the same seeds, partitions and initial weights, and the aggregator's
 measurements must reach Flower as metrics.
 """
@@ -34,18 +34,20 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 @pytest.mark.slow
 @pytest.mark.mnist
 @pytest.mark.parametrize(
-    ("engine", "nodes", "per_round"),
-    [("simulation", 12, 10), ("deployment", 5 if HAVE_RAY else 10, 3)],
+    ("engine", "nodes", "per_round", "rounds"),
+    [("simulation", 12, 10, 2), ("deployment", *((5, 3, 1) if HAVE_RAY else (10, 3, 2)))],
 )
-def test_flower_run_equals_the_trainer(engine, nodes, per_round, mnist, mnist_root, tmp_path):
+def test_flower_run_equals_the_trainer(
+    engine, nodes, per_round, rounds, mnist, mnist_root, tmp_path
+):
     if engine == "simulation" and not HAVE_RAY:
         pytest.skip("Flower's simulation engine needs flwr[simulation] (Ray)")
     config = reference.run_config(
-        nodes, per_round, threads=1, data=str(mnist_root), out=str(tmp_path / "out")
+        nodes, per_round, rounds=rounds, threads=1, data=str(mnist_root), out=str(tmp_path / "out")
     )
     simulation = engine == "simulation"
     with Federation(tmp_path / "flwr", nodes, simulation=simulation) as federation:
         summary, arrays = reference.flower_run(federation, tmp_path, config, timeout=300)
-    expected = reference.trainer_run(mnist, nodes, per_round, threads=1)
+    expected = reference.trainer_run(mnist, nodes, per_round, threads=1, rounds=rounds)
     worst = reference.assert_same_run(arrays, summary["history"], expected)
     print(f"{engine}: largest weight difference from FederatedTrainer: {worst:.3g}")
