@@ -48,7 +48,15 @@ import aggkit as ak
 from aggkit_torch.local_training import evaluate, prepare_model, reset_optimizer, train_local
 from aggkit_torch.params import model_layout, parameters_to_vector, write_delta
 
-__all__ = ["FedAvgConfig", "FederatedTrainer", "flatten_measurements"]
+__all__ = [
+    "FedAvgConfig",
+    "FederatedTrainer",
+    "apply_update",
+    "flatten_measurements",
+    "make_server_optimizer",
+    "sample_clients",
+    "seed_of",
+]
 
 _SERVER_OPTIMIZERS = ("sgd", "adam")
 _WEIGHTINGS = ("num_examples", "uniform")
@@ -138,9 +146,37 @@ def flatten_measurements(measurements: Any, prefix: str = "") -> dict[str, float
     return flat
 
 
-def _seed_of(*fields: int) -> int:
-    """A 63-bit seed derived from integers (stable across runs and platforms)."""
+def seed_of(*fields: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and platforms).
+
+    The trainer seeds each client's training with ``seed_of(seed, round, client)``.
+    """
     return int(np.random.SeedSequence(list(fields)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def sample_clients(seed: int, round_index: int, num_clients: int, count: int) -> np.ndarray:
+    """The ``count`` clients (of ``num_clients``) of round ``round_index`` (0-based), without
+    replacement, reproducible from ``(seed, round_index)``."""
+    rng = np.random.default_rng([seed, round_index])
+    return rng.choice(num_clients, count, replace=False)
+
+
+def make_server_optimizer(params, config: FedAvgConfig) -> torch.optim.Optimizer:
+    """The server optimizer of ``config`` over ``params`` (SGD lr 1.0 = FedAvg)."""
+    if config.server_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.server_lr, momentum=config.server_momentum)
+    return torch.optim.Adam(params, lr=config.server_lr)
+
+
+def apply_update(optimizer: torch.optim.Optimizer, named_params, update) -> None:
+    """One server step with the aggregate ``update`` (``{name: array}``) as the gradient."""
+    optimizer.zero_grad(set_to_none=True)
+    for name, p in named_params:
+        if name in update:
+            grad = torch.empty_like(p)
+            grad.copy_(torch.from_numpy(np.asarray(update[name])))
+            p.grad = grad
+    optimizer.step()
 
 
 class FederatedTrainer:
@@ -211,16 +247,7 @@ class FederatedTrainer:
             lr=self.config.client_lr,
             momentum=self.config.client_momentum,
         )
-        if self.config.server_optimizer == "sgd":
-            self.server_optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(),
-                lr=self.config.server_lr,
-                momentum=self.config.server_momentum,
-            )
-        else:
-            self.server_optimizer = torch.optim.Adam(
-                self.model.parameters(), lr=self.config.server_lr
-            )
+        self.server_optimizer = make_server_optimizer(self.model.parameters(), self.config)
         self.batch = self.layout.empty_batch(self.config.clients_per_round)
         self.round = 0
         self.history: list[dict[str, Any]] = []
@@ -229,8 +256,9 @@ class FederatedTrainer:
 
     def sample_clients(self, round_index: int) -> np.ndarray:
         """The clients of round ``round_index`` (0-based), reproducible from the seed."""
-        rng = np.random.default_rng([self.config.seed, round_index])
-        return rng.choice(len(self.partitions), self.config.clients_per_round, replace=False)
+        return sample_clients(
+            self.config.seed, round_index, len(self.partitions), self.config.clients_per_round
+        )
 
     def run_round(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Run one round; returns its metrics (also appended to :attr:`history`)."""
@@ -248,9 +276,7 @@ class FederatedTrainer:
                 ):
                     worker_p.copy_(global_p)
             reset_optimizer(self.client_optimizer)
-            generator = torch.Generator().manual_seed(
-                _seed_of(config.seed, self.round, int(client))
-            )
+            generator = torch.Generator().manual_seed(seed_of(config.seed, self.round, int(client)))
             if self.local_update is None:
                 result = train_local(
                     self.worker,
@@ -265,7 +291,7 @@ class FederatedTrainer:
                 )
                 examples, loss = result.num_examples, result.mean_loss
             else:
-                torch.manual_seed(_seed_of(config.seed, self.round, int(client)))
+                torch.manual_seed(seed_of(config.seed, self.round, int(client)))
                 rows = torch.from_numpy(self.partitions[client])
                 examples = self.local_update(
                     self.worker,
@@ -309,13 +335,7 @@ class FederatedTrainer:
         return metrics
 
     def _apply(self, update: dict[str, np.ndarray]) -> None:
-        self.server_optimizer.zero_grad(set_to_none=True)
-        for name, p in self.model.named_parameters():
-            if name in update:
-                grad = torch.empty_like(p)
-                grad.copy_(torch.from_numpy(np.asarray(update[name])))
-                p.grad = grad
-        self.server_optimizer.step()
+        apply_update(self.server_optimizer, self.model.named_parameters(), update)
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model."""

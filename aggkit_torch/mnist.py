@@ -110,6 +110,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fedavg_config(args: argparse.Namespace):
+    """The :class:`~aggkit_torch.federated.FedAvgConfig` of the command-line options."""
+    from aggkit_torch.federated import FedAvgConfig
+
+    return FedAvgConfig(
+        clients_per_round=args.clients_per_round,
+        local_epochs=args.local_epochs,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        client_lr=args.lr,
+        client_momentum=args.momentum,
+        server_optimizer=args.server_optimizer,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        client_weighting=args.weighting,
+        seed=args.seed,
+        eval_every=args.eval_every,
+    )
+
+
+def partitions(args: argparse.Namespace, labels: Any, num_clients: int | None = None) -> list:
+    """The split of the training examples over clients (``--partition``, ``--alpha``)."""
+    from aggkit_torch import data
+
+    count = args.clients if num_clients is None else num_clients
+    if args.partition == "iid":
+        return data.partition_iid(labels, count, seed=args.seed)
+    if args.partition == "dirichlet":
+        return data.partition_dirichlet(labels, count, args.alpha, seed=args.seed)
+    return data.partition_shards(labels, count, seed=args.seed)
+
+
 def plot_accuracy(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy per round as a PNG."""
     import matplotlib
@@ -134,7 +166,7 @@ def main(argv: list[str] | None = None) -> float:
     import torch
 
     from aggkit_torch import data
-    from aggkit_torch.federated import FedAvgConfig, FederatedTrainer
+    from aggkit_torch.federated import FederatedTrainer
     from aggkit_torch.local_training import configure_threads
     from aggkit_torch.models import SeedCNN
 
@@ -145,26 +177,8 @@ def main(argv: list[str] | None = None) -> float:
     if args.train_subset is not None:
         train_images = train_images[: args.train_subset]
         train_labels = train_labels[: args.train_subset]
-    if args.partition == "iid":
-        parts = data.partition_iid(train_labels, args.clients, seed=args.seed)
-    elif args.partition == "dirichlet":
-        parts = data.partition_dirichlet(train_labels, args.clients, args.alpha, seed=args.seed)
-    else:
-        parts = data.partition_shards(train_labels, args.clients, seed=args.seed)
-    config = FedAvgConfig(
-        clients_per_round=args.clients_per_round,
-        local_epochs=args.local_epochs,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        client_lr=args.lr,
-        client_momentum=args.momentum,
-        server_optimizer=args.server_optimizer,
-        server_lr=args.server_lr,
-        server_momentum=args.server_momentum,
-        client_weighting=args.weighting,
-        seed=args.seed,
-        eval_every=args.eval_every,
-    )
+    parts = partitions(args, train_labels)
+    config = fedavg_config(args)
     trainer = FederatedTrainer(
         SeedCNN(),
         make_aggregator(args.aggregator, args),

@@ -121,7 +121,7 @@ def train(message: Message, context: Context) -> Message:
     """Train the global model on this node's partition, as FederatedTrainer trains a client."""
     import torch
 
-    from aggkit_torch.federated import _seed_of
+    from aggkit_torch.federated import seed_of
     from aggkit_torch.local_training import train_local
 
     args, mnist, partition, _ = _setup(context)
@@ -132,7 +132,7 @@ def train(message: Message, context: Context) -> Message:
         model.parameters(), lr=settings["lr"], momentum=settings["momentum"]
     )
     generator = torch.Generator().manual_seed(
-        _seed_of(settings["seed"], settings["round"] - 1, partition)
+        seed_of(settings["seed"], settings["round"] - 1, partition)
     )
     result = train_local(
         model,

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import numpy as np
+from aggkit_torch import mnist
 
+if TYPE_CHECKING:
     from aggkit_torch.federated import FedAvgConfig
 
 __all__ = [
@@ -117,8 +117,6 @@ def mnist_args(run_config: Mapping[str, Any]) -> argparse.Namespace:
         if key in _UNSET and value == _UNSET[key]:
             continue
         argv += [f"--{key}", str(value)]
-    from aggkit_torch import mnist
-
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
@@ -129,38 +127,9 @@ def mnist_args(run_config: Mapping[str, Any]) -> argparse.Namespace:
         ) from None
 
 
-def fedavg_config(args: argparse.Namespace) -> FedAvgConfig:
-    """The :class:`~aggkit_torch.federated.FedAvgConfig` the main job builds from ``args``."""
-    from aggkit_torch.federated import FedAvgConfig
-
-    return FedAvgConfig(
-        clients_per_round=args.clients_per_round,
-        local_epochs=args.local_epochs,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        client_lr=args.lr,
-        client_momentum=args.momentum,
-        server_optimizer=args.server_optimizer,
-        server_lr=args.server_lr,
-        server_momentum=args.server_momentum,
-        client_weighting=args.weighting,
-        seed=args.seed,
-        eval_every=args.eval_every,
-    )
-
-
-def partitions(
-    args: argparse.Namespace, labels: object, num_clients: int | None = None
-) -> Sequence[np.ndarray]:
-    """The main job's split of the training examples (``--partition``, ``--seed``)."""
-    from aggkit_torch import data
-
-    count = args.clients if num_clients is None else num_clients
-    if args.partition == "iid":
-        return data.partition_iid(labels, count, seed=args.seed)
-    if args.partition == "dirichlet":
-        return data.partition_dirichlet(labels, count, args.alpha, seed=args.seed)
-    return data.partition_shards(labels, count, seed=args.seed)
+# The main job's own builders, so that a Flower run and `python -m aggkit_torch.mnist` agree.
+fedavg_config = mnist.fedavg_config
+partitions = mnist.partitions
 
 
 def client_train_config(config: FedAvgConfig) -> dict[str, int | float | bool]:

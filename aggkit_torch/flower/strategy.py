@@ -55,7 +55,13 @@ import numpy as np
 import torch
 
 import aggkit as ak
-from aggkit_torch.federated import FedAvgConfig, flatten_measurements
+from aggkit_torch.federated import (
+    FedAvgConfig,
+    apply_update,
+    flatten_measurements,
+    make_server_optimizer,
+    sample_clients,
+)
 from aggkit_torch.flower import require_flwr
 from aggkit_torch.flower.run_config import client_train_config
 
@@ -229,25 +235,14 @@ class AggkitStrategy(FedAvg):
             k: torch.nn.Parameter(torch.from_numpy(np.array(a, copy=True)))
             for k, a in structure.items()
         }
-        config = self.config
-        if config.server_optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params.values(), lr=config.server_lr, momentum=config.server_momentum
-            )
-        else:
-            optimizer = torch.optim.Adam(params.values(), lr=config.server_lr)
+        optimizer = make_server_optimizer(params.values(), self.config)
         self.layout, self.process, self.aggregator_state = layout, process, state
         self._params, self._server_optimizer = params, optimizer
 
     def _apply(self, update: dict[str, np.ndarray]) -> ArrayRecord:
         """One server-optimizer step with ``update`` as the gradient; the new global arrays."""
         assert self._server_optimizer is not None
-        self._server_optimizer.zero_grad(set_to_none=True)
-        for key, p in self._params.items():
-            grad = torch.empty_like(p)
-            grad.copy_(torch.from_numpy(np.asarray(update[key])))
-            p.grad = grad
-        self._server_optimizer.step()
+        apply_update(self._server_optimizer, self._params.items(), update)
         return ArrayRecord({k: Array(p.detach().numpy()) for k, p in self._params.items()})
 
     # -- sampling -------------------------------------------------------------------------------
@@ -260,8 +255,7 @@ class AggkitStrategy(FedAvg):
             raise ValueError(
                 f"clients_per_round ({k}) exceeds the number of partitions ({num_partitions})"
             )
-        rng = np.random.default_rng([self.config.seed, server_round - 1])
-        return rng.choice(num_partitions, k, replace=False)
+        return sample_clients(self.config.seed, server_round - 1, num_partitions, k)
 
     def _discover(self, nodes: Sequence[int], grid: Grid) -> None:
         """Ask ``nodes`` which partition they hold (once per node)."""
