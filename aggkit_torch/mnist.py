@@ -2,8 +2,8 @@
 
     python -m aggkit_torch.mnist --aggregator robust
 
-Reads MNIST from ``--data``, ``$AGGKIT_DATA`` or ``../shared/data`` (or downloads it once with
-``--download``), splits the training set over ``--clients`` clients (IID, Dirichlet label skew or
+Reads MNIST from ``--data``, ``$AGGKIT_DATA`` or ``../shared/data``, or downloads it once into
+``~/.cache/aggkit`` when none has it (``--no-download`` refuses), splits the training set over ``--clients`` clients (IID, Dirichlet label skew or
 shards), and runs federated averaging. Shows a progress bar per round and one line of accuracy and
 aggregator measurements per round; writes ``metrics.json`` and ``accuracy.png`` into ``--out``;
 its last line reads ``test accuracy: 0.9876``.
@@ -79,7 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--noise-multiplier", type=float, default=0.1, help="for --aggregator dp")
     parser.add_argument("--data", type=str, default=None, help="directory holding MNIST/raw")
-    parser.add_argument("--download", action="store_true", help="download MNIST if missing")
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="fail instead of downloading MNIST (into ~/.cache/aggkit) when it is not found",
+    )
     parser.add_argument(
         "--train-subset",
         type=int,
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> float:
 
     configure_threads(args.threads)
     torch.manual_seed(args.seed)
-    mnist = data.load_mnist(args.data, download=args.download)
+    mnist = data.load_mnist(args.data, download=not args.no_download)
     train_images, train_labels = mnist.train_images, mnist.train_labels
     if args.train_subset is not None:
         train_images = train_images[: args.train_subset]

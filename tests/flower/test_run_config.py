@@ -35,7 +35,7 @@ def test_defaults_are_the_main_jobs():
 
 def test_every_main_job_option_is_a_run_config_key():
     options = {name.replace("_", "-") for name in vars(mnist.parse_args([]))}
-    not_for_flower = {"out", "checkpoint", "no-progress", "download"}
+    not_for_flower = {"out", "checkpoint", "no-progress", "no-download"}
     assert options - not_for_flower == set(RUN_CONFIG) - set(FLOWER_KEYS)
 
 
