@@ -3,10 +3,11 @@
     python -m aggkit_torch.mnist --aggregator robust
 
 Reads MNIST from ``--data``, ``$AGGKIT_DATA`` or ``../shared/data``, or downloads it once into
-``~/.cache/aggkit`` when none has it (``--no-download`` refuses), splits the training set over ``--clients`` clients (IID, Dirichlet label skew or
-shards), and runs federated averaging. Shows a progress bar per round and one line of accuracy and
-aggregator measurements per round; writes ``metrics.json`` and ``accuracy.png`` into ``--out``;
-its last line reads ``test accuracy: 0.9876``.
+``~/.cache/aggkit`` when none has it (``--no-download`` refuses), splits the training set over
+``--clients`` clients (IID, Dirichlet label skew or shards), and runs federated averaging. Shows a
+progress bar per round and one line of accuracy and aggregator measurements per round; writes
+``metrics.json`` and ``accuracy.png`` into ``--out``; its last line reads
+``test accuracy: 0.9876``.
 """
 
 from __future__ import annotations
