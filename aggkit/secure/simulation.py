@@ -8,9 +8,10 @@ one after the other in this process: the times are CPU times of the real cryptog
 sum. :func:`simulate_round` returns the sum together with who was included, who dropped and the
 per-stage costs.
 
-Notes for the ``ak.secure_sum`` backend (SPEC section 1.4; not built here). A backend that runs
-the secure channels through the protocol would call, once per channel call and round, with all
-leaves of the call concatenated into one ``[K, m]`` integer matrix:
+How the secure channels reduce to one protocol run each (SPEC section 1.4; this is what
+:class:`aggkit.secure.backend.MaskingBackend` does through :func:`simulate_round`): once per
+channel call and round, with all leaves of the call concatenated into one ``[K, m]`` integer
+matrix,
 
 - ``secure_sum_bitwidth(values, b)``: ``run_secure_sum(values, modulus=2**(b + ceil(log2 K)))``
   (SPEC section 8.4). ``K * (2**b - 1) < 2**(b + ceil(log2 K))``, so the modular sum *is* the
