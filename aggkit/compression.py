@@ -386,6 +386,8 @@ def _unpack_state(state: State) -> tuple[int, int]:
 
 
 class _QuantizedSumRound(Round):
+    owns_result = True  # its accumulator, or its own SumRound's
+
     def __init__(self, process: QuantizedSumProcess, key: int, round_index: int):
         self.process = process
         self.key = key

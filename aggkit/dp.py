@@ -675,6 +675,8 @@ class DPProcess(AggregationProcess):
 
 
 class _DPRound(Round):
+    owns_result = True  # the noised copy
+
     def __init__(self, process: DPProcess, state: State):
         self.process = process
         self.query = state["query_state"]
@@ -697,7 +699,10 @@ class _DPRound(Round):
         process = self.process
         query = self.query
         agg_state, total, agg_measurements = self.record.finish()
-        result = np.array(total, dtype=np.float64)  # a copy: the inner's array stays untouched
+        if self.record.owns_result and total.dtype == np.float64 and total.flags.writeable:
+            result = total  # the inner round handed it over: noise it in place
+        else:
+            result = np.array(total, dtype=np.float64)  # a copy: the inner's array stays untouched
         sigma = float(query["stddev"])
         round_index = int(query["round"])
         if sigma > 0.0:

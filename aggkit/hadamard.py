@@ -218,6 +218,8 @@ class HadamardProcess(AggregationProcess):
 
 
 class _HadamardRound(Round):
+    owns_result = True  # the unrotated vector is fresh
+
     def __init__(self, process: HadamardProcess, inner_round: Round, key: int, counter: int):
         self.process = process
         self.inner_round = inner_round

@@ -116,11 +116,15 @@ def mean(
     return MeanFactory(value_sum, weight_sum, no_nan_division)
 
 
-def _divide(total: np.ndarray, denominator: float, no_nan_division: bool) -> np.ndarray:
+def _divide(
+    total: np.ndarray, denominator: float, no_nan_division: bool, in_place: bool = False
+) -> np.ndarray:
+    """``total / denominator`` in float64; in ``total``'s memory when the caller owns it."""
     if no_nan_division and denominator == 0:
         return np.zeros_like(total, dtype=np.float64)
+    in_place = in_place and total.dtype == np.float64 and total.flags.writeable
     with np.errstate(divide="ignore", invalid="ignore"):
-        return total / np.float64(denominator)
+        return np.divide(total, np.float64(denominator), out=total if in_place else None)
 
 
 class MeanProcess(AggregationProcess):
@@ -156,6 +160,8 @@ class MeanProcess(AggregationProcess):
 
 
 class _MeanRound(Round):
+    owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
+
     def __init__(self, value_round: Round, weight_round: Round, no_nan_division: bool):
         self.value_round = value_round
         self.weight_round = weight_round
@@ -171,7 +177,9 @@ class _MeanRound(Round):
         value_state, total, value_measurements = self.value_round.finish()
         weight_state, weight_total, weight_measurements = self.weight_round.finish()
         state = {"value_sum_process": value_state, "weight_sum_process": weight_state}
-        result = _divide(total, float(weight_total[0]), self.no_nan_division)
+        result = _divide(
+            total, float(weight_total[0]), self.no_nan_division, self.value_round.owns_result
+        )
         measurements = {"mean_value": value_measurements, "mean_weight": weight_measurements}
         return state, result, measurements
 
@@ -266,6 +274,8 @@ class UnweightedMeanProcess(AggregationProcess):
 
 
 class _UnweightedMeanRound(Round):
+    owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
+
     def __init__(self, value_round: Round, count_round: Round, strict_empty: bool):
         self.value_round = value_round
         self.count_round = count_round
@@ -285,7 +295,9 @@ class _UnweightedMeanRound(Round):
             raise EmptyRoundError("unweighted_mean over zero clients (strict_empty=True)")
         value_state, total, value_measurements = self.value_round.finish()
         count_state, count, count_measurements = self.count_round.finish()
-        result = _divide(total, float(count[0]), no_nan_division=False)
+        result = _divide(
+            total, float(count[0]), no_nan_division=False, in_place=self.value_round.owns_result
+        )
         return (
             (value_state, count_state),
             result,

@@ -347,6 +347,10 @@ class Contributions:
 class Round(ABC):
     """One round of an aggregation process in progress (see the module docstring)."""
 
+    #: True when :meth:`finish` hands over a result array that nothing else references, so the
+    #: caller (an outer round) may overwrite it instead of allocating another ``n``-vector.
+    owns_result: bool = False
+
     @abstractmethod
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         """Take a block of clients (``weights`` is ``float64[K]`` for weighted processes)."""

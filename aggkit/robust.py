@@ -273,6 +273,10 @@ class _NormWrapperProcess(AggregationProcess):
 
 
 class _NormWrapperRound(Round):
+    @property
+    def owns_result(self) -> bool:  # the inner's result is passed through
+        return self.inner.owns_result
+
     def __init__(self, process: _NormWrapperProcess, state: State):
         self.process = process
         self.state = state

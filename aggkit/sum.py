@@ -62,6 +62,8 @@ class SumRound(Round):
     Also used by other aggregators that end in a plain sum.
     """
 
+    owns_result = True  # ``acc`` belongs to this round only
+
     def __init__(self, layout: Layout):
         self.integer = layout.dtype.kind in "iu"
         self.acc = np.zeros(layout.size, dtype=np.int64 if self.integer else np.float64)
@@ -77,9 +79,11 @@ class SumRound(Round):
                 raise TypeError("integer values can only be summed with integer coefficients")
             coef = integral
         kernels.weighted_sum.weighted_row_sum(block.matrix, coef, self.acc)
-        if not self.integer and not np.isfinite(self.acc).all():
-            # The sum of finite float32/float64 rows in float64 stays finite in practice, so some
-            # contributing row holds NaN or Inf: find it and name it.
+        if not self.integer and not np.isfinite(self.acc.sum()):
+            # NaN or Inf anywhere in ``acc`` makes its sum non-finite (a reduction, no n-sized
+            # temporary). Sums of finite float32/float64 rows in float64 stay finite in practice,
+            # so some contributing row holds NaN or Inf: find it and name it. (Should the sum
+            # alone overflow, the scan finds no such row and the round goes on.)
             for row in np.flatnonzero(block.active):
                 if not np.isfinite(block.matrix[row]).all():
                     raise block.nonfinite_error(int(row))

@@ -6,9 +6,11 @@ matrix is read once.
 
 Speed comes from the access pattern (measured on the 2-core development machine, K=100 x 431,080
 float32): a row-by-row loop streams the float64 accumulator through the cache K times and took
-30 ms; this kernel splits the columns into blocks of ``BLOCK`` and, for each block, adds four rows
+30 ms; this kernel splits the columns into blocks of ``BLOCK`` and, for each block, adds eight rows
 at a time, so the accumulator block stays in cache and each matrix element is read once. Blocks are
-independent, so ``prange`` over blocks needs no reduction.
+independent, so ``prange`` over blocks needs no reduction. Eight rows per pass rather than four
+took it from 7.8 to 7.0 ms on two threads, level with BLAS ``w @ X`` over the same matrix (fewer
+loads and stores of the accumulator per matrix element).
 
 Determinism: for each column the additions happen in row order, one row at a time
 (``((acc + c0*x0) + c1*x1) + ...``); no reassociation (fastmath is off). The bits therefore do not
@@ -42,23 +44,35 @@ def _weighted_row_sum(matrix, rows, coef, acc, block):  # pragma: no cover - com
         out = acc[lo:hi]
         m = out.shape[0]
         i = 0
-        while i + 4 <= num_rows:
+        while i + 8 <= num_rows:
             x0 = matrix[rows[i], lo:hi]
             x1 = matrix[rows[i + 1], lo:hi]
             x2 = matrix[rows[i + 2], lo:hi]
             x3 = matrix[rows[i + 3], lo:hi]
+            x4 = matrix[rows[i + 4], lo:hi]
+            x5 = matrix[rows[i + 5], lo:hi]
+            x6 = matrix[rows[i + 6], lo:hi]
+            x7 = matrix[rows[i + 7], lo:hi]
             c0 = coef[rows[i]]
             c1 = coef[rows[i + 1]]
             c2 = coef[rows[i + 2]]
             c3 = coef[rows[i + 3]]
+            c4 = coef[rows[i + 4]]
+            c5 = coef[rows[i + 5]]
+            c6 = coef[rows[i + 6]]
+            c7 = coef[rows[i + 7]]
             for j in range(m):
                 a = out[j]
                 a += c0 * x0[j]
                 a += c1 * x1[j]
                 a += c2 * x2[j]
                 a += c3 * x3[j]
+                a += c4 * x4[j]
+                a += c5 * x5[j]
+                a += c6 * x6[j]
+                a += c7 * x7[j]
                 out[j] = a
-            i += 4
+            i += 8
         while i < num_rows:
             x0 = matrix[rows[i], lo:hi]
             c0 = coef[rows[i]]
