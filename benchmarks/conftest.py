@@ -64,3 +64,10 @@ def record(
         benchmark.extra_info["items"] = int(items)
     benchmark.extra_info["probe"] = probe
     benchmark.extra_info.update(extra)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record the versions that decide the figures, for ``render.py``'s page."""
+    from benchmarks.render import installed_versions
+
+    machine_info["aggkit_versions"] = installed_versions()

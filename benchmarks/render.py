@@ -2,21 +2,44 @@
 
 Usage::
 
-    python benchmarks/render.py RESULTS.json [MORE.json ...] [--out docs/benchmarks.md]
+    python benchmarks/render.py RESULTS.json [MORE.json ...] [--out docs/benchmarks.md] \
+        [--include .benchmarks/federated.md ...]
 
 For every benchmark group, one table: each row's best time (the minimum over rounds, the figure
 least disturbed by other load), throughput (GB/s from ``extra_info["bytes"]`` or items/s from
 ``extra_info["items"]``) and, when the group has a probe (``extra_info["probe"]``), the row's speed
-as a fraction of the probe measured in the same run. The page ends with the machine, the versions
-and the command, taken from the JSON.
+as a fraction of the probe measured in the same run. A bar chart of those fractions goes next to
+the page (``img/benchmarks-vs-probe.png``, with matplotlib). ``--include`` appends Markdown written
+by the script benchmarks (``bench_federated.py``, ``accuracy_mnist.py``), copying the images they
+reference into ``img/``. The page ends with the machine, the versions and the command, taken from
+the JSON (versions recorded by ``benchmarks/conftest.py``; older JSON files fall back to the
+versions installed now).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from collections import defaultdict
+from importlib import metadata
 from pathlib import Path
+
+#: Packages whose versions the page lists.
+VERSIONED = ("aggkit", "numpy", "numba", "torch", "flwr", "cryptography", "dp-accounting")
+
+PLOT_NAME = "img/benchmarks-vs-probe.png"
+
+
+def installed_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _rows(results: list[dict]) -> dict[str, list[dict]]:
@@ -32,7 +55,78 @@ def _name(bench: dict) -> str:
     return name.split("[", 1)[0] + (f" [{bench['param']}]" if bench.get("param") else "")
 
 
-def render(results: list[dict]) -> str:
+def _ratios(results: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """Per group with a probe: (row label, probe time / row time), fastest first."""
+    out = {}
+    for group, benches in sorted(_rows(results).items()):
+        probe = next((b for b in benches if b.get("extra_info", {}).get("probe")), None)
+        if probe is None:
+            continue
+        rows = [
+            (_name(b).split(" [")[0], probe["stats"]["min"] / b["stats"]["min"])
+            for b in benches
+            if not b.get("extra_info", {}).get("probe")
+        ]
+        out[group] = sorted(rows, key=lambda r: -r[1])
+    return out
+
+
+def plot(results: list[dict], path: Path) -> bool:
+    """Bar chart of each row's speed as a fraction of its probe; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ratios = _ratios(results)
+    if not ratios:
+        return False
+    heights = [max(1, len(rows)) for rows in ratios.values()]
+    fig, axes = plt.subplots(
+        len(ratios),
+        1,
+        figsize=(8, 0.32 * sum(heights) + 0.9 * len(ratios)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (group, rows) in zip(axes[:, 0], ratios.items(), strict=True):
+        labels = [label for label, _ in rows]
+        values = [value for _, value in rows]
+        ax.barh(range(len(rows)), values, color="#4472c4")
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_title(group, fontsize=9, loc="left")
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
+    axes[-1, 0].set_xlabel("speed as a fraction of the BLAS probe w @ X (log scale; 1 = probe)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def include(markdown: Path, out_dir: Path) -> str:
+    """The text of ``markdown`` with its images copied to ``out_dir/img`` and relinked."""
+    text = markdown.read_text()
+
+    def relink(match: re.Match) -> str:
+        source = markdown.parent / match.group(2)
+        if not source.exists():
+            return match.group(0)
+        target = out_dir / "img" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return f"![{match.group(1)}](img/{source.name})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", relink, text).rstrip() + "\n"
+
+
+def render(results: list[dict], *, with_plot: bool = False, includes: tuple[str, ...] = ()) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -41,6 +135,8 @@ def render(results: list[dict]) -> str:
         "row's time (1.0 = as fast as one BLAS pass `w @ X` over the same bytes, in the same run).",
         "",
     ]
+    if with_plot:
+        lines += [f"![Speed of each benchmark as a fraction of its probe]({PLOT_NAME})", ""]
     for group, benches in sorted(_rows(results).items()):
         probe = next((b for b in benches if b.get("extra_info", {}).get("probe")), None)
         lines += [
@@ -62,8 +158,11 @@ def render(results: list[dict]) -> str:
             label = _name(bench) + (" (probe)" if extra.get("probe") else "")
             lines.append(f"| {label} | {best * 1e3:.2f} ms | {throughput} | {ratio} |")
         lines.append("")
+    for text in includes:
+        lines += [text, ""]
     first = results[0]
     machine = first.get("machine_info", {})
+    versions = machine.get("aggkit_versions") or installed_versions()
     commit = first.get("commit_info", {})
     cpu = machine.get("cpu", {})
     lines += [
@@ -71,7 +170,8 @@ def render(results: list[dict]) -> str:
         "",
         f"- CPU: {cpu.get('brand_raw', machine.get('processor', '?'))}, "
         f"{cpu.get('count', '?')} logical cores",
-        f"- Python {machine.get('python_version', '?')}",
+        f"- Python {machine.get('python_version', '?')}; "
+        + ", ".join(f"{name} {version}" for name, version in versions.items()),
         f"- Commit: {commit.get('id', '?')[:12]} ({'dirty' if commit.get('dirty') else 'clean'})",
         f"- Date: {first.get('datetime', '?')}",
         "- Command: `AGGKIT_BENCH_FULL=1 python -m pytest benchmarks --benchmark-enable "
@@ -86,10 +186,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--include", type=Path, action="append", default=[], help="Markdown to append"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the bar chart")
     args = parser.parse_args()
     results = [json.loads(path.read_text()) for path in args.results]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(results))
+    plotted = not args.no_plot and plot(results, args.out.parent / PLOT_NAME)
+    texts = tuple(include(path, args.out.parent) for path in args.include)
+    args.out.write_text(render(results, with_plot=plotted, includes=texts))
     print(f"wrote {args.out}")
 
 

@@ -1,0 +1,57 @@
+"""benchmarks/render.py: tables, ratios against the probe, the plot and included pages."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import render
+
+
+def _bench(name, group, seconds, probe=False, nbytes=1_000_000):
+    return {
+        "name": name,
+        "group": group,
+        "param": None,
+        "stats": {"min": seconds},
+        "extra_info": {"bytes": nbytes, "probe": probe},
+    }
+
+
+def _results():
+    return {
+        "benchmarks": [
+            _bench("test_probe", "core|K=2", 0.002, probe=True),
+            _bench("test_mean", "core|K=2", 0.004),
+            _bench("test_noise", "noise", 0.5),
+        ],
+        "machine_info": {"python_version": "3.11.0", "aggkit_versions": {"numpy": "9.9"}},
+        "commit_info": {"id": "abcdef1234567890", "dirty": False},
+        "datetime": "2026-11-22",
+    }
+
+
+def test_ratio_is_probe_time_over_row_time_and_versions_are_listed():
+    page = render.render([_results()])
+    assert "| mean | 4.00 ms | 0.2 GB/s | 0.50x |" in page
+    assert "| probe (probe) | 2.00 ms | 0.5 GB/s | 1.00x |" in page
+    assert "| noise | 500.00 ms |" in page  # no probe in its group: no ratio
+    assert "numpy 9.9" in page
+
+
+def test_main_writes_page_plot_and_included_markdown(tmp_path, monkeypatch):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_results()))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "acc.png").write_bytes(b"\x89PNG fake")
+    (extra / "acc.md").write_text("## Accuracy\n\n![accuracy](acc.png)\n")
+    out = tmp_path / "docs" / "benchmarks.md"
+    monkeypatch.setattr(
+        "sys.argv", ["render", str(results), "--out", str(out), "--include", str(extra / "acc.md")]
+    )
+    render.main()
+    page = out.read_text()
+    assert "![accuracy](img/acc.png)" in page
+    assert (tmp_path / "docs" / "img" / "acc.png").read_bytes() == b"\x89PNG fake"
+    assert f"]({render.PLOT_NAME})" in page
+    assert (tmp_path / "docs" / render.PLOT_NAME).stat().st_size > 1000
