@@ -49,6 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import _buffers
+
 __all__ = [
     "PLAIN",
     "SECURE_BITWIDTH",
@@ -277,7 +279,7 @@ class SecureChannelSum:
         self.owner = owner
         self.backend = current_backend()
         self.fused = bool(self.backend.fused)
-        self.accumulator = np.zeros(self.length, dtype=np.int64) if self.fused else None
+        self.accumulator = _buffers.zeros(self.length, np.int64) if self.fused else None
         self.clients = 0
         self._blocks: list[np.ndarray] = []
         self._finished = False

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from aggkit import _buffers
 from aggkit.errors import InvalidUpdateError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
@@ -393,7 +394,7 @@ class _QuantizedSumRound(Round):
         self.key = key
         self.round_index = round_index
         self.plain = None if process.quantized.any() else SumRound(process.layout)
-        self.acc = None if self.plain is not None else np.zeros(process.layout.size)
+        self.acc = None if self.plain is not None else _buffers.zeros(process.layout.size)
         self.round_key = None
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:

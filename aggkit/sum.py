@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import _buffers, channels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -66,7 +66,7 @@ class SumRound(Round):
 
     def __init__(self, layout: Layout):
         self.integer = layout.dtype.kind in "iu"
-        self.acc = np.zeros(layout.size, dtype=np.int64 if self.integer else np.float64)
+        self.acc = _buffers.zeros(layout.size, np.int64 if self.integer else np.float64)
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         from aggkit import kernels
