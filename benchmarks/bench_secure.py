@@ -4,8 +4,9 @@ Group ``secure|K=...``: the secure weighted mean ``ak.mean(value_sum=ak.secure_s
 weight_sum=ak.secure_sum(2**20 - 1, 0.0))`` on a ``ClientBatch`` (every client's weighted value
 clipped, discretized to 32 bits and summed exactly; weights the same on a [K, 1] matrix), with a
 constant bound and with a bound from an estimation process (which adds the statistics pass for
-each client's max |x|); the discretize kernel alone; and a NumPy implementation of the same steps
-(row by row, memory O(n), as a straightforward implementation would do).
+each client's max |x|); the whole ``ak.secure_aggregator()`` preset (zeroing and clipping on top,
+every estimate through secure sums); the discretize kernel alone; and a NumPy implementation of
+the secure mean's steps (row by row, memory O(n), as a straightforward implementation would do).
 
 Full figures::
 
@@ -58,6 +59,17 @@ def test_secure_mean(benchmark, matrices, shape, bound):
     value_bound = BOUND if bound == "constant" else ak.ConstantEstimate(BOUND)
     factory = ak.mean(value_sum=secure_sum(value_bound), weight_sum=secure_sum(WEIGHT_BOUND, 0.0))
     process = factory.create(ak.TensorSpec((shape[1],), np.float32))
+    batch = ak.ClientBatch(matrix, process.layout)
+    state = process.initialize()
+    record(benchmark, group=_group(shape), nbytes=matrix.nbytes)
+    out = benchmark(lambda: process.next(state, batch, weights))
+    assert out.result.shape == (shape[1],)
+
+
+def test_secure_aggregator(benchmark, matrices, shape):
+    """The ``ak.secure_aggregator()`` preset (zeroing, clipping, secure mean, secure estimates)."""
+    matrix, weights = _setup(matrices, shape)
+    process = ak.secure_aggregator().create(ak.TensorSpec((shape[1],), np.float32))
     batch = ak.ClientBatch(matrix, process.layout)
     state = process.initialize()
     record(benchmark, group=_group(shape), nbytes=matrix.nbytes)

@@ -16,3 +16,18 @@ def test_accuracy_script_quick(mnist_root, tmp_path):
     table = (tmp_path / "accuracy.md").read_text()
     assert "| robust |" in table and "| dp |" in table
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "script", ["accuracy_mnist.py", "bench_federated.py", "bench_torch_plain.py", "render.py"]
+)
+def test_benchmark_scripts_start_as_their_docstrings_run_them(script):
+    """``python benchmarks/SCRIPT.py`` (not ``-m``): the way the docs tell people to run them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
