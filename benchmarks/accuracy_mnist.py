@@ -89,6 +89,19 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def _options(args: argparse.Namespace) -> str:
+    """The options that reproduce this run (those that differ from the defaults)."""
+    defaults = vars(_parser().parse_args([]))
+    return (
+        " ".join(
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in vars(args).items()
+            if name not in ("out", "data", "threads", "quick") and value != defaults[name]
+        )
+        or "(defaults)"
+    )
+
+
 def write(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"### Federated MNIST: rounds to 98% and 99% test accuracy ({args.clients} IID clients, "
@@ -106,7 +119,9 @@ def write(results: dict, args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        f"Command: `python benchmarks/accuracy_mnist.py --max-rounds {args.max_rounds}`",
+        "![Test accuracy per round, one line per preset](accuracy.png)",
+        "",
+        f"Command: `{' '.join(['python benchmarks/accuracy_mnist.py', _options(args)]).strip()}`",
         "",
     ]
     text = "\n".join(lines)
@@ -134,7 +149,7 @@ def write(results: dict, args: argparse.Namespace) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-rounds", type=int, default=60)
     parser.add_argument("--clients", type=int, default=100)
@@ -148,7 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(".benchmarks/accuracy"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     if args.quick:
         args.max_rounds, args.clients, args.per_round = 2, 10, 2
         # With 2 clients a round the clipped-count noise alone allows z < 2 * 0.05 * 2 = 0.2.

@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import shutil
+import sys
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
@@ -55,19 +56,22 @@ def _name(bench: dict) -> str:
     return name.split("[", 1)[0] + (f" [{bench['param']}]" if bench.get("param") else "")
 
 
-def _ratios(results: list[dict]) -> dict[str, list[tuple[str, float]]]:
-    """Per group with a probe: (row label, probe time / row time), fastest first."""
+def _ratios(results: list[dict]) -> dict[str, tuple[str, list[tuple[str, float]]]]:
+    """Per group with a probe: its probe's name and (row label, probe time / row time), fastest
+    first."""
     out = {}
     for group, benches in sorted(_rows(results).items()):
         probe = next((b for b in benches if b.get("extra_info", {}).get("probe")), None)
         if probe is None:
             continue
+        others = [b for b in benches if not b.get("extra_info", {}).get("probe")]
+        bases = [_name(b).split(" [")[0] for b in others]
+        # The variant in brackets only where a name repeats within the group.
         rows = [
-            (_name(b).split(" [")[0], probe["stats"]["min"] / b["stats"]["min"])
-            for b in benches
-            if not b.get("extra_info", {}).get("probe")
+            (_name(b) if bases.count(base) > 1 else base, probe["stats"]["min"] / b["stats"]["min"])
+            for b, base in zip(others, bases, strict=True)
         ]
-        out[group] = sorted(rows, key=lambda r: -r[1])
+        out[group] = (_name(probe).split(" [")[0], sorted(rows, key=lambda r: -r[1]))
     return out
 
 
@@ -78,20 +82,21 @@ def plot(results: list[dict], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return False
     ratios = _ratios(results)
     if not ratios:
         return False
-    heights = [max(1, len(rows)) for rows in ratios.values()]
+    heights = [max(1, len(rows)) for _, rows in ratios.values()]
     fig, axes = plt.subplots(
         len(ratios),
         1,
-        figsize=(8, 0.32 * sum(heights) + 0.9 * len(ratios)),
+        figsize=(9, 0.24 * sum(heights) + 0.75 * len(ratios)),
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
-    for ax, (group, rows) in zip(axes[:, 0], ratios.items(), strict=True):
+    for ax, (group, (probe, rows)) in zip(axes[:, 0], ratios.items(), strict=True):
         labels = [label for label, _ in rows]
         values = [value for _, value in rows]
         ax.barh(range(len(rows)), values, color="#4472c4")
@@ -99,10 +104,13 @@ def plot(results: list[dict], path: Path) -> bool:
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_title(group, fontsize=9, loc="left")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"{group}   (probe: {probe})", fontsize=8, loc="left")
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
-    axes[-1, 0].set_xlabel("speed as a fraction of the BLAS probe w @ X (log scale; 1 = probe)")
+    axes[-1, 0].set_xlabel("speed as a fraction of the group's probe (log scale; 1 = probe)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -118,15 +126,23 @@ def include(markdown: Path, out_dir: Path) -> str:
         source = markdown.parent / match.group(2)
         if not source.exists():
             return match.group(0)
-        target = out_dir / "img" / source.name
+        # Prefixed with the folder's name: two result folders may both hold an accuracy.png.
+        name = f"{markdown.parent.name}-{source.name}"
+        target = out_dir / "img" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-        return f"![{match.group(1)}](img/{source.name})"
+        return f"![{match.group(1)}](img/{name})"
 
     return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", relink, text).rstrip() + "\n"
 
 
-def render(results: list[dict], *, with_plot: bool = False, includes: tuple[str, ...] = ()) -> str:
+def render(
+    results: list[dict],
+    *,
+    with_plot: bool = False,
+    includes: tuple[str, ...] = (),
+    rendered_by: str = "python benchmarks/render.py RESULTS.json",
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -174,9 +190,10 @@ def render(results: list[dict], *, with_plot: bool = False, includes: tuple[str,
         + ", ".join(f"{name} {version}" for name, version in versions.items()),
         f"- Commit: {commit.get('id', '?')[:12]} ({'dirty' if commit.get('dirty') else 'clean'})",
         f"- Date: {first.get('datetime', '?')}",
-        "- Command: `AGGKIT_BENCH_FULL=1 python -m pytest benchmarks --benchmark-enable "
-        "--benchmark-json=.benchmarks/results.json && python benchmarks/render.py "
-        ".benchmarks/results.json`",
+        "- Benchmarks: `AGGKIT_BENCH_FULL=1 python -m pytest benchmarks/bench_SUITE.py "
+        "--benchmark-enable --benchmark-json=.benchmarks/SUITE.json` for each suite (or all of "
+        "`benchmarks` into one file); the script benchmarks as their own tables say",
+        f"- Page: `{rendered_by}`",
         "",
     ]
     return "\n".join(lines)
@@ -195,7 +212,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plotted = not args.no_plot and plot(results, args.out.parent / PLOT_NAME)
     texts = tuple(include(path, args.out.parent) for path in args.include)
-    args.out.write_text(render(results, with_plot=plotted, includes=texts))
+    rendered_by = " ".join(["python benchmarks/render.py", *sys.argv[1:]])
+    args.out.write_text(render(results, with_plot=plotted, includes=texts, rendered_by=rendered_by))
     print(f"wrote {args.out}")
 
 

@@ -51,7 +51,7 @@ def test_main_writes_page_plot_and_included_markdown(tmp_path, monkeypatch):
     )
     render.main()
     page = out.read_text()
-    assert "![accuracy](img/acc.png)" in page
-    assert (tmp_path / "docs" / "img" / "acc.png").read_bytes() == b"\x89PNG fake"
+    assert "![accuracy](img/extra-acc.png)" in page
+    assert (tmp_path / "docs" / "img" / "extra-acc.png").read_bytes() == b"\x89PNG fake"
     assert f"]({render.PLOT_NAME})" in page
     assert (tmp_path / "docs" / render.PLOT_NAME).stat().st_size > 1000
