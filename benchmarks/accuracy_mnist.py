@@ -92,13 +92,10 @@ def run(args: argparse.Namespace) -> dict:
 def _options(args: argparse.Namespace) -> str:
     """The options that reproduce this run (those that differ from the defaults)."""
     defaults = vars(_parser().parse_args([]))
-    return (
-        " ".join(
-            f"--{name.replace('_', '-')} {value}"
-            for name, value in vars(args).items()
-            if name not in ("out", "data", "threads", "quick") and value != defaults[name]
-        )
-        or "(defaults)"
+    return " ".join(
+        f"--{name.replace('_', '-')} {value}"
+        for name, value in vars(args).items()
+        if name not in ("out", "data", "threads", "quick") and value != defaults[name]
     )
 
 
@@ -121,7 +118,7 @@ def write(results: dict, args: argparse.Namespace) -> str:
         "",
         "![Test accuracy per round, one line per preset](accuracy.png)",
         "",
-        f"Command: `{' '.join(['python benchmarks/accuracy_mnist.py', _options(args)]).strip()}`",
+        f"Command: `{f'python benchmarks/accuracy_mnist.py {_options(args)}'.strip()}`",
         "",
     ]
     text = "\n".join(lines)

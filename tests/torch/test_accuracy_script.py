@@ -15,6 +15,10 @@ def test_accuracy_script_quick(mnist_root, tmp_path):
     )
     table = (tmp_path / "accuracy.md").read_text()
     assert "| robust |" in table and "| dp |" in table
+    # The command line reproduces the run: quick mode's settings, and the presets asked for.
+    assert "Command: `python benchmarks/accuracy_mnist.py --max-rounds 2 " in table
+    assert "--presets robust,dp`" in table
+    assert "](accuracy.png)" in table
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
