@@ -11,9 +11,9 @@ least disturbed by other load), throughput (GB/s from ``extra_info["bytes"]`` or
 as a fraction of the probe measured in the same run. A bar chart of those fractions goes next to
 the page (``img/benchmarks-vs-probe.png``, with matplotlib). ``--include`` appends Markdown written
 by the script benchmarks (``bench_federated.py``, ``accuracy_mnist.py``), copying the images they
-reference into ``img/``. The page ends with the machine, the versions and the command, taken from
-the JSON (versions recorded by ``benchmarks/conftest.py``; older JSON files fall back to the
-versions installed now).
+reference into ``img/`` (named ``<their folder>-<file>``). The page ends with the machine, the
+versions and the commands, taken from the JSON (versions recorded by ``benchmarks/conftest.py``;
+older JSON files fall back to the versions installed now).
 """
 
 from __future__ import annotations
