@@ -51,9 +51,20 @@ def _rows(results: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def _base(bench: dict) -> str:
+    return bench["name"].removeprefix("test_").split("[", 1)[0]
+
+
 def _name(bench: dict) -> str:
-    name = bench["name"].removeprefix("test_")
-    return name.split("[", 1)[0] + (f" [{bench['param']}]" if bench.get("param") else "")
+    return _base(bench) + (f" [{bench['param']}]" if bench.get("param") else "")
+
+
+def _is_probe(bench: dict) -> bool:
+    return bool(bench.get("extra_info", {}).get("probe"))
+
+
+def _probe(benches: list[dict]) -> dict | None:
+    return next((b for b in benches if _is_probe(b)), None)
 
 
 def _ratios(results: list[dict]) -> dict[str, tuple[str, list[tuple[str, float]]]]:
@@ -61,17 +72,17 @@ def _ratios(results: list[dict]) -> dict[str, tuple[str, list[tuple[str, float]]
     first."""
     out = {}
     for group, benches in sorted(_rows(results).items()):
-        probe = next((b for b in benches if b.get("extra_info", {}).get("probe")), None)
+        probe = _probe(benches)
         if probe is None:
             continue
-        others = [b for b in benches if not b.get("extra_info", {}).get("probe")]
-        bases = [_name(b).split(" [")[0] for b in others]
+        others = [b for b in benches if not _is_probe(b)]
+        bases = [_base(b) for b in others]
         # The variant in brackets only where a name repeats within the group.
         rows = [
             (_name(b) if bases.count(base) > 1 else base, probe["stats"]["min"] / b["stats"]["min"])
             for b, base in zip(others, bases, strict=True)
         ]
-        out[group] = (_name(probe).split(" [")[0], sorted(rows, key=lambda r: -r[1]))
+        out[group] = (_base(probe), sorted(rows, key=lambda r: -r[1]))
     return out
 
 
@@ -158,7 +169,7 @@ def render(
     if with_plot:
         lines += [f"![Speed of each benchmark as a fraction of its probe]({PLOT_NAME})", ""]
     for group, benches in sorted(_rows(results).items()):
-        probe = next((b for b in benches if b.get("extra_info", {}).get("probe")), None)
+        probe = _probe(benches)
         lines += [
             f"## {group}",
             "",
@@ -175,7 +186,7 @@ def render(
             else:
                 throughput = ""
             ratio = f"{probe['stats']['min'] / best:.2f}x" if probe else ""
-            label = _name(bench) + (" (probe)" if extra.get("probe") else "")
+            label = _name(bench) + (" (probe)" if _is_probe(bench) else "")
             lines.append(f"| {label} | {best * 1e3:.2f} ms | {throughput} | {ratio} |")
         lines.append("")
     for text in includes:
