@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["MIN_POOLED_BYTES", "clear", "zeros"]
+__all__ = ["MIN_POOLED_BYTES", "clear", "empty", "zeros"]
 
 #: Buffers smaller than this are allocated afresh (the allocator serves them from its own pool).
 MIN_POOLED_BYTES = 1 << 20
@@ -47,10 +47,32 @@ def zeros(length: int, dtype: type | np.dtype = np.float64) -> np.ndarray:
     >>> b is a, float(b.sum())
     (False, 0.0)
     """
+    buf, fresh = _take(length, dtype)
+    if not fresh:
+        buf.fill(0)
+    return buf
+
+
+def empty(length: int, dtype: type | np.dtype = np.float64) -> np.ndarray:
+    """Like :func:`zeros` but with arbitrary contents: for a buffer the caller writes in full.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = empty(1 << 19, np.float32)
+    >>> out[:] = 2.0
+    >>> out.dtype, out.shape
+    (dtype('float32'), (524288,))
+    """
+    return _take(length, dtype)[0]
+
+
+def _take(length: int, dtype: type | np.dtype) -> tuple[np.ndarray, bool]:
+    """A free pooled buffer (or a new zeroed one) and whether it is new."""
     dtype = np.dtype(dtype)
     length = int(length)
     if length * dtype.itemsize < MIN_POOLED_BYTES:
-        return np.zeros(length, dtype)
+        return np.zeros(length, dtype), True
     key = (length, dtype.str)
     with _lock:
         buffers = _pool.get(key)
@@ -61,17 +83,11 @@ def zeros(length: int, dtype: type | np.dtype = np.float64) -> np.ndarray:
         _pool.move_to_end(key)
         for buf in buffers:
             if sys.getrefcount(buf) <= _FREE_REFCOUNT:
-                break
-        else:
-            buf = None
-            if len(buffers) < _PER_KEY:
-                buf = np.zeros(length, dtype)
-                buffers.append(buf)
-                return buf
-    if buf is None:  # every pooled buffer is held and the pool is full
-        return np.zeros(length, dtype)
-    buf.fill(0)
-    return buf
+                return buf, False
+        buf = np.zeros(length, dtype)
+        if len(buffers) < _PER_KEY:
+            buffers.append(buf)
+        return buf, True
 
 
 def clear() -> None:

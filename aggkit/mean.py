@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import _buffers
 from aggkit.errors import EmptyRoundError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout, TensorSpec
@@ -117,14 +118,37 @@ def mean(
 
 
 def _divide(
-    total: np.ndarray, denominator: float, no_nan_division: bool, in_place: bool = False
+    total: np.ndarray,
+    denominator: float,
+    no_nan_division: bool,
+    in_place: bool = False,
+    dtype: np.dtype | None = None,
 ) -> np.ndarray:
-    """``total / denominator`` in float64; in ``total``'s memory when the caller owns it."""
+    """``total / denominator`` (a float64 division) as a vector of ``dtype`` (default float64).
+
+    When the caller owns ``total`` (``in_place``) the quotient is written in one fused pass, into
+    ``total`` itself for float64 or into a reused buffer for float32 (see
+    :mod:`aggkit.kernels.divide_cast`); otherwise a fresh array is returned.
+    """
+    dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
     if no_nan_division and denominator == 0:
-        return np.zeros_like(total, dtype=np.float64)
-    in_place = in_place and total.dtype == np.float64 and total.flags.writeable
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.divide(total, np.float64(denominator), out=total if in_place else None)
+        return np.zeros(total.shape, dtype=dtype)
+    if (
+        in_place
+        and total.dtype == np.float64
+        and total.ndim == 1
+        and total.flags.writeable
+        and total.flags.c_contiguous
+        and dtype in (np.float32, np.float64)
+    ):
+        from aggkit import kernels
+
+        out = total if dtype == np.float64 else _buffers.empty(total.size, dtype)
+        return kernels.divide_cast.divide_cast(total, denominator, out)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.divide(total, np.float64(denominator)).astype(dtype, copy=False)
 
 
 class MeanProcess(AggregationProcess):
@@ -156,16 +180,20 @@ class MeanProcess(AggregationProcess):
             self.value_sum.begin_round(state["value_sum_process"]),
             self.weight_sum.begin_round(state["weight_sum_process"]),
             self.no_nan_division,
+            self.layout.dtype,
         )
 
 
 class _MeanRound(Round):
     owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
 
-    def __init__(self, value_round: Round, weight_round: Round, no_nan_division: bool):
+    def __init__(
+        self, value_round: Round, weight_round: Round, no_nan_division: bool, dtype: np.dtype
+    ):
         self.value_round = value_round
         self.weight_round = weight_round
         self.no_nan_division = no_nan_division
+        self.dtype = dtype
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         self.value_round.add(block.scaled(weights), None)
@@ -178,7 +206,11 @@ class _MeanRound(Round):
         weight_state, weight_total, weight_measurements = self.weight_round.finish()
         state = {"value_sum_process": value_state, "weight_sum_process": weight_state}
         result = _divide(
-            total, float(weight_total[0]), self.no_nan_division, self.value_round.owns_result
+            total,
+            float(weight_total[0]),
+            self.no_nan_division,
+            self.value_round.owns_result,
+            self.dtype,
         )
         measurements = {"mean_value": value_measurements, "mean_weight": weight_measurements}
         return state, result, measurements
@@ -270,16 +302,18 @@ class UnweightedMeanProcess(AggregationProcess):
             self.value_sum.begin_round(state[0]),
             self.count_sum.begin_round(state[1]),
             self.strict_empty,
+            self.layout.dtype,
         )
 
 
 class _UnweightedMeanRound(Round):
     owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
 
-    def __init__(self, value_round: Round, count_round: Round, strict_empty: bool):
+    def __init__(self, value_round: Round, count_round: Round, strict_empty: bool, dtype: np.dtype):
         self.value_round = value_round
         self.count_round = count_round
         self.strict_empty = strict_empty
+        self.dtype = dtype
         self.clients = 0
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
@@ -296,7 +330,11 @@ class _UnweightedMeanRound(Round):
         value_state, total, value_measurements = self.value_round.finish()
         count_state, count, count_measurements = self.count_round.finish()
         result = _divide(
-            total, float(count[0]), no_nan_division=False, in_place=self.value_round.owns_result
+            total,
+            float(count[0]),
+            no_nan_division=False,
+            in_place=self.value_round.owns_result,
+            dtype=self.dtype,
         )
         return (
             (value_state, count_state),

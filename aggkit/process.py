@@ -430,7 +430,9 @@ class AggregationProcess(ABC):
         for block, block_weights in self._blocks(values, weights):
             round_.add(block, block_weights)
         new_state, flat, measurements = round_.finish()
-        return Output(new_state, self.layout.unflatten(flat), measurements)
+        # An owned result is referenced by nothing else, so its tensors can be views of it.
+        result = self.layout.unflatten(flat, copy=not round_.owns_result)
+        return Output(new_state, result, measurements)
 
     # -- input handling -----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ array([[1., 1.],
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,24 +179,26 @@ def _collect_leaves(obj: Any, treedef: tuple, path: str, client: int | None, out
 
 
 def _build(treedef: tuple, leaves: Iterable) -> Any:
-    iterator = iter(leaves)
+    # A module-level recursion, not a nested closure: a closure that calls itself is a reference
+    # cycle, which would keep the leaves (and the buffers they view) alive until the next
+    # garbage collection.
+    return _build_node(treedef, iter(leaves))
 
-    def build(node: tuple) -> Any:
-        kind = node[0]
-        if kind == "leaf":
-            return next(iterator)
-        if kind == "dict":
-            cls, keys, children = node[1], node[2], node[3]
-            items = [(k, build(c)) for k, c in zip(keys, children, strict=True)]
-            try:
-                return cls(items)
-            except TypeError:  # a Mapping type that cannot be built from items
-                return dict(items)
-        if kind == "namedtuple":
-            return node[1](*(build(c) for c in node[2]))
-        return node[1](build(c) for c in node[2])
 
-    return build(treedef)
+def _build_node(node: tuple, iterator: Iterator) -> Any:
+    kind = node[0]
+    if kind == "leaf":
+        return next(iterator)
+    if kind == "dict":
+        cls, keys, children = node[1], node[2], node[3]
+        items = [(k, _build_node(c, iterator)) for k, c in zip(keys, children, strict=True)]
+        try:
+            return cls(items)
+        except TypeError:  # a Mapping type that cannot be built from items
+            return dict(items)
+    if kind == "namedtuple":
+        return node[1](*(_build_node(c, iterator) for c in node[2]))
+    return node[1](_build_node(c, iterator) for c in node[2])
 
 
 def _client_array(leaf: Any, spec: TensorSpec, client: int | None, path: str) -> np.ndarray:
@@ -347,12 +349,13 @@ class Layout:
             out[self.offsets[i] : self.offsets[i + 1]] = array.reshape(-1)
         return out
 
-    def unflatten(self, vector: np.ndarray) -> Any:
+    def unflatten(self, vector: np.ndarray, *, copy: bool = True) -> Any:
         """The structure held by a flat vector (fresh arrays of each tensor's dtype).
 
         Floating results are cast to each tensor's dtype; integer tensors are rounded to the
         nearest integer first when the vector is floating. Scalar tensors come back as NumPy
-        scalars.
+        scalars. With ``copy=False``, a tensor whose dtype the vector already has is returned as
+        a view of it (for a vector nothing else will write to).
         """
         vector = np.asarray(vector)
         if vector.shape != (self.size,):
@@ -362,7 +365,7 @@ class Layout:
             segment = vector[self.offsets[i] : self.offsets[i + 1]]
             if spec.dtype.kind in "iu" and segment.dtype.kind == "f":
                 segment = np.rint(segment)
-            array = segment.astype(spec.dtype, copy=True).reshape(spec.shape)
+            array = segment.astype(spec.dtype, copy=copy).reshape(spec.shape)
             leaves.append(array[()] if spec.shape == () else array)
         return _build(self._treedef, leaves)
 

@@ -51,3 +51,46 @@ def test_results_of_consecutive_rounds_stay_independent():
     np.testing.assert_array_equal(first, kept)
     assert not np.shares_memory(first, second)
     np.testing.assert_allclose(first, np.mean(first_values, axis=0), rtol=1e-12)
+
+
+def test_float32_mean_results_reuse_a_free_buffer_and_never_a_held_one():
+    """The mean writes a float32 result into a pooled buffer; its tensors are views of it."""
+    n = N + 3
+    layout = {"w": ak.TensorSpec((n - 3,), np.float32), "b": [ak.TensorSpec((3,), np.float32)]}
+    process = ak.mean().create(layout)
+    state = process.initialize()
+    matrix = np.random.default_rng(1).normal(size=(4, n)).astype(np.float32)
+    batch = ak.ClientBatch(matrix, process.layout)
+    weights = np.array([1.0, 2.0, 3.0, 4.0])
+    expected = (weights @ matrix.astype(np.float64) / weights.sum()).astype(np.float32)
+
+    first = process.next(state, batch, weights).result
+    address = first["w"].ctypes.data
+    kept = first["w"].copy()
+    second = process.next(state, batch, weights).result
+    assert not np.shares_memory(first["w"], second["w"])  # ``first`` is held
+    np.testing.assert_array_equal(first["w"], kept)
+    del first, second
+    third = process.next(state, batch, weights).result  # nothing holds the first buffer now
+    assert third["w"].ctypes.data == address
+    assert third["w"].dtype == np.float32 and third["b"][0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate([third["w"], third["b"][0]]), expected)
+
+
+def test_unflatten_leaves_no_reference_cycle():
+    """Results are freed by reference counting alone (a cycle would hold pooled buffers)."""
+    import gc
+    import sys
+
+    spec = ak.TensorSpec((2,), np.float64)
+    layout = ak.Layout({"a": spec, "b": (ak.TensorSpec((1,), np.float64),)})
+    vector = np.arange(3.0)
+    gc.disable()
+    try:
+        before = sys.getrefcount(vector)
+        result = layout.unflatten(vector, copy=False)
+        assert np.shares_memory(result["a"], vector)
+        del result
+        assert sys.getrefcount(vector) == before
+    finally:
+        gc.enable()
