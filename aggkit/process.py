@@ -431,7 +431,7 @@ class AggregationProcess(ABC):
             round_.add(block, block_weights)
         new_state, flat, measurements = round_.finish()
         # An owned result is referenced by nothing else, so its tensors can be views of it.
-        result = self.layout.unflatten(flat, copy=not round_.owns_result)
+        result = self.layout.unflatten(flat, copy=not getattr(round_, "owns_result", False))
         return Output(new_state, result, measurements)
 
     # -- input handling -----------------------------------------------------------------------
