@@ -26,3 +26,13 @@ def test_kernels_load_on_first_use():
         "print(before, 'numba' in sys.modules)"
     )
     assert _python(code) == "False True"
+
+
+def test_startup_benchmark_reports_each_step(capsys):
+    """``python benchmarks/startup.py`` times fresh processes; one run here, for the table."""
+    from benchmarks import startup
+
+    startup.main(["--runs", "1"])
+    out = capsys.readouterr().out
+    for step in ("import aggkit", "first call", "of which import numba", "second call"):
+        assert f"| {step} |" in out

@@ -23,7 +23,8 @@ def test_accuracy_script_quick(mnist_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["accuracy_mnist.py", "bench_federated.py", "bench_torch_plain.py", "render.py"]
+    "script",
+    ["accuracy_mnist.py", "bench_federated.py", "bench_torch_plain.py", "render.py", "startup.py"],
 )
 def test_benchmark_scripts_start_as_their_docstrings_run_them(script):
     """``python benchmarks/SCRIPT.py`` (not ``-m``): the way the docs tell people to run them."""
