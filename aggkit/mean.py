@@ -131,8 +131,6 @@ def _divide(
     :mod:`aggkit.kernels.divide_cast`); otherwise a fresh array is returned.
     """
     dtype = np.dtype(np.float64 if dtype is None else dtype)
-    if dtype.kind != "f":
-        dtype = np.dtype(np.float64)
     if no_nan_division and denominator == 0:
         return np.zeros(total.shape, dtype=dtype)
     if (
