@@ -121,16 +121,15 @@ def _divide(
     total: np.ndarray,
     denominator: float,
     no_nan_division: bool,
-    in_place: bool = False,
-    dtype: np.dtype | None = None,
+    in_place: bool,
+    dtype: np.dtype,
 ) -> np.ndarray:
-    """``total / denominator`` (a float64 division) as a vector of ``dtype`` (default float64).
+    """``total / denominator`` (a float64 division) as a vector of the layout's ``dtype``.
 
     When the caller owns ``total`` (``in_place``) the quotient is written in one fused pass, into
     ``total`` itself for float64 or into a reused buffer for float32 (see
     :mod:`aggkit.kernels.divide_cast`); otherwise a fresh array is returned.
     """
-    dtype = np.dtype(np.float64 if dtype is None else dtype)
     if no_nan_division and denominator == 0:
         return np.zeros(total.shape, dtype=dtype)
     if (
