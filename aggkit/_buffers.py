@@ -7,9 +7,9 @@ float32, 2 threads): ``ak.mean()`` took 204 ms a round with a fresh float64 accu
 with a reused one (the sum kernel alone: 91 ms); at K=100 x 431,080, 18.7 ms against 13.3 ms.
 
 :func:`zeros` (and :func:`empty`, for a mean's float32 result, which is written in full) hands
-out a pooled buffer only when nothing but the pool refers to it (CPython
-reference counts; a view of a buffer refers to it too), so a result or a view that a caller still
-holds is never overwritten; otherwise it allocates. Small buffers are not pooled.
+out a pooled buffer only when nothing but the pool refers to it (CPython reference counts; a view
+of a buffer refers to it too), so a result or a view that a caller still holds is never
+overwritten; otherwise it allocates. Small buffers are not pooled.
 """
 
 from __future__ import annotations
