@@ -66,6 +66,23 @@ def record(
     benchmark.extra_info.update(extra)
 
 
+#: Warm-up calls before pytest-benchmark calibrates. Without them, the calibration times the first
+#: call, which loads or compiles the numba kernels (0.1-1 s). It then chose 5 rounds for a 7 ms
+#: kernel while the probe beside it got 85, and a minimum of 5 noisy rounds was set against one
+#: of 85 (bench_core, December 2026).
+WARMUP_ITERATIONS = 3
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give every benchmark in this folder warm-up calls, unless it sets its own."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if not str(item.path).startswith(here + os.sep):
+            continue
+        if item.get_closest_marker("benchmark") is None:
+            item.add_marker(pytest.mark.benchmark(warmup=True, warmup_iterations=WARMUP_ITERATIONS))
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Record the versions that decide the figures, for ``render.py``'s page."""
     from benchmarks.render import installed_versions
