@@ -4,7 +4,7 @@ Group ``compression|K=...``: the probe (BLAS ``w @ X``), the fused kernel alone,
 ``ak.mean(ak.quantized_sum())`` round (statistics pass + fused kernel, random numbers included;
 the issue's goal is >= 0.2x the probe), the same round behind a Hadamard rotation, one client's
 payload encoding, and two NumPy implementations of the same quantizer: the kernel's bit-exact
-twin (Philox in NumPy) and the straightforward one with NumPy's own generator.
+twin (SplitMix64 in NumPy) and the straightforward one with NumPy's own generator.
 
 Full run::
 
@@ -157,7 +157,7 @@ def test_numpy_generator_quantizer(benchmark, matrices, shape):
 
 
 def test_numpy_twin_quantizer(benchmark, matrices, shape):
-    """The kernel's bit-exact NumPy twin (Philox in NumPy): skipped above 5e7 elements."""
+    """The kernel's bit-exact NumPy twin (SplitMix64 in NumPy): skipped above 5e7 elements."""
     if shape[0] * shape[1] > 5e7:
         pytest.skip("the twin takes minutes on this shape")
     matrix, weights = _setup(matrices, shape)

@@ -11,15 +11,17 @@ unbiased estimate of ``v``. Choosing the range and building payloads is the call
 
 Random numbers
 --------------
-``U`` comes from the counter-based generator (:mod:`aggkit.kernels.counter_rng`) on a grid of
-``2**-r``: ``r = 16`` bits for quantizers of 8 bits or more, ``r = 32`` below. Rounding up then
-happens with probability ``ceil(2**r frac) / 2**r`` instead of ``frac``, a bias below
+``U`` comes from the counter-based SplitMix64 stream (``mix_block`` in
+:mod:`aggkit.kernels.counter_rng`; it takes less than half the time of the Philox stream it
+replaced) on a grid of ``2**-r``: ``r = 16`` bits for quantizers of 8 bits or more, ``r = 32``
+below. Rounding up then happens with probability ``ceil(2**r frac) / 2**r`` instead of ``frac``,
+a bias below
 ``2**-r`` of a step, that is below ``2**-24`` of the client's range ``hi - lo`` in every case
 (one float32 unit in the last place of the range). The reference implementation rounds in
 float32, which at 8 bits has the same ``2**-16`` resolution. 16-bit uniforms take half the
-generator's work: eight elements per Philox block instead of four.
+generator's work: eight elements per 128-bit block instead of four.
 
-A stream chunk is 256 Philox blocks: ``2048`` elements with 16-bit uniforms, ``1024`` with
+A stream chunk is 256 blocks: ``2048`` elements with 16-bit uniforms, ``1024`` with
 32-bit ones (:func:`chunk_size`). Element ``r`` of chunk ``c`` of a tensor reads block
 ``256 c + (r % 256)``; with 32-bit uniforms word ``r // 256`` of it, with 16-bit uniforms the
 low (``k`` even) or high (``k`` odd) half of word ``k // 2``, ``k = r // 256``. (So a chunk's
@@ -55,7 +57,7 @@ import numpy as np
 from numba import prange
 
 from aggkit.kernels._jit import kernel
-from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, random_block, random_block_numpy
+from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 
 __all__ = [
     "BLOCKS",
@@ -76,7 +78,7 @@ __all__ = [
     "unpack_bits_numpy",
 ]
 
-#: Philox blocks per random-stream chunk.
+#: Random blocks (128 bits each) per random-stream chunk.
 BLOCKS = 256
 #: Quantizers with at least this many bits round with 16-bit uniforms, others with 32-bit ones.
 SHORT_UNIFORM_BITS = 8
@@ -125,7 +127,7 @@ def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
         w2s = words[2]
         w3s = words[3]
         for b in range(count):
-            w0, w1, w2, w3 = random_block(key, first + b)
+            w0, w1, w2, w3 = mix_block(key, first + b)
             w0s[b] = w0
             w1s[b] = w1
             w2s[b] = w2
@@ -140,7 +142,7 @@ def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
         h6 = words[6]
         h7 = words[7]
         for b in range(count):
-            w0, w1, w2, w3 = random_block(key, first + b)
+            w0, w1, w2, w3 = mix_block(key, first + b)
             h0[b] = w0 & _M16
             h1[b] = w0 >> _S16
             h2[b] = w1 & _M16
@@ -377,12 +379,12 @@ def uniform_bits(bits: int) -> int:
 
 
 def chunk_size(bits: int) -> int:
-    """Elements per random-stream chunk of a ``bits``-bit quantizer (256 Philox blocks)."""
+    """Elements per random-stream chunk of a ``bits``-bit quantizer (256 random blocks)."""
     return BLOCKS * 128 // uniform_bits(bits)
 
 
 def _stream_shape(bits: int) -> tuple[int, float]:
-    """Random numbers per Philox block, and the grid step of the uniforms."""
+    """Random numbers per 128-bit block, and the grid step of the uniforms."""
     r = uniform_bits(bits)
     return 128 // r, 2.0**-r
 
@@ -572,7 +574,7 @@ def _words_numpy(key: int, count: int, bits: int) -> np.ndarray:
     blocks = (i // size) * BLOCKS + (i % BLOCKS)
     slot = (i % size) // BLOCKS  # the row of the chunk's word buffer
     num_blocks = -(-count // size) * BLOCKS  # every block a chunk may read
-    w = random_block_numpy(key, np.arange(num_blocks, dtype=np.uint64))
+    w = mix_block_numpy(key, np.arange(num_blocks, dtype=np.uint64))
     if uniform_bits(bits) == 32:
         return w[blocks, slot]
     halves = w[blocks, slot >> 1] >> (np.uint64(16) * (slot & 1).astype(np.uint64))

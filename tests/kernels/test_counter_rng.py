@@ -1,4 +1,4 @@
-"""The counter-based generator: Philox known answers, twins, keys, and statistical sanity.
+"""The counter-based generators: Philox and SplitMix64 known answers, twins, keys, statistics.
 
 Statistical tests use fixed keys, so each is deterministic; the tolerances are what a correct
 generator passes with high probability for a random key (4 standard errors, or p > 1e-4), not
@@ -38,6 +38,24 @@ PHILOX_KAT = [
 ]
 
 
+# The first outputs of Vigna's splitmix64.c (prng.di.unimi.it) seeded with 0; the same sequence
+# as java.util.SplittableRandom's mix64 over the golden-gamma states.
+SPLITMIX_SEED0 = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+def _splitmix64_textbook(seed: int, count: int) -> list[int]:
+    """SplitMix64 as its authors write it: a state advanced by the gamma, then the finalizer."""
+    mask = (1 << 64) - 1
+    state, out = seed, []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
 # Test-only jitted callers of the device functions (the inlined form other kernels get). Not
 # cached: a cached caller outside aggkit/kernels would not notice edits to counter_rng.py.
 _test_jit = numba.njit(cache=False, error_model="numpy")
@@ -61,6 +79,45 @@ def _device_values(key, index, out):
         out[j, 3] = z0
         out[j, 4] = z1
         out[j, 5] = np.float64(rng.fold_in(key, i) >> np.uint64(11))
+
+
+@_test_jit
+def _mix_values(key, index, out):
+    for j in range(index.size):
+        out[j, 0] = rng.mix64(key, index[j])
+        w0, w1, w2, w3 = rng.mix_block(key, index[j])
+        out[j, 1] = w0
+        out[j, 2] = w1
+        out[j, 3] = w2
+        out[j, 4] = w3
+
+
+def test_splitmix64_known_answers():
+    outputs = _splitmix64_textbook(0, 3)
+    assert outputs == SPLITMIX_SEED0
+    index = np.arange(3, dtype=np.uint64)
+    assert [int(v) for v in rng.mix64_numpy(0, index)] == SPLITMIX_SEED0
+    out = np.empty((3, 5), np.uint64)
+    _mix_values(np.uint64(0), index, out)
+    assert [int(v) for v in out[:, 0]] == SPLITMIX_SEED0
+
+
+@given(KEYS, INDICES)
+def test_splitmix64_matches_textbook_and_twins(key, indices):
+    index = np.array(indices, dtype=np.uint64)
+    out = np.empty((index.size, 5), np.uint64)
+    _mix_values(np.uint64(key), index, out)
+    np.testing.assert_array_equal(out[:, 0], rng.mix64_numpy(key, index))
+    np.testing.assert_array_equal(out[:, 1:], rng.mix_block_numpy(key, index).reshape(-1, 4))
+    if indices:
+        # Output i is the (i + 1)-th step of the stateful generator started at the key.
+        i = min(int(index[0]), 50)
+        assert int(rng.mix64_numpy(key, [i])[0]) == _splitmix64_textbook(key, i + 1)[-1]
+    # A block is two consecutive outputs cut into 32-bit words, low half first.
+    block = rng.mix_block_numpy(key, index)
+    pairs = rng.mix64_numpy(key, np.stack([2 * index, 2 * index + 1], -1))
+    np.testing.assert_array_equal(block[..., 0::2], pairs & np.uint64(0xFFFFFFFF))
+    np.testing.assert_array_equal(block[..., 1::2], pairs >> np.uint64(32))
 
 
 @pytest.mark.parametrize(("counter", "key", "expected"), PHILOX_KAT)
@@ -174,7 +231,10 @@ def test_seed_to_key_rejects(seed, error):
 @given(KEYS, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 def test_derive_key_composes_and_matches_fold_in(key, a, b):
     assert rng.derive_key(key, a, b) == rng.derive_key(rng.derive_key(key, a), b)
-    assert rng.derive_key(key, a) == rng.fold_in_numpy(key, a) == int(rng.fold_in(key, a))
+    # Kernels take keys and data as np.uint64 (the module's calling convention): a Python int
+    # above 2**63 - 1 cannot go through a signature numba compiled for int64.
+    folded = int(rng.fold_in(np.uint64(key), np.uint64(a)))
+    assert rng.derive_key(key, a) == rng.fold_in_numpy(key, a) == folded
     assert rng.derive_key(key) == key
 
 
@@ -268,4 +328,39 @@ def test_streams_of_different_keys_are_uncorrelated(other):
     assert abs(corr) < 4 / math.sqrt(N)
     # and not a shifted copy of one another
     assert abs(np.corrcoef(a[1:], b[:-1])[0, 1]) < 4 / math.sqrt(N)
+    assert not np.any(a[:1000] == b[:1000])
+
+
+def test_splitmix_block_bits_and_halves_are_uniform():
+    """The quantizer's stream: every bit balanced; its 16-bit uniforms and pairs of them even."""
+    words = rng.mix_block_numpy(rng.seed_to_key(8), np.arange(N // 4))
+    bits = (words[..., None] >> np.arange(32, dtype=np.uint64)) & np.uint64(1)
+    freq = bits.reshape(-1, 4, 32).mean(axis=0)
+    assert np.all(np.abs(freq - 0.5) < 4 * math.sqrt(0.25 / (N // 4)) + 1e-12)
+    halves = np.stack([words & np.uint64(0xFFFF), words >> np.uint64(16)], -1).reshape(-1)
+    u = halves.astype(np.float64) / 2**16
+    counts = np.bincount((u * 1000).astype(np.int64), minlength=1000)
+    assert stats.chisquare(counts).pvalue > 1e-4
+    cells = (u[0::2] * 32).astype(np.int64) * 32 + (u[1::2] * 32).astype(np.int64)
+    assert stats.chisquare(np.bincount(cells, minlength=1024)).pvalue > 1e-4
+    assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / u.size)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda k: (k + 1) % 2**64,  # adjacent keys
+        lambda k: k ^ (1 << 63),  # one high bit apart
+        lambda k: rng.fold_in_numpy(k, 1),  # the next client's stream (how quantize keys them)
+    ],
+    ids=["key+1", "high-bit", "folded"],
+)
+def test_splitmix_streams_of_different_keys_are_uncorrelated(other):
+    key = rng.derive_key(rng.seed_to_key(4), 0, 0)
+    index = np.arange(N, dtype=np.uint64)
+    a = (rng.mix64_numpy(key, index) >> np.uint64(11)).astype(np.float64) * 2.0**-53 - 0.5
+    b = (rng.mix64_numpy(other(key), index) >> np.uint64(11)).astype(np.float64) * 2.0**-53 - 0.5
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / math.sqrt(N)
+    assert abs(np.corrcoef(a[1:], b[:-1])[0, 1]) < 4 / math.sqrt(N)
+    assert abs(np.corrcoef(a[1:], a[:-1])[0, 1]) < 4 / math.sqrt(N)
     assert not np.any(a[:1000] == b[:1000])
