@@ -14,7 +14,7 @@ import pytest
 
 import aggkit as ak
 from aggkit import kernels
-from benchmarks.conftest import MATRIX_SHAPES, record, shape_id
+from benchmarks.conftest import MATRIX_SHAPES, paired, paired_rounds, record, shape_id
 
 
 @pytest.fixture(params=MATRIX_SHAPES, ids=shape_id)
@@ -83,3 +83,20 @@ def test_mean_client_batch(benchmark, matrices, shape):
     state = process.initialize()
     record(benchmark, group=f"core|{shape_id(shape)}", nbytes=matrix.nbytes)
     benchmark(lambda: process.next(state, batch, weights))
+
+
+def test_mean_vs_probe_paired(benchmark, matrices, shape):
+    """`ak.mean()` and the probe timed alternately (the issue's >= 0.7x, under the same load)."""
+    matrix, weights = _setup(matrices, shape)
+    w32 = weights.astype(np.float32)
+    process = ak.mean().create(ak.TensorSpec((shape[1],), np.float32))
+    batch = ak.ClientBatch(matrix, process.layout)
+    state = process.initialize()
+    paired(
+        benchmark,
+        lambda: w32 @ matrix,
+        lambda: process.next(state, batch, weights),
+        group=f"core-paired|{shape_id(shape)}",
+        nbytes=matrix.nbytes,
+        rounds=paired_rounds(shape),
+    )

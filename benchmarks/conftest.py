@@ -17,6 +17,8 @@ each row is reported as a fraction of the probe measured in the same run.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,6 +45,11 @@ def matrices():
     return get
 
 
+def paired_rounds(shape: tuple[int, int]) -> int:
+    """Rounds of a paired benchmark on a client matrix of ``shape``: about 10 s each."""
+    return 30 if shape[0] * shape[1] < 1e8 else 12
+
+
 def shape_id(shape: tuple[int, int]) -> str:
     return f"K={shape[0]}xn={shape[1]:,}"
 
@@ -64,6 +71,52 @@ def record(
         benchmark.extra_info["items"] = int(items)
     benchmark.extra_info["probe"] = probe
     benchmark.extra_info.update(extra)
+
+
+#: Seconds of idle time before each call of a paired benchmark. After a BLAS call, OpenBLAS's
+#: worker threads spin for about 0.1 s, and a numba kernel started meanwhile ran 1.7-2.7x slower
+#: (K=100 x 431,080 weighted sum: 9-14 ms right after `w @ X`, 5.2 ms after a 0.12 s pause;
+#: December 2026).
+PAUSE = 0.15
+
+
+def paired(
+    benchmark,
+    reference: Callable[[], object],
+    contender: Callable[[], object],
+    *,
+    group: str,
+    rounds: int,
+    nbytes: int | None = None,
+    reference_name: str = "probe",
+) -> None:
+    """Time ``reference`` and ``contender`` alternately, round after round, after a pause each.
+
+    Other VMs share this machine's memory bandwidth, and their load changes within seconds, so a
+    probe timed in one test and a kernel timed a minute later in another can meet different
+    machines. Here each round times the two back to back under the same load. ``extra_info``
+    gets ``paired`` (the reference's name), ``reference_ms`` and ``contender_ms`` (best times),
+    ``best_ratio`` (reference best / contender best) and ``ratio`` (the median over rounds of
+    reference time / contender time): 1.0 = as fast as the reference.
+    """
+    reference()
+    contender()
+    times: dict[str, list[float]] = {"reference": [], "contender": []}
+
+    def run():
+        for name, fn in (("reference", reference), ("contender", contender)):
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    record(benchmark, group=group, nbytes=nbytes, paired=reference_name)
+    benchmark.pedantic(run, rounds=rounds if FULL else 1, iterations=1)
+    ref, con = np.asarray(times["reference"]), np.asarray(times["contender"])
+    benchmark.extra_info["reference_ms"] = float(ref.min() * 1e3)
+    benchmark.extra_info["contender_ms"] = float(con.min() * 1e3)
+    benchmark.extra_info["best_ratio"] = float(ref.min() / con.min())
+    benchmark.extra_info["ratio"] = float(np.median(ref / con))
 
 
 #: Warm-up calls before pytest-benchmark calibrates. Without them, the calibration times the first

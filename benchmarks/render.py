@@ -147,6 +147,23 @@ def include(markdown: Path, out_dir: Path) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", relink, text).rstrip() + "\n"
 
 
+def _paired_table(group: str, benches: list[dict]) -> list[str]:
+    """A paired group: each row's reference, both best times and the two ratios."""
+    lines = [
+        f"## {group}",
+        "",
+        "| benchmark | reference | reference best | contender best | best ratio | median ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for bench in sorted(benches, key=_name):
+        extra = bench["extra_info"]
+        lines.append(
+            f"| {_name(bench)} | {extra['paired']} | {extra['reference_ms']:.2f} ms | "
+            f"{extra['contender_ms']:.2f} ms | {extra['best_ratio']:.2f}x | {extra['ratio']:.2f}x |"
+        )
+    return [*lines, ""]
+
+
 def render(
     results: list[dict],
     *,
@@ -164,11 +181,17 @@ def render(
         "generator for the noise and uniform groups, the raw AES-CTR keystream for masking, and",
         "the in-process round for the masked secure_aggregator round. This machine is shared:",
         "minima of one probe varied by 10-40% between runs, so compare rows within a group.",
+        "*Paired* groups time a reference (the probe, or Flower) and a contender alternately,",
+        "round after round, after an idle pause each, so both meet the same load: *best ratio*",
+        "divides their best times, *median ratio* is the median of the per-round ratios.",
         "",
     ]
     if with_plot:
         lines += [f"![Speed of each benchmark as a fraction of its probe]({PLOT_NAME})", ""]
     for group, benches in sorted(_rows(results).items()):
+        if all("paired" in b.get("extra_info", {}) for b in benches):
+            lines += _paired_table(group, benches)
+            continue
         probe = _probe(benches)
         lines += [
             f"## {group}",

@@ -38,6 +38,19 @@ def test_ratio_is_probe_time_over_row_time_and_versions_are_listed():
     assert "numpy 9.9" in page
 
 
+def test_paired_group_shows_both_best_times_and_both_ratios():
+    results = _results()
+    paired = _bench("test_mean_vs_probe_paired", "core-paired|K=2", 0.3)
+    paired["extra_info"].update(
+        paired="probe", reference_ms=2.0, contender_ms=2.5, best_ratio=0.8, ratio=0.75
+    )
+    results["benchmarks"].append(paired)
+    page = render.render([results])
+    assert "| mean_vs_probe_paired | probe | 2.00 ms | 2.50 ms | 0.80x | 0.75x |" in page
+    # A paired row's own time (both calls and the pauses) is no speed: it stays off the chart.
+    assert "core-paired|K=2" not in render._ratios([results])
+
+
 def test_main_writes_page_plot_and_included_markdown(tmp_path, monkeypatch):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(_results()))
