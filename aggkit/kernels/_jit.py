@@ -81,7 +81,12 @@ CACHE: bool = os.environ.get("AGGKIT_NUMBA_CACHE", "1") != "0" and _install_loca
 
 
 def kernel(
-    function=None, *, parallel: bool = False, fastmath_reassoc: bool = False, inline: bool = False
+    function=None,
+    *,
+    parallel: bool = False,
+    fastmath_reassoc: bool = False,
+    fastmath_contract: bool = False,
+    inline: bool = False,
 ):
     """Compile ``function`` with aggkit's kernel options.
 
@@ -97,11 +102,18 @@ def kernel(
     vectorize otherwise; its summation order then depends on the compiled vector width, not on
     the thread count, and its twin test compares with a tolerance.
 
+    ``fastmath_contract=True`` also lets LLVM fuse a multiply and an add into one FMA (one rounding
+    instead of two). Use it with ``fastmath_reassoc`` in the same reduction loops only: it changes
+    the last bits, which their tolerance-based twin tests allow.
+
     ``inline=True`` inlines a device function into its callers at the numba IR level. numba does
     not inline large helpers on its own, and a call left in a hot loop stops it from vectorizing
     (the Gaussian noise loop: 42 ns per element with the call, 9 without).
     """
-    fastmath = {"reassoc"} if fastmath_reassoc else False
+    flags = {"reassoc"} if fastmath_reassoc else set()
+    if fastmath_contract:
+        flags.add("contract")
+    fastmath = flags or False
 
     def decorate(fn):
         return numba.njit(
