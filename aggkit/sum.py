@@ -66,7 +66,10 @@ class SumRound(Round):
 
     def __init__(self, layout: Layout):
         self.integer = layout.dtype.kind in "iu"
-        self.acc = _buffers.zeros(layout.size, np.int64 if self.integer else np.float64)
+        # Written in full by the first add (the kernel zeroes each block in cache), or by finish.
+        self.acc = _buffers.empty(layout.size, np.int64 if self.integer else np.float64)
+        self.fresh = True
+        self._finite = np.ones(1, dtype=bool)
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         from aggkit import kernels
@@ -78,15 +81,32 @@ class SumRound(Round):
             if not np.array_equal(integral, coef):
                 raise TypeError("integer values can only be summed with integer coefficients")
             coef = integral
-        kernels.weighted_sum.weighted_row_sum(block.matrix, coef, self.acc)
-        if not self.integer and not np.isfinite(self.acc.sum()):
-            # NaN or Inf anywhere in ``acc`` makes its sum non-finite (a reduction, no n-sized
-            # temporary). Sums of finite float32/float64 rows in float64 stay finite in practice,
-            # so some contributing row holds NaN or Inf: find it and name it. (Should the sum
-            # alone overflow, the scan finds no such row and the round goes on.)
+        finite = self._finite
+        if self.acc.size <= kernels.weighted_sum.SMALL_COLUMNS:
+            kernels.weighted_sum.small_weighted_row_sum(
+                block.matrix, coef, self.acc, fresh=self.fresh
+            )
+            finite[0] = self.integer or bool(np.isfinite(self.acc).all())
+        else:
+            kernels.weighted_sum.weighted_row_sum(
+                block.matrix,
+                coef,
+                self.acc,
+                fresh=self.fresh,
+                finite=None if self.integer else finite,
+            )
+        self.fresh = False
+        if not self.integer and not finite[0]:
+            # The kernel checked ``acc`` block by block while each was in cache. Sums of finite
+            # float32/float64 rows in float64 stay finite in practice, so some contributing row
+            # holds NaN or Inf: find it and name it. (Should the sum alone overflow, the scan finds
+            # no such row and the round goes on.)
             for row in np.flatnonzero(block.active):
                 if not np.isfinite(block.matrix[row]).all():
                     raise block.nonfinite_error(int(row))
 
     def finish(self) -> tuple[State, np.ndarray, tuple]:
+        if self.fresh:  # no block came (a round of zero clients): the sum is zeros
+            self.acc.fill(0)
+            self.fresh = False
         return (), self.acc, ()

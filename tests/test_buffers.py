@@ -94,3 +94,15 @@ def test_unflatten_leaves_no_reference_cycle():
         assert sys.getrefcount(vector) == before
     finally:
         gc.enable()
+
+
+def test_a_round_of_zero_clients_after_a_full_one_sums_to_zeros():
+    """The sum's pooled accumulator comes back with the last round's values in it; a round that
+    adds no block must still return zeros (the kernel zeroes blocks only when it runs)."""
+    n = _buffers.MIN_POOLED_BYTES // 8 + 100
+    process = ak.sum().create(ak.TensorSpec((n,), np.float32))
+    full = process.next((), np.full((3, n), 2.5, np.float32)).result
+    assert (full == 7.5).all()
+    del full  # back to the pool
+    empty = process.next((), []).result
+    np.testing.assert_array_equal(empty, np.zeros(n, np.float32))

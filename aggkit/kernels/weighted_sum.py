@@ -6,14 +6,17 @@ matrix is read once.
 
 Speed comes from the access pattern (measured on the 2-core development machine, K=100 x 431,080
 float32): a row-by-row loop streams the float64 accumulator through the cache K times and took
-30 ms; this kernel splits the columns into blocks of ``BLOCK`` and, for each block, adds eight rows
-at a time, so the accumulator block stays in cache and each matrix element is read once. Blocks are
-independent, so ``prange`` over blocks needs no reduction. Eight rows per pass rather than four
-took it from 7.8 to 7.0 ms on two threads, level with BLAS ``w @ X`` over the same matrix (fewer
-loads and stores of the accumulator per matrix element). That was an Intel Xeon; on the AMD EPYC
-machine of December 2026 the kernel ran at 0.71x of ``w @ X`` at K=100 (7.2 against 5.1 ms) and
-0.82x at K=32 x 10,000,000; sixteen rows per pass gave the same bits and no measurable gain there
-(see docs/benchmarks.md).
+30 ms; this kernel splits the columns into blocks (:func:`block_size`) and, for each block, adds
+eight rows at a time, so the accumulator block stays in cache and each matrix element is read
+once. Blocks are independent, so ``prange`` over blocks needs no reduction. Eight rows per pass
+rather than four took it from 7.8 to 7.0 ms on two threads, level with BLAS ``w @ X`` over the
+same matrix (fewer loads and stores of the accumulator per matrix element). That was an Intel
+Xeon; on the AMD EPYC machine of December 2026 the kernel ran at 0.71x of ``w @ X`` at K=100 (7.2
+against 5.1 ms) and 0.82x at K=32 x 10,000,000; sixteen rows per pass gave the same bits and no
+measurable gain there. Longer blocks did help there: each row's piece of a block is a separate
+memory stream for the hardware prefetcher, and 32,768 columns (a 256 KiB accumulator block, in
+L2) rather than 4,096 took the K=100 pass from 8.0 to 7.2 ms on one thread and from 6.4 to 6.0 ms
+on two (medians over interleaved cycles).
 
 Determinism: for each column the additions happen in row order, one row at a time
 (``((acc + c0*x0) + c1*x1) + ...``); no reassociation (fastmath is off). The bits therefore do not
@@ -23,19 +26,37 @@ NumPy twin reproduces them exactly. Accumulation is in float64 (int64 for intege
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
 from aggkit.kernels._jit import kernel, threads_for
 
-__all__ = ["BLOCK", "weighted_row_sum", "weighted_row_sum_numpy"]
+__all__ = [
+    "MAX_BLOCK",
+    "MIN_BLOCK",
+    "SMALL_COLUMNS",
+    "block_size",
+    "small_weighted_row_sum",
+    "weighted_row_sum",
+    "weighted_row_sum_numpy",
+]
 
-#: Columns per parallel block: 4096 float64 accumulators (32 KiB) stay in L1.
-BLOCK = 4096
+#: Columns per parallel block: at most 32,768 (a 256 KiB float64 accumulator block stays in L2) ...
+MAX_BLOCK = 1 << 15
+#: ... and at least 4,096, however many threads there are.
+MIN_BLOCK = 1 << 12
+
+
+#: ``bits & _ABS_MASK`` of a float64 reaches ``_EXP_MASK`` exactly for NaN and +-Inf.
+_ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
+_EXP_MASK = 0x7FF0000000000000
+#: Passed for ``bits`` and ``top`` when finiteness is not asked for.
+_NO_BITS = np.zeros(0, np.int64)
 
 
 @kernel(parallel=True)
-def _weighted_row_sum(matrix, rows, coef, acc, block):  # pragma: no cover - compiled
+def _weighted_row_sum(matrix, rows, coef, acc, block, fresh, bits, top):  # pragma: no cover
     n = matrix.shape[1]
     num_rows = rows.shape[0]
     num_blocks = (n + block - 1) // block
@@ -46,6 +67,9 @@ def _weighted_row_sum(matrix, rows, coef, acc, block):  # pragma: no cover - com
         # negative-index branch in the loop, which stops LLVM from vectorizing it.
         out = acc[lo:hi]
         m = out.shape[0]
+        if fresh:  # zero the block in cache, just before its rows are added
+            for j in range(m):
+                out[j] = 0
         i = 0
         while i + 8 <= num_rows:
             x0 = matrix[rows[i], lo:hi]
@@ -82,15 +106,39 @@ def _weighted_row_sum(matrix, rows, coef, acc, block):  # pragma: no cover - com
             for j in range(m):
                 out[j] += c0 * x0[j]
             i += 1
+        if bits.shape[0]:  # while the block is in cache: its largest |value| as integer bits
+            seg = bits[lo:hi]
+            t = np.int64(0)
+            for j in range(m):
+                t = max(t, seg[j] & _ABS_MASK)
+            top[b] = t
+
+
+def block_size(columns: int, threads: int) -> int:
+    """Columns per block for ``columns`` on ``threads`` threads: long blocks, yet at least four per
+    thread where the limits allow (so threads finish together)."""
+    per_task = -(-int(columns) // (4 * max(1, int(threads))))
+    return int(min(MAX_BLOCK, max(MIN_BLOCK, per_task)))
 
 
 def weighted_row_sum(
-    matrix: np.ndarray, coef: np.ndarray, acc: np.ndarray, *, block: int = BLOCK
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    acc: np.ndarray,
+    *,
+    block: int | None = None,
+    fresh: bool = False,
+    finite: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add ``coef[i] * matrix[i]`` into ``acc`` for every row with ``coef[i] != 0``.
 
     Rows whose coefficient is exactly zero are skipped, so they contribute nothing even when they
     hold NaN or Inf (that is how zeroing works).
+
+    The two options save a round's separate passes over the ``n``-long accumulator (for
+    ``ak.mean`` at K=32 x 10,000,000, 80 MB each). ``fresh`` replaces a zero-fill before the sum,
+    and ``finite`` replaces a check after it: each block is zeroed, and its finiteness read, while
+    it is in cache.
 
     Parameters
     ----------
@@ -100,8 +148,13 @@ def weighted_row_sum(
         ``float64[K]`` coefficients (``int64[K]`` for integer matrices).
     acc : numpy.ndarray
         ``float64[n]`` accumulator (``int64[n]`` for integer matrices), updated in place.
-    block : int
-        Columns per parallel block; the result does not depend on it.
+    block : int, optional
+        Columns per parallel block (default :func:`block_size` for numba's thread count); the
+        result does not depend on it.
+    fresh : bool
+        Ignore what ``acc`` holds: the result is the sum alone, as if ``acc`` were zeros.
+    finite : numpy.ndarray, optional
+        ``bool[1]``, set to whether ``acc`` holds no NaN or Inf afterwards (float accumulators).
 
     Returns
     -------
@@ -116,9 +169,50 @@ def weighted_row_sum(
     array([6.5, 9. ])
     """
     rows = np.flatnonzero(coef).astype(np.int64)
-    if rows.size and matrix.shape[1]:
-        with threads_for(-(-matrix.shape[1] // block)):
-            _weighted_row_sum(matrix, rows, coef, acc, block)
+    if not (rows.size and matrix.shape[1]):
+        if fresh:
+            acc.fill(0)
+        if finite is not None:
+            finite[0] = bool(np.isfinite(acc).all())
+        return acc
+    if block is None:
+        block = block_size(matrix.shape[1], numba.get_num_threads())
+    num_blocks = -(-matrix.shape[1] // block)
+    if finite is not None and acc.dtype == np.float64:
+        bits, top = acc.view(np.int64), np.zeros(num_blocks, np.int64)
+    else:
+        bits, top = _NO_BITS, _NO_BITS
+    with threads_for(num_blocks):
+        _weighted_row_sum(matrix, rows, coef, acc, block, bool(fresh), bits, top)
+    if finite is not None:
+        if top.size:
+            finite[0] = bool(top.max() < _EXP_MASK)
+        else:  # integer accumulators are finite; any other dtype is checked the NumPy way
+            finite[0] = acc.dtype.kind in "iu" or bool(np.isfinite(acc).all())
+    return acc
+
+
+#: Sums of at most this many columns (client weights, counts, quantile records) are cheaper in
+#: NumPy: inside a round, launching the parallel kernel for a [100, 1] weight sum took 15-150 us,
+#: and :func:`small_weighted_row_sum` takes 4 us.
+SMALL_COLUMNS = 16
+
+
+def small_weighted_row_sum(
+    matrix: np.ndarray, coef: np.ndarray, acc: np.ndarray, *, fresh: bool = False
+) -> np.ndarray:
+    """:func:`weighted_row_sum` in NumPy, for a matrix of a few columns (the same bits).
+
+    ``np.add.accumulate`` down the rows is a sequential sum per column,
+    ``((acc + c0 x0) + c1 x1) + ...``, as in the kernel.
+    """
+    rows = np.flatnonzero(coef)
+    start = np.zeros_like(acc) if fresh else acc
+    if rows.size:
+        terms = coef[rows, None] * matrix[rows].astype(acc.dtype)
+        acc[...] = np.add.accumulate(np.concatenate([start[None], terms]), axis=0)[-1]
+    elif fresh:
+        acc.fill(0)
     return acc
 
 
