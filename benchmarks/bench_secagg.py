@@ -43,7 +43,7 @@ from aggkit.secure.backend import MaskingBackend
 from aggkit.secure.crypto import CHUNK_BYTES, MaskGenerator
 from aggkit.secure.graph import default_degree
 from aggkit.secure.simulation import simulate_round
-from benchmarks.conftest import FULL, record, shape_id
+from benchmarks.conftest import FULL, paired, record, shape_id
 from tests.secure.protocol_helpers import up_to_masked_input
 
 MODULUS = 2**32
@@ -108,35 +108,27 @@ def test_client_masking(benchmark, m, masks):
 
 
 @pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
-def test_masking_vs_keystream_interleaved(benchmark, m, masks):
+def test_masking_vs_keystream_paired(benchmark, m, masks):
     """Probe and masking alternately, round after round: their ratio survives changing load.
 
     The other engineers' jobs share the two cores, so a probe timed a minute before the masking
     can see a different machine. ``extra_info["ratio"]`` is the median over rounds of probe time /
     masking time within the round (adjacent in time, so under the same load); ``best_ratio``
-    divides the best times (the issue's goal: >= 0.70).
+    divides the best times (the issue's goal: >= 0.70). See ``benchmarks.conftest.paired``.
     """
     seeds = _seeds(masks)
-    probe = _keystream_run(seeds, 4 * m, CHUNK_BYTES)
     generator = MaskGenerator(MODULUS)
     acc = np.random.default_rng(0).integers(0, MODULUS, m, dtype=np.uint32)
     pairs = [(seed, i % 2 == 1) for i, seed in enumerate(seeds)]
-    generator.apply_many(acc, pairs)
-    times = {"probe": [], "masking": []}
-
-    def run():
-        for name, fn in (("probe", probe), ("masking", lambda: generator.apply_many(acc, pairs))):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-
-    record(benchmark, group=f"secagg-mask-ratio|m={m:,},masks={masks}", nbytes=8 * m * masks)
-    benchmark.pedantic(run, rounds=40 if FULL else 1, iterations=1)
-    benchmark.extra_info["probe_gbps"] = 4 * m * masks / min(times["probe"]) / 1e9
-    benchmark.extra_info["masking_gbps"] = 4 * m * masks / min(times["masking"]) / 1e9
-    benchmark.extra_info["best_ratio"] = min(times["probe"]) / min(times["masking"])
-    per_round = np.asarray(times["probe"]) / np.asarray(times["masking"])
-    benchmark.extra_info["ratio"] = float(np.median(per_round))
+    paired(
+        benchmark,
+        _keystream_run(seeds, 4 * m, CHUNK_BYTES),
+        lambda: generator.apply_many(acc, pairs),
+        group=f"secagg-mask-paired|m={m:,},masks={masks}",
+        nbytes=4 * m * masks,
+        rounds=40,
+        reference_name="raw AES-CTR keystream",
+    )
 
 
 @pytest.mark.parametrize(("m", "masks"), MASK_CASES, ids=lambda v: f"{v:,}")
