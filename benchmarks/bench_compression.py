@@ -22,7 +22,7 @@ import aggkit as ak
 from aggkit import kernels
 from aggkit.compression import quantized_sum
 from aggkit.hadamard import hadamard
-from benchmarks.conftest import MATRIX_SHAPES, paired, paired_rounds, record, shape_id
+from benchmarks.conftest import MATRIX_SHAPES, paired_round, record, shape_id
 
 BITS = 8
 
@@ -110,18 +110,9 @@ def test_compression_aggregator_round(benchmark, matrices, shape):
 def test_compression_aggregator_vs_probe_paired(benchmark, matrices, shape):
     """`ak.compression_aggregator()` and the probe timed alternately (the issue's >= 0.2x)."""
     matrix, weights = _setup(matrices, shape)
-    w32 = weights.astype(np.float32)
-    process = ak.compression_aggregator().create(ak.TensorSpec((shape[1],), np.float32))
-    batch = ak.ClientBatch(matrix, process.layout)
-    state = process.initialize()
-    paired(
-        benchmark,
-        lambda: w32 @ matrix,
-        lambda: process.next(state, batch, weights),
-        group=f"compression-paired|{shape_id(shape)}",
-        nbytes=matrix.nbytes,
-        rounds=paired_rounds(shape),
-    )
+    template = ak.TensorSpec((shape[1],), np.float32)
+    group = f"compression-paired|{shape_id(shape)}"
+    paired_round(benchmark, ak.compression_aggregator(), template, matrix, weights, group=group)
 
 
 def test_mean_hadamard_quantized_sum_round(benchmark, matrices, shape):

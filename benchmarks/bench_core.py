@@ -14,7 +14,7 @@ import pytest
 
 import aggkit as ak
 from aggkit import kernels
-from benchmarks.conftest import MATRIX_SHAPES, paired, paired_rounds, record, shape_id
+from benchmarks.conftest import MATRIX_SHAPES, paired_round, record, shape_id
 
 
 @pytest.fixture(params=MATRIX_SHAPES, ids=shape_id)
@@ -88,15 +88,7 @@ def test_mean_client_batch(benchmark, matrices, shape):
 def test_mean_vs_probe_paired(benchmark, matrices, shape):
     """`ak.mean()` and the probe timed alternately (the issue's >= 0.7x, under the same load)."""
     matrix, weights = _setup(matrices, shape)
-    w32 = weights.astype(np.float32)
-    process = ak.mean().create(ak.TensorSpec((shape[1],), np.float32))
-    batch = ak.ClientBatch(matrix, process.layout)
-    state = process.initialize()
-    paired(
-        benchmark,
-        lambda: w32 @ matrix,
-        lambda: process.next(state, batch, weights),
-        group=f"core-paired|{shape_id(shape)}",
-        nbytes=matrix.nbytes,
-        rounds=paired_rounds(shape),
+    template = ak.TensorSpec((shape[1],), np.float32)
+    paired_round(
+        benchmark, ak.mean(), template, matrix, weights, group=f"core-paired|{shape_id(shape)}"
     )

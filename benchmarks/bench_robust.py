@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import aggkit as ak
-from benchmarks.conftest import MATRIX_SHAPES, paired, paired_rounds, record, shape_id
+from benchmarks.conftest import MATRIX_SHAPES, paired_round, record, shape_id
 
 CNN_LAYERS = [(20, 1, 5, 5), (20,), (50, 20, 5, 5), (50,), (500, 800), (500,), (10, 500), (10,)]
 ZERO_LIMIT, CLIP_LIMIT = 21.0, 1.0  # the first round of robust_aggregator's defaults
@@ -116,18 +116,8 @@ def test_flower_aggregate(benchmark, case):
 def test_robust_vs_probe_paired(benchmark, case):
     """robust_aggregator and the probe timed alternately (the issue's >= 0.4x)."""
     shape, matrix, weights, template, _ = case
-    w32 = weights.astype(np.float32)
-    process = ak.robust_aggregator().create(template)
-    batch = ak.ClientBatch(matrix, process.layout)
-    state = process.initialize()
-    paired(
-        benchmark,
-        lambda: w32 @ matrix,
-        lambda: process.next(state, batch, weights),
-        group=f"robust-paired|{shape_id(shape)}",
-        nbytes=matrix.nbytes,
-        rounds=paired_rounds(shape),
-    )
+    group = f"robust-paired|{shape_id(shape)}"
+    paired_round(benchmark, ak.robust_aggregator(), template, matrix, weights, group=group)
 
 
 def test_robust_vs_flower_paired(benchmark, case):
@@ -135,15 +125,13 @@ def test_robust_vs_flower_paired(benchmark, case):
     aggregate = pytest.importorskip("flwr.server.strategy.aggregate").aggregate
     shape, matrix, weights, template, clients = case
     results = [(layers, int(w)) for layers, w in zip(clients, weights, strict=True)]
-    process = ak.robust_aggregator().create(template)
-    batch = ak.ClientBatch(matrix, process.layout)
-    state = process.initialize()
-    paired(
+    paired_round(
         benchmark,
-        lambda: aggregate(results),
-        lambda: process.next(state, batch, weights),
+        ak.robust_aggregator(),
+        template,
+        matrix,
+        weights,
         group=f"robust-paired|{shape_id(shape)}",
-        nbytes=matrix.nbytes,
-        rounds=paired_rounds(shape),
+        reference=lambda: aggregate(results),
         reference_name="flower aggregate",
     )

@@ -119,6 +119,41 @@ def paired(
     benchmark.extra_info["ratio"] = float(np.median(ref / con))
 
 
+def paired_round(
+    benchmark,
+    factory,
+    template,
+    matrix: np.ndarray,
+    weights: np.ndarray,
+    *,
+    group: str,
+    reference: Callable[[], object] | None = None,
+    reference_name: str = "probe",
+) -> None:
+    """:func:`paired` for one round of ``factory``'s process on ``matrix`` as a ClientBatch,
+    against the probe (BLAS ``w @ X`` over the same matrix) unless ``reference`` is given."""
+    import aggkit as ak
+
+    process = factory.create(template)
+    batch = ak.ClientBatch(matrix, process.layout)
+    state = process.initialize()
+    if reference is None:
+        w32 = weights.astype(np.float32)
+
+        def reference():
+            return w32 @ matrix
+
+    paired(
+        benchmark,
+        reference,
+        lambda: process.next(state, batch, weights),
+        group=group,
+        nbytes=matrix.nbytes,
+        rounds=paired_rounds(matrix.shape),
+        reference_name=reference_name,
+    )
+
+
 #: Warm-up calls before pytest-benchmark calibrates. Without them, the calibration times the first
 #: call, which loads or compiles the numba kernels (0.1-1 s). It then chose 5 rounds for a 7 ms
 #: kernel while the probe beside it got 85, and a minimum of 5 noisy rounds was set against one
