@@ -23,6 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+import aggkit as ak
+
 FULL = os.environ.get("AGGKIT_BENCH_FULL", "0") == "1"
 
 #: (clients, values) of the client matrices: the MNIST CNN (431,080 parameters) at 100 clients,
@@ -132,8 +134,6 @@ def paired_round(
 ) -> None:
     """:func:`paired` for one round of ``factory``'s process on ``matrix`` as a ClientBatch,
     against the probe (BLAS ``w @ X`` over the same matrix) unless ``reference`` is given."""
-    import aggkit as ak
-
     process = factory.create(template)
     batch = ak.ClientBatch(matrix, process.layout)
     state = process.initialize()

@@ -109,6 +109,8 @@ def _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     return s0, s1, s2, s3, s4, s5, s6, s7
 
 
+# numba widens int32 arithmetic to int64, which halves the vector width; the explicit np.int32
+# casts keep the maxima in 32-bit lanes.
 @kernel(fastmath_reassoc=True, fastmath_contract=True)
 def _sum_sq_abs_max32_8(
     x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
@@ -150,33 +152,6 @@ def _sum_sq_abs_max32_8(
         a6 = max(a6, np.int32(b6[j] & mask))
         a7 = max(a7, np.int32(b7[j] & mask))
     return (q0, q1, q2, q3, q4, q5, q6, q7), (
-        np.int64(a0),
-        np.int64(a1),
-        np.int64(a2),
-        np.int64(a3),
-        np.int64(a4),
-        np.int64(a5),
-        np.int64(a6),
-        np.int64(a7),
-    )
-
-
-# numba widens int32 arithmetic to int64, which halves the vector width; the explicit np.int32
-# casts keep the 32-bit loop in 32-bit lanes.
-@kernel
-def _abs_max32_8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
-    mask = np.int32(0x7FFFFFFF)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int32(0)
-    for j in range(x0.shape[0]):
-        a0 = max(a0, np.int32(x0[j] & mask))
-        a1 = max(a1, np.int32(x1[j] & mask))
-        a2 = max(a2, np.int32(x2[j] & mask))
-        a3 = max(a3, np.int32(x3[j] & mask))
-        a4 = max(a4, np.int32(x4[j] & mask))
-        a5 = max(a5, np.int32(x5[j] & mask))
-        a6 = max(a6, np.int32(x6[j] & mask))
-        a7 = max(a7, np.int32(x7[j] & mask))
-    return (
         np.int64(a0),
         np.int64(a1),
         np.int64(a2),
