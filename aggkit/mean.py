@@ -14,7 +14,7 @@ from aggkit import _buffers
 from aggkit.errors import EmptyRoundError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout, TensorSpec
-from aggkit.sum import SumFactory
+from aggkit.sum import SumFactory, SumRound
 
 __all__ = [
     "MeanFactory",
@@ -191,24 +191,55 @@ class _MeanRound(Round):
         self.weight_round = weight_round
         self.no_nan_division = no_nan_division
         self.dtype = dtype
+        self.quotient: np.ndarray | None = None
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        self.value_round.add(block.scaled(weights), None)
-        self.weight_round.add(
-            Contributions.of_scalars(weights, WEIGHT_LAYOUT, first_client=block.first_client), None
+        if self.quotient is not None:
+            raise RuntimeError("a block came after the block marked as the whole round")
+        weight_block = Contributions.of_scalars(
+            weights, WEIGHT_LAYOUT, first_client=block.first_client
         )
+        if (
+            block.whole_round
+            and type(self.value_round) is SumRound
+            and type(self.weight_round) is SumRound
+        ):
+            # Plain sums of the round's only block: the weight total is known before the values
+            # are read, so the value sum's pass divides as well (no second pass, no second
+            # kernel launch; the same bits as dividing in finish). The total is computed as the
+            # weight sum will compute it, so that the values are still summed first.
+            from aggkit import kernels
+
+            denominator = float(
+                kernels.weighted_sum.small_weighted_row_sum(
+                    weight_block.matrix, weight_block.coef, np.zeros(1), fresh=True
+                )[0]
+            )
+            if not (self.no_nan_division and denominator == 0):
+                self.quotient = self.value_round.add_divided(
+                    block.scaled(weights), denominator, self.dtype
+                )
+            else:
+                self.value_round.add(block.scaled(weights), None)
+            self.weight_round.add(weight_block, None)
+            return
+        self.value_round.add(block.scaled(weights), None)
+        self.weight_round.add(weight_block, None)
 
     def finish(self):
         value_state, total, value_measurements = self.value_round.finish()
         weight_state, weight_total, weight_measurements = self.weight_round.finish()
         state = {"value_sum_process": value_state, "weight_sum_process": weight_state}
-        result = _divide(
-            total,
-            float(weight_total[0]),
-            self.no_nan_division,
-            self.value_round.owns_result,
-            self.dtype,
-        )
+        if self.quotient is not None:
+            result = self.quotient
+        else:
+            result = _divide(
+                total,
+                float(weight_total[0]),
+                self.no_nan_division,
+                self.value_round.owns_result,
+                self.dtype,
+            )
         measurements = {"mean_value": value_measurements, "mean_weight": weight_measurements}
         return state, result, measurements
 

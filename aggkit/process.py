@@ -185,9 +185,12 @@ class Contributions:
     needs : frozenset of str
         Statistics to compute in the one pass (subset of ``{"l1", "l2", "linf", "minmax"}``); a
         composition declares the union of its layers' needs so the pass runs once.
+    whole_round : bool
+        This block holds every client of the round (no other block comes), so a mean may divide
+        in its sum's pass.
     """
 
-    __slots__ = ("_cache", "batch", "coef", "first_client")
+    __slots__ = ("_cache", "batch", "coef", "first_client", "whole_round")
 
     def __init__(
         self,
@@ -196,6 +199,7 @@ class Contributions:
         *,
         first_client: int = 0,
         needs: frozenset = frozenset(),
+        whole_round: bool = False,
         _cache: _StatsCache | None = None,
     ):
         self.batch = batch
@@ -203,6 +207,7 @@ class Contributions:
             coef = np.ones(batch.num_clients)
         self.coef = coef
         self.first_client = first_client
+        self.whole_round = whole_round
         self._cache = _cache if _cache is not None else _StatsCache(frozenset(needs))
 
     @classmethod
@@ -234,7 +239,11 @@ class Contributions:
     def scaled(self, factors: np.ndarray | float) -> Contributions:
         """The same block with coefficients multiplied by non-negative ``factors``."""
         return Contributions(
-            self.batch, self.coef * factors, first_client=self.first_client, _cache=self._cache
+            self.batch,
+            self.coef * factors,
+            first_client=self.first_client,
+            whole_round=self.whole_round,
+            _cache=self._cache,
         )
 
     def with_batch(self, batch: ClientBatch, coef: np.ndarray | None = None) -> Contributions:
@@ -244,6 +253,7 @@ class Contributions:
             self.coef if coef is None else coef,
             first_client=self.first_client,
             needs=self._cache.needs,
+            whole_round=self.whole_round,
         )
 
     # statistics of the raw rows ----------------------------------------------------------------
@@ -444,12 +454,14 @@ class AggregationProcess(ABC):
                     f"the batch's layout {values.layout!r} does not match the process's "
                     f"{self.layout!r}"
                 )
-            yield Contributions(values, needs=needs), _check_weights(weights, values.num_clients)
+            checked = _check_weights(weights, values.num_clients)
+            yield Contributions(values, needs=needs, whole_round=True), checked
             return
         if isinstance(values, np.ndarray) and self.layout.num_tensors == 1:
             batch = self._stacked_array(values)
             if batch is not None:
-                yield Contributions(batch, needs=needs), _check_weights(weights, len(batch))
+                checked = _check_weights(weights, len(batch))
+                yield Contributions(batch, needs=needs, whole_round=True), checked
                 return
         if isinstance(values, Sequence | np.ndarray):
             count = len(values)
@@ -459,7 +471,9 @@ class AggregationProcess(ABC):
                 stop = min(start + block, count)
                 batch = self._pack(values, start, stop)
                 yield (
-                    Contributions(batch, first_client=start, needs=needs),
+                    Contributions(
+                        batch, first_client=start, needs=needs, whole_round=block >= count
+                    ),
                     None if all_weights is None else all_weights[start:stop],
                 )
             return

@@ -72,6 +72,35 @@ class SumRound(Round):
         self._finite = np.ones(1, dtype=bool)
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self._add(block, None, 1.0)
+
+    def add_divided(
+        self, block: Contributions, denominator: float, dtype: np.dtype
+    ) -> np.ndarray | None:
+        """Add the round's only block, and return ``sum / denominator`` as ``dtype``.
+
+        The division happens in the sum's own pass (the bits of
+        :func:`aggkit.kernels.divide_cast.divide_cast`) when it can: the first block, a float
+        accumulator of more than ``SMALL_COLUMNS`` values, a float32/float64 ``dtype``. Otherwise
+        the block is added as by :meth:`add` and None is returned (the caller divides). A float64
+        quotient is written into the accumulator, which :meth:`finish` then returns.
+        """
+        from aggkit import kernels
+
+        dtype = np.dtype(dtype)
+        if (
+            self.integer
+            or not self.fresh
+            or self.acc.size <= kernels.weighted_sum.SMALL_COLUMNS
+            or dtype not in (np.float32, np.float64)
+        ):
+            self._add(block, None, 1.0)
+            return None
+        quotient = self.acc if dtype == np.float64 else _buffers.empty(self.acc.size, dtype)
+        self._add(block, quotient, denominator)
+        return quotient
+
+    def _add(self, block: Contributions, quotient: np.ndarray | None, denominator: float) -> None:
         from aggkit import kernels
 
         channels.record_plain(self.acc.size, block.num_clients, owner="sum")
@@ -94,6 +123,8 @@ class SumRound(Round):
                 self.acc,
                 fresh=self.fresh,
                 finite=None if self.integer else finite,
+                quotient=quotient,
+                denominator=denominator,
             )
         self.fresh = False
         if not self.integer and not finite[0]:

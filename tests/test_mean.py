@@ -173,3 +173,62 @@ def test_mixed_float_dtypes_are_preserved():
     ).result
     assert out[0].dtype == np.float16 and out[1].dtype == np.float64
     _close(out[0], [0.5, 0.5]), _close(out[1], 2.0)
+
+
+# -- the division fused into the sum's pass (a ClientBatch is the round's only block) -----------
+
+
+def _divide_cast_calls(monkeypatch):
+    from aggkit import kernels
+
+    calls = []
+    original = kernels.divide_cast.divide_cast
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].size)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels.divide_cast, "divide_cast", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [17, 1000, 70_001])
+@pytest.mark.parametrize("weights", ["random", "some zero", "all zero"])
+@pytest.mark.parametrize("no_nan_division", [False, True])
+def test_fused_division_gives_the_bits_of_a_separate_one(
+    monkeypatch, dtype, n, weights, no_nan_division
+):
+    rng = np.random.default_rng(n)
+    matrix = rng.standard_normal((11, n)).astype(dtype)
+    w = {"random": rng.random(11), "some zero": rng.random(11) * (np.arange(11) % 3 > 0)}.get(
+        weights, np.zeros(11)
+    )
+    process = ak.mean(no_nan_division=no_nan_division).create(ak.TensorSpec((n,), dtype))
+    state = process.initialize()
+    calls = _divide_cast_calls(monkeypatch)
+    fused = process.next(state, ak.ClientBatch(matrix, process.layout), w).result
+    fused_calls = len(calls)
+    streamed = process.next(state, iter(matrix), iter(w)).result  # blocks: divides in finish
+    assert fused.dtype == streamed.dtype == dtype
+    np.testing.assert_array_equal(fused, streamed)
+    assert fused_calls == 0  # the batch's quotient came from the sum's own pass
+    if not (no_nan_division and weights == "all zero"):
+        assert len(calls) == 1  # ... while the stream divided separately
+
+
+def test_fused_division_in_robust_aggregator_and_bad_values(monkeypatch):
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((9, 5000)).astype(np.float32)
+    calls = _divide_cast_calls(monkeypatch)
+    process = ak.robust_aggregator().create(ak.TensorSpec((5000,), np.float32))
+    state = process.initialize()
+    fused = process.next(state, ak.ClientBatch(matrix, process.layout), np.arange(1.0, 10.0))
+    assert not calls
+    streamed = process.next(state, iter(matrix), iter(np.arange(1.0, 10.0)))
+    np.testing.assert_array_equal(fused.result, streamed.result)
+    # A NaN in a plain mean's batch still names its client, and the state is untouched.
+    mean = ak.mean().create(ak.TensorSpec((5000,), np.float32))
+    matrix[6, 4321] = np.nan
+    with pytest.raises(ak.InvalidUpdateError, match="client 6"):
+        mean.next(mean.initialize(), ak.ClientBatch(matrix, mean.layout), np.ones(9))

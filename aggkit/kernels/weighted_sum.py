@@ -53,10 +53,14 @@ _ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
 _EXP_MASK = 0x7FF0000000000000
 #: Passed for ``bits`` and ``top`` when finiteness is not asked for.
 _NO_BITS = np.zeros(0, np.int64)
+#: Passed for ``quotient`` when no division is asked for.
+_NO_QUOTIENT = np.zeros(0, np.float64)
 
 
 @kernel(parallel=True)
-def _weighted_row_sum(matrix, rows, coef, acc, block, fresh, bits, top):  # pragma: no cover
+def _weighted_row_sum(
+    matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
+):  # pragma: no cover
     n = matrix.shape[1]
     num_rows = rows.shape[0]
     num_blocks = (n + block - 1) // block
@@ -112,6 +116,10 @@ def _weighted_row_sum(matrix, rows, coef, acc, block, fresh, bits, top):  # prag
             for j in range(m):
                 t = max(t, seg[j] & _ABS_MASK)
             top[b] = t
+        if quotient.shape[0]:  # ``acc / denominator``, while the block is in cache
+            dst = quotient[lo:hi]
+            for j in range(m):
+                dst[j] = out[j] / denominator
 
 
 def block_size(columns: int, threads: int) -> int:
@@ -129,16 +137,22 @@ def weighted_row_sum(
     block: int | None = None,
     fresh: bool = False,
     finite: np.ndarray | None = None,
+    quotient: np.ndarray | None = None,
+    denominator: float = 1.0,
 ) -> np.ndarray:
     """Add ``coef[i] * matrix[i]`` into ``acc`` for every row with ``coef[i] != 0``.
 
     Rows whose coefficient is exactly zero are skipped, so they contribute nothing even when they
     hold NaN or Inf (that is how zeroing works).
 
-    The two options save a round's separate passes over the ``n``-long accumulator (for
+    The three options save a round's separate passes over the ``n``-long accumulator (for
     ``ak.mean`` at K=32 x 10,000,000, 80 MB each). ``fresh`` replaces a zero-fill before the sum,
-    and ``finite`` replaces a check after it: each block is zeroed, and its finiteness read, while
-    it is in cache.
+    ``finite`` a check after it, and ``quotient`` the division of a mean's last block
+    (:func:`aggkit.kernels.divide_cast.divide_cast`, with the same bits): each block is zeroed,
+    its finiteness read and its quotient written while it is in cache. The fused division also
+    saves the second kernel launch. ``ak.mean`` at K=100 x 431,080, fused against separate, timed
+    alternately after 0.15 s pauses: median per-round ratios of 0.92, 1.03, 1.15 and 1.07 (about
+    5% faster on average; December 2026, a noisy shared machine), and 2% in a hot loop.
 
     Parameters
     ----------
@@ -155,6 +169,11 @@ def weighted_row_sum(
         Ignore what ``acc`` holds: the result is the sum alone, as if ``acc`` were zeros.
     finite : numpy.ndarray, optional
         ``bool[1]``, set to whether ``acc`` holds no NaN or Inf afterwards (float accumulators).
+    quotient : numpy.ndarray, optional
+        ``float32[n]`` or ``float64[n]`` (``acc`` itself is allowed), written in full with
+        ``acc / denominator`` (a float64 division, rounded to its dtype) after the sum.
+    denominator : float
+        The divisor for ``quotient``.
 
     Returns
     -------
@@ -168,12 +187,24 @@ def weighted_row_sum(
     >>> weighted_row_sum(np.array([[1, 2], [3, 4]], np.float32), np.array([0.5, 2.0]), acc)
     array([6.5, 9. ])
     """
+    if quotient is not None and (
+        quotient.shape != acc.shape
+        or quotient.dtype not in (np.float32, np.float64)
+        or acc.dtype != np.float64
+    ):
+        raise TypeError(
+            f"quotient must be a float32/float64 vector of length {acc.size} beside a float64 "
+            f"accumulator, got {quotient.dtype}{list(quotient.shape)} and {acc.dtype}"
+        )
     rows = np.flatnonzero(coef).astype(np.int64)
     if not (rows.size and matrix.shape[1]):
         if fresh:
             acc.fill(0)
         if finite is not None:
             finite[0] = bool(np.isfinite(acc).all())
+        if quotient is not None:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                quotient[...] = np.divide(acc, np.float64(denominator)).astype(quotient.dtype)
         return acc
     if block is None:
         block = block_size(matrix.shape[1], numba.get_num_threads())
@@ -183,7 +214,18 @@ def weighted_row_sum(
     else:
         bits, top = _NO_BITS, _NO_BITS
     with threads_for(num_blocks):
-        _weighted_row_sum(matrix, rows, coef, acc, block, bool(fresh), bits, top)
+        _weighted_row_sum(
+            matrix,
+            rows,
+            coef,
+            acc,
+            block,
+            bool(fresh),
+            bits,
+            top,
+            _NO_QUOTIENT if quotient is None else quotient,
+            np.float64(denominator),
+        )
     if finite is not None:
         if top.size:
             finite[0] = bool(top.max() < _EXP_MASK)

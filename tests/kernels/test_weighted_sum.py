@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aggkit.kernels.divide_cast import divide_cast_numpy
 from aggkit.kernels.weighted_sum import (
     MAX_BLOCK,
     MIN_BLOCK,
@@ -146,6 +147,53 @@ def test_small_numpy_path_matches_the_kernel_bit_for_bit(data, matrix, fresh):
     ours = small_weighted_row_sum(matrix, coef, np.full(matrix.shape[1], start), fresh=fresh)
     kernel = weighted_row_sum(matrix, coef, np.full(matrix.shape[1], start), fresh=fresh)
     np.testing.assert_array_equal(ours, kernel)
+
+
+@given(
+    st.data(),
+    client_matrices(allow_nonfinite=True, max_rows=9),
+    st.integers(1, 64),
+    st.sampled_from(["float32", "float64", "acc"]),
+    st.sampled_from([0.0, 1.0, 3.0, 0.7, 1e-300, 1e300, -2.5]),
+)
+def test_fused_quotient_matches_divide_cast_bit_for_bit(data, matrix, block, into, denominator):
+    coef = data.draw(coefficients(matrix.shape[0]))
+    acc = np.full(matrix.shape[1], np.nan)  # fresh: its contents must not matter
+    quotient = acc if into == "acc" else np.full(matrix.shape[1], np.nan, into)
+    finite = np.zeros(1, dtype=bool)
+    with np.errstate(all="ignore"):
+        weighted_row_sum(
+            matrix,
+            coef,
+            acc,
+            block=block,
+            fresh=True,
+            finite=finite,
+            quotient=quotient,
+            denominator=denominator,
+        )
+        total = weighted_row_sum_numpy(matrix, coef, np.zeros(matrix.shape[1]))
+        twin = divide_cast_numpy(total, denominator, np.empty(total.size, quotient.dtype))
+    np.testing.assert_array_equal(quotient, twin)
+    assert finite[0] == bool(np.isfinite(total).all())  # checked before the division
+    if into != "acc":
+        np.testing.assert_array_equal(acc, total)
+
+
+def test_fused_quotient_past_the_largest_block_and_bad_arguments():
+    rng = np.random.default_rng(8)
+    matrix = rng.standard_normal((11, 2 * MAX_BLOCK + 5), dtype=np.float32)
+    coef = rng.random(11)
+    quotient = np.empty(matrix.shape[1], np.float32)
+    acc = weighted_row_sum(
+        matrix, coef, np.empty(quotient.size), fresh=True, quotient=quotient, denominator=coef.sum()
+    )
+    twin = divide_cast_numpy(acc, coef.sum(), np.empty(quotient.size, np.float32))
+    np.testing.assert_array_equal(quotient, twin)
+    with pytest.raises(TypeError, match="quotient must be"):
+        weighted_row_sum(matrix, coef, acc, quotient=np.empty(3, np.float32))
+    with pytest.raises(TypeError, match="quotient must be"):
+        weighted_row_sum(matrix, coef, acc, quotient=np.empty(acc.size, np.int32))
 
 
 def test_small_numpy_path_sums_integers_exactly():
