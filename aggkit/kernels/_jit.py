@@ -15,6 +15,12 @@ any kernel file invalidates the cached code of all of them. The cache sits in th
 ``__pycache__`` when that is writable, else in numba's user-wide cache directory.
 
 ``AGGKIT_NUMBA_CACHE=0`` turns the disk cache off (the kernels then compile in each process).
+
+Thread pool
+-----------
+Importing this module starts numba's thread pool, with libgomp's spin count raised to
+:data:`OMP_SPIN_COUNT` unless the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (or something
+started the pool first); see :func:`start_thread_pool`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import numba
 
-__all__ = ["CACHE", "kernel", "threads_for"]
+__all__ = ["CACHE", "OMP_SPIN_COUNT", "kernel", "start_thread_pool", "threads_for"]
 
 _KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -78,6 +84,53 @@ def _install_locator() -> bool:
 
 
 CACHE: bool = os.environ.get("AGGKIT_NUMBA_CACHE", "1") != "0" and _install_locator()
+
+#: How many times numba's OpenMP threads poll for work before they sleep (libgomp's
+#: ``GOMP_SPINCOUNT``; its own default is 300,000), unless the user chose a count or a policy.
+OMP_SPIN_COUNT = 3_000_000
+#: The environment variables by which a user chooses libgomp's waiting; aggkit then keeps out.
+_USER_OMP_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+def start_thread_pool(parallel=None) -> bool:
+    """Start numba's thread pool, letting its OpenMP threads spin longer before they sleep.
+
+    A parallel kernel ends at a barrier where the thread that finished first waits for the other.
+    libgomp lets a waiting thread poll 300,000 times (about 4 ms here) and then puts it to sleep;
+    on this shared 2-vCPU machine a sleeping thread then took up to 6 ms to wake, longer than the
+    kernels themselves. Measured after 0.15 s pauses (December 2026): a 2-thread ``prange`` over
+    two trivial items took 5.8 ms (median) with libgomp's default and 0.14 ms with
+    ``GOMP_SPINCOUNT=3000000``; ``ak.mean()`` over K=100 x 431,080 float32 took 8.8-9.6 ms
+    against 7.3-7.7 ms, and ``robust_aggregator`` 17.2-17.4 ms against 14.0-14.6 ms (after 1 s
+    pauses: 9.4 against 7.8 and 15.8 against 13.2 ms). The price: after each parallel call an idle
+    worker polls for about 80 ms of one core's time (about 4 ms by default), much as OpenBLAS's
+    workers do for about 0.1 s after a BLAS call. A count of 10,000,000 polled through a 0.15 s
+    pause and slowed the BLAS call that followed 2x, so the count stays at
+    :data:`OMP_SPIN_COUNT`.
+
+    libgomp reads ``GOMP_SPINCOUNT`` once, when numba loads it as it starts the pool. So this
+    function sets the variable, starts the pool, and removes the variable again: OpenMP runtimes
+    that load later (PyTorch bundles its own) keep their defaults. It does nothing when the user
+    set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (theirs applies), or when the pool is already
+    running (then it is too late). Returns whether it set the spin count.
+
+    ``parallel`` is numba's ``numba.np.ufunc.parallel`` module (a stand-in in tests).
+    """
+    if parallel is None:
+        from numba.np.ufunc import parallel
+    if getattr(parallel, "_is_initialized", True) or any(
+        name in os.environ for name in _USER_OMP_SETTINGS
+    ):
+        return False
+    os.environ["GOMP_SPINCOUNT"] = str(OMP_SPIN_COUNT)
+    try:
+        parallel._launch_threads()
+    finally:
+        os.environ.pop("GOMP_SPINCOUNT", None)
+    return True
+
+
+start_thread_pool()
 
 
 def kernel(
