@@ -31,6 +31,7 @@ import numpy as np
 from numba import prange
 
 from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels.divide_cast import divide_cast_numpy
 
 __all__ = [
     "MAX_BLOCK",
@@ -203,8 +204,7 @@ def weighted_row_sum(
         if finite is not None:
             finite[0] = bool(np.isfinite(acc).all())
         if quotient is not None:
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                quotient[...] = np.divide(acc, np.float64(denominator)).astype(quotient.dtype)
+            divide_cast_numpy(acc, denominator, quotient)
         return acc
     if block is None:
         block = block_size(matrix.shape[1], numba.get_num_threads())
