@@ -1,7 +1,8 @@
 """Summation channels: the three ways a sum of client values can reach the server.
 
 TensorFlow Federated distinguishes how values move from clients to the server, and so does aggkit
-(SPEC §1.4). Every sum in aggkit goes through one of three channels:
+(``docs/design.md``, "Channels and backends"). Every sum in aggkit goes through one of three
+channels:
 
 * **plain** (``federated_sum``): the server sees the values it adds;
 * **secure with a bit width** ``b`` (``federated_secure_sum_bitwidth``): each client sends a vector

@@ -1,7 +1,7 @@
 """``ak.quantized_sum``: stochastic-rounding uniform quantization of large tensors, then a sum.
 
 The reference is TFF's ``EncodedSumFactory.quantize_above_threshold(quantization_bits,
-threshold)`` (SPEC.md section 7.1). Per round, each client quantizes every floating-point tensor
+threshold)`` (TFF's ``encoded.py``). Per round, each client quantizes every floating-point tensor
 with more than ``threshold`` elements to ``2**bits`` levels between its own minimum and maximum,
 with stochastic rounding, bit-packs the levels (28 payload bits per int32 word) and uploads them
 with the range; smaller tensors, integer tensors and constant tensors travel exactly. The server

@@ -169,7 +169,7 @@ def adaptive_clip_noise_params(
     clients_per_round: float,
     clipped_count_stddev: float | None = None,
 ) -> tuple[float, float]:
-    """Split a noise multiplier between the value sum and the clipped count (SPEC §6.3).
+    """Split a noise multiplier between the value sum and the clipped count (adaptive clipping).
 
     The clipped-count query has sensitivity 0.5 and noise ``sigma_b``, i.e. noise multiplier
     ``2 sigma_b``; Gaussian releases compose as ``z^-2 = z_v^-2 + (2 sigma_b)^-2``, so the value

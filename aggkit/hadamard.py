@@ -1,7 +1,7 @@
 """``ak.hadamard``: a randomized Walsh-Hadamard rotation around an inner (sum) factory.
 
-The reference is TFF's ``HadamardTransformFactory(inner_agg_factory, num_repeats)`` (SPEC.md
-section 7.2). Each client flattens every tensor, pads it with zeros to the next power of two
+The reference is TFF's ``HadamardTransformFactory(inner_agg_factory, num_repeats)`` (in
+``rotation.py``). Each client flattens every tensor, pads it with zeros to the next power of two
 ``d`` and rotates it, ``num_repeats`` times: multiply by random signs, then the normalized fast
 Walsh-Hadamard transform ``H / sqrt(d)``. The inner factory aggregates the rotated vectors; the
 server inverts the rotation of the aggregate (transform, then the same signs, repeats in reverse

@@ -204,7 +204,7 @@ def compression_aggregator(
 def secure_aggregator(
     *, zeroing: bool = True, clipping: bool = True, weighted: bool = True
 ) -> Factory:
-    """Robust mean computed with secure sums only (SPEC §9.5).
+    """Robust mean computed with secure sums only (``tff.learning``'s ``secure_aggregator``).
 
     Every sum the server takes goes through a secure channel: the values through a 32-bit
     discretized secure sum whose symmetric range is ``2 * q0.95`` of the clients' max |value|

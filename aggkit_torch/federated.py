@@ -6,7 +6,8 @@ Each round (McMahan et al. 2017, with the server-optimizer view of Reddi et al. 
 2. for each client: copy the global weights into one reusable worker module (never aliased),
    train locally with a fresh client optimizer (SGD with momentum by default), and write the
    update ``global - trained`` straight into that client's row of a :class:`~aggkit.ClientBatch`;
-   a client whose update holds NaN or Inf gets a zero update and weight 0 (SPEC §9.7);
+   a client whose update holds NaN or Inf gets a zero update and weight 0 (``docs/design.md``,
+   "Non-finite client updates in training");
 3. aggregate the batch with the aggregator process, whose state is carried across rounds;
 4. apply the aggregate as a pseudo-gradient with the server optimizer: SGD with learning rate 1.0
    is FedAvg, with momentum FedAvgM, Adam FedAdam;
@@ -303,7 +304,7 @@ class FederatedTrainer:
             if write_delta(initial, self.worker, self.batch.matrix[row]):
                 weights[row] = examples if config.client_weighting == "num_examples" else 1.0
                 losses.append(loss)
-            else:  # SPEC 9.7: a non-finite update is replaced by zeros, with weight 0
+            else:  # a non-finite update is replaced by zeros, with weight 0
                 self.batch.matrix[row] = 0.0
                 nonfinite += 1
             if progress is not None:

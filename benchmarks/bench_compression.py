@@ -2,7 +2,7 @@
 
 Group ``compression|K=...``: the probe (BLAS ``w @ X``), the fused kernel alone, a whole
 ``ak.mean(ak.quantized_sum())`` round (statistics pass + fused kernel, random numbers included;
-the issue's goal is >= 0.2x the probe), the same round behind a Hadamard rotation, one client's
+the target is >= 0.2x the probe), the same round behind a Hadamard rotation, one client's
 payload encoding, and two NumPy implementations of the same quantizer: the kernel's bit-exact
 twin (SplitMix64 in NumPy) and the straightforward one with NumPy's own generator.
 
@@ -97,7 +97,7 @@ def test_mean_quantized_sum_round(benchmark, matrices, shape):
 
 def test_compression_aggregator_round(benchmark, matrices, shape):
     """The preset `ak.compression_aggregator()` (zeroing, adaptive clipping, then the quantized
-    mean above): the issue's goal is >= 0.2x the probe."""
+    mean above): the target is >= 0.2x the probe."""
     matrix, weights = _setup(matrices, shape)
     process = ak.compression_aggregator().create(ak.TensorSpec((shape[1],), np.float32))
     batch = ak.ClientBatch(matrix, process.layout)
@@ -108,7 +108,7 @@ def test_compression_aggregator_round(benchmark, matrices, shape):
 
 
 def test_compression_aggregator_vs_probe_paired(benchmark, matrices, shape):
-    """`ak.compression_aggregator()` and the probe timed alternately (the issue's >= 0.2x)."""
+    """`ak.compression_aggregator()` and the probe timed alternately (target: >= 0.2x)."""
     matrix, weights = _setup(matrices, shape)
     template = ak.TensorSpec((shape[1],), np.float32)
     group = f"compression-paired|{shape_id(shape)}"

@@ -76,7 +76,7 @@ def test_kernel_row_stats(benchmark, matrices, shape, variant):
 
 
 def test_mean_client_batch(benchmark, matrices, shape):
-    """`ak.mean()` with a ClientBatch: the issue's target is >= 0.7x the probe."""
+    """`ak.mean()` with a ClientBatch: the target is >= 0.7x the probe."""
     matrix, weights = _setup(matrices, shape)
     process = ak.mean().create(ak.TensorSpec((shape[1],), np.float32))
     batch = ak.ClientBatch(matrix, process.layout)
@@ -86,7 +86,7 @@ def test_mean_client_batch(benchmark, matrices, shape):
 
 
 def test_mean_vs_probe_paired(benchmark, matrices, shape):
-    """`ak.mean()` and the probe timed alternately (the issue's >= 0.7x, under the same load)."""
+    """`ak.mean()` and the probe timed alternately (target: >= 0.7x, under the same load)."""
     matrix, weights = _setup(matrices, shape)
     template = ak.TensorSpec((shape[1],), np.float32)
     paired_round(

@@ -1,6 +1,6 @@
 """Federated training throughput against plain PyTorch, in the same process and run.
 
-The issue's setting: the seed CNN on real MNIST, 100 IID clients, 10 per round, one local epoch
+The setting: the seed CNN on real MNIST, 100 IID clients, 10 per round, one local epoch
 (6,000 samples a round), batch 64, SGD lr 0.01 momentum 0.5, channels_last, with
 ``robust_aggregator``. The baselines train the same CNN on the same in-memory data with the same
 batch size, optimizer and memory format: ``plain`` (an index-sliced loop over one tensor) and

@@ -114,14 +114,14 @@ def test_flower_aggregate(benchmark, case):
 
 
 def test_robust_vs_probe_paired(benchmark, case):
-    """robust_aggregator and the probe timed alternately (the issue's >= 0.4x)."""
+    """robust_aggregator and the probe timed alternately (target: >= 0.4x)."""
     shape, matrix, weights, template, _ = case
     group = f"robust-paired|{shape_id(shape)}"
     paired_round(benchmark, ak.robust_aggregator(), template, matrix, weights, group=group)
 
 
 def test_robust_vs_flower_paired(benchmark, case):
-    """robust_aggregator and Flower's `aggregate` timed alternately (the issue's >= 5x)."""
+    """robust_aggregator and Flower's `aggregate` timed alternately (target: >= 5x)."""
     aggregate = pytest.importorskip("flwr.server.strategy.aggregate").aggregate
     shape, matrix, weights, template, clients = case
     results = [(layers, int(w)) for layers, w in zip(clients, weights, strict=True)]

@@ -111,10 +111,10 @@ def test_client_masking(benchmark, m, masks):
 def test_masking_vs_keystream_paired(benchmark, m, masks):
     """Probe and masking alternately, round after round: their ratio survives changing load.
 
-    The other engineers' jobs share the two cores, so a probe timed a minute before the masking
-    can see a different machine. ``extra_info["ratio"]`` is the median over rounds of probe time /
+    Other jobs may share the cores, so a probe timed a minute before the masking can see a
+    different machine. ``extra_info["ratio"]`` is the median over rounds of probe time /
     masking time within the round (adjacent in time, so under the same load); ``best_ratio``
-    divides the best times (the issue's goal: >= 0.70). See ``benchmarks.conftest.paired``.
+    divides the best times (target: >= 0.70). See ``benchmarks.conftest.paired``.
     """
     seeds = _seeds(masks)
     generator = MaskGenerator(MODULUS)

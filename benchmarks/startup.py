@@ -1,6 +1,6 @@
 """Start-up cost: ``import aggkit`` and the first ``ak.mean()`` call, each in a fresh process.
 
-The foundation issue's bars are ``import aggkit`` under 0.3 s (compiling nothing) and a first call
+The targets are ``import aggkit`` under 0.3 s (compiling nothing) and a first call
 with a warm disk cache under 0.5 s. Each run starts a new interpreter, so the kernels load from
 numba's disk cache (the first run fills it if it is cold). The table also shows how much of the
 first call is ``import numba`` alone; most of the rest is numba's target context, which its first

@@ -1,4 +1,4 @@
-"""quantized_sum: SPEC.md section 7.1, payloads, unbiasedness, error bounds, composition."""
+"""quantized_sum: TFF's encoded_test.py cases, payloads, unbiasedness, error bounds, composition."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_type_properties():
     assert mean.stats_needed == {"minmax"}
 
 
-# -- SPEC 7.1 cases -----------------------------------------------------------------------------
+# -- TFF's cases --------------------------------------------------------------------------------
 
 
 def test_simple_sum_of_small_tensors_is_exact_over_rounds():

@@ -1,4 +1,5 @@
-"""Gaussian DP aggregation: every applicable case of SPEC §6.5, validation, the preset, fusion.
+"""Gaussian DP aggregation: every applicable case of TFF's differential_privacy_test.py,
+validation, the preset, fusion.
 
 Statistical properties of the noise and the accounting are in ``test_dp_statistics.py``.
 """
@@ -46,7 +47,7 @@ def _run(factory, template, data, rounds=1):
 
 
 def _adaptive(geometric=True, **kwargs):
-    """SPEC §6.5 test_adaptive_query: C0=1, z=0, target 1, lr 1, sigma_b 0, n=3."""
+    """TFF's test_adaptive_query: C0=1, z=0, target 1, lr 1, sigma_b 0, n=3."""
     return ak.gaussian_adaptive(
         0.0,
         3,
@@ -59,7 +60,7 @@ def _adaptive(geometric=True, **kwargs):
     )
 
 
-# -- type properties (SPEC §6.5) -------------------------------------------------------------------
+# -- type properties (TFF) -----------------------------------------------------------------------
 
 
 def test_fixed_state_and_measurement_structure():
@@ -151,7 +152,7 @@ def test_weights_are_rejected():
         process.next(process.initialize(), [1.0], [1.0])
 
 
-# -- numbered cases (SPEC §6.5) --------------------------------------------------------------------
+# -- numbered cases (TFF) ------------------------------------------------------------------------
 
 
 def test_simple_sum():
@@ -369,7 +370,7 @@ def test_empty_round_adds_noise_and_moves_the_clip():
     )
     (out,) = _run(factory, ak.TensorSpec((3,), np.float32), [])
     np.testing.assert_array_equal(out.result, np.zeros(3))
-    # No records: b = 0 / 4 + 0.5, clip exp(-0.5 * (0.5 - 0.8)) (SPEC §3.4: noise-only update).
+    # No records: b = 0 / 4 + 0.5, clip exp(-0.5 * (0.5 - 0.8)) (no records: a noise-only update).
     assert out.measurements["dp_query_metrics"]["clip"] == pytest.approx(math.exp(0.15))
     noisy = ak.gaussian_fixed(1.0, 4, 1.0, seed=0)
     (out,) = _run(noisy, ak.TensorSpec((3,), np.float32), [])
@@ -474,7 +475,7 @@ def test_default_delta():
     assert ak.gaussian_fixed(1.0, 10, 1.0).delta is None
 
 
-# -- the preset (SPEC §9.3, §9.8) ------------------------------------------------------------------
+# -- the preset (tff.learning) -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("zeroing", [True, False])

@@ -1,4 +1,5 @@
-"""hadamard: SPEC.md section 7.2 (rotation around an inner factory), inversion, composition."""
+"""hadamard: TFF's rotation_test.py cases (rotation around an inner factory), inversion,
+composition."""
 
 from __future__ import annotations
 

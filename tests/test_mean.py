@@ -1,4 +1,4 @@
-"""ak.sum, ak.mean and ak.unweighted_mean: every numbered case of SPEC §2.4 (TFF mean_test)."""
+"""ak.sum, ak.mean and ak.unweighted_mean: every numbered case of TFF's mean_test.py."""
 
 from __future__ import annotations
 

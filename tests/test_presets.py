@@ -1,4 +1,5 @@
-"""The compression and secure presets (SPEC §9.4, §9.5, §9.8) and secure quantile estimation."""
+"""The compression and secure presets (TFF's model_update_aggregator_test.py) and secure quantile
+estimation."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def test_small_tensors_are_summed_exactly_by_the_compression_aggregator():
 
 
 def test_secure_and_plain_quantile_estimation_agree():
-    # SPEC §3.5 test_no_noise_secure_true_false_equal_results.
+    # TFF's test_no_noise_secure_true_false_equal_results (quantile_estimation_test.py).
     plain = ak.quantile_estimator(1.0, 0.5, 1.0)
     secure = ak.quantile_estimator(1.0, 0.5, 1.0, secure_estimation=True)
     state_p, state_s = plain.initialize(), secure.initialize()
@@ -107,7 +108,7 @@ def test_secure_and_plain_quantile_estimation_agree():
 
 
 def test_secure_quantile_estimation_uses_only_secure_channels():
-    # SPEC §3.5 test_secure_estimation_true_only_contains_secure_aggregation, as a clipping norm.
+    # TFF's test_secure_estimation_true_only_contains_secure_aggregation, as a clipping norm.
     from aggkit.secure.secure_sum import secure_sum
 
     norm = ak.quantile_estimator(1.0, 0.5, 1.0, secure_estimation=True)

@@ -1,4 +1,4 @@
-"""Quantile estimation: every applicable case of SPEC §3.5 (TFF quantile_estimation_test)."""
+"""Quantile estimation: every applicable case of TFF's quantile_estimation_test.py."""
 
 from __future__ import annotations
 

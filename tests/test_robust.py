@@ -1,4 +1,5 @@
-"""Zeroing and clipping: every numbered case of SPEC §4.2 and §5.1, properties, and fusion."""
+"""Zeroing and clipping: every numbered case of TFF's robust_test.py, properties,
+and fusion."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _rounds(factory, template, data, weights=None, rounds=1):
     return outputs
 
 
-# -- SPEC §4.2: zeroing -----------------------------------------------------------------------
+# -- TFF: zeroing --------------------------------------------------------------------------------
 
 
 def test_zeroing_state_and_measurement_structure():
@@ -167,7 +168,7 @@ def test_nonfinite_clients_are_zeroed_and_counted():
     np.testing.assert_allclose(out.result, [1 / 3, 1 / 3], rtol=1e-6)
 
 
-# -- SPEC §5.1: clipping ----------------------------------------------------------------------
+# -- TFF: clipping -------------------------------------------------------------------------------
 
 
 def test_clipping_state_and_measurement_structure():

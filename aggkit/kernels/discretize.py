@@ -1,9 +1,10 @@
 """Clip, discretize and sum client rows for secure summation, in one pass over the client matrix.
 
 Secure aggregation can only add integers: every client maps its value into ``[0, 2**32 - 1]``
-(SPEC §8.2), the server learns the exact integer sum, and decodes it. These kernels do the client
-side for every row of the ``[K, n]`` client matrix and add the results into one ``int64``
-accumulator, applying each row's coefficient on the fly (no scaled copy of the matrix):
+(``docs/design.md``, "Secure sums of floats"), the server learns the exact integer sum, and
+decodes it. These kernels do the client side for every row of the ``[K, n]`` client matrix and
+add the results into one ``int64`` accumulator, applying each row's coefficient on the fly (no
+scaled copy of the matrix):
 
 * :func:`discretize_sum` (float rows): ``v = clip(coef[i] * x, lo, hi)`` in float64, then
   ``q = min(sat64(rint(v * scale)) - shift, 2**32 - 1)`` with the unsigned difference, where
@@ -93,8 +94,8 @@ def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - co
     This is exact when ``scale > 0`` and ``|lo * scale|``, ``|hi * scale|`` are far below
     ``2**53``, so that no saturation can act and every rounded product is an exact double.
 
-    ``general=True`` follows SPEC §8.2 literally: clip, saturating int64 casts, and the unsigned
-    difference with ``shift`` (a uint64 holding ``sat64(rint(lo * scale))``).
+    ``general=True`` follows the definition literally: clip, saturating int64 casts, and the
+    unsigned difference with ``shift`` (a uint64 holding ``sat64(rint(lo * scale))``).
     """
     if not general:
         return min(max(np.rint(v * scale), low), high)
@@ -318,7 +319,7 @@ def _check_float_args(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray) -> 
 def encode_float_numpy(
     values: np.ndarray, lo: float, hi: float, scale: float, shift: int
 ) -> np.ndarray:
-    """The codes of float64 ``values`` (the client shift of SPEC §8.2), as ``int64``.
+    """The codes of float64 ``values`` (after the client's shift by ``lo``), as ``int64``.
 
     Examples
     --------

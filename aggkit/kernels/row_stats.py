@@ -5,7 +5,7 @@ L-inf norm), clipping and DP (L2 norm), quantization (per-tensor min/max), secur
 (max |x|), and every plain sum (finiteness). Scaling is linear, so the numbers of a client scaled
 by ``c >= 0`` are ``c`` times these; layers never rescan the matrix.
 
-How it is fast (see DESIGN.md, "Data path"):
+How it is fast (see ``docs/design.md``, "Contributions: a composition as coefficients"):
 
 * Work is split into tasks: eight rows side by side over at most ``CHUNK`` columns of one tensor.
   ``prange`` runs the tasks and the per-task partials are combined afterwards in a fixed order, so

@@ -9,9 +9,9 @@ aggkit's sparse graph is the Harary graph ``H(k, n)`` laid over a uniformly rand
 the clients: with the clients placed on a ring in shuffled order, each client is joined to the
 ``k / 2`` clients on either side (``k`` even), as in Flower's SecAgg+ workflow. Every client has
 exactly ``k`` neighbours; a client's secrets are shared among its *closed* neighbourhood (itself
-and its neighbours), ``k + 1`` holders. The default ``k = 2 * ceil(log2 n)`` follows the issue's
-``k ~ 2 log2(n)``; Bell et al. give the ``k`` needed for given fractions of corrupted and dropped
-clients and a failure probability, which may be larger: pass ``degree`` explicitly for a
+and its neighbours), ``k + 1`` holders. The default ``k = 2 * ceil(log2 n)`` keeps the degree
+logarithmic in ``n``; Bell et al. give the ``k`` needed for given fractions of corrupted and
+dropped clients and a failure probability, which may be larger: pass ``degree`` explicitly for a
 deployment.
 
 Graphs are plain ``dict[int, frozenset[int]]`` (open neighbourhoods: a client is not its own

@@ -1,7 +1,7 @@
 """``ak.secure_modular_sum``: the sum of integer client values modulo ``m``, computed securely.
 
 The secure modular channel (:mod:`aggkit.channels`) returns ``(sum_i v_i) mod m`` and nothing
-else; values outside ``[0, m)`` wrap around (SPEC §8.3). With ``symmetric_range=True`` the result
+else; values outside ``[0, m)`` wrap around. With ``symmetric_range=True`` the result
 lies in ``[-(m - 1), m - 1]``: the channel runs modulo ``m' = 2m - 1`` and sums ``r >= m`` come back
 as ``r - m'``, which is the same residue modulo ``m'``.
 """

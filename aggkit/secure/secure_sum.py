@@ -1,4 +1,4 @@
-"""``ak.secure_sum``: a sum the server computes through secure aggregation (SPEC §8.1-8.2).
+"""``ak.secure_sum``: a sum the server computes through secure aggregation.
 
 Secure aggregation adds integers: the server learns the sum of the clients' integer vectors and
 nothing else. So every client clips its value into a range known in advance, ``[lower, upper]``,
@@ -74,7 +74,7 @@ _MAX_INT_RANGE_BITS = channels.MAX_BITWIDTH
 Bound = int | float | np.integer | np.floating | EstimationProcess
 
 
-# -- the 32-bit float code (SPEC §8.2) -----------------------------------------------------------
+# -- the 32-bit float code (docs/design.md, "Secure sums of floats") -----------------------------
 
 
 def _sat64(value: float) -> int:
@@ -93,7 +93,7 @@ class FloatCode:
 
     Build it with :meth:`of`: the bounds are taken in the value dtype, then ``span = hi - lo``,
     ``scale = (2**32 - 1) / span`` (0 when ``span == 0``) and ``shift = sat64(rint(lo * scale))``
-    are computed in float64 (SPEC §8.2).
+    are computed in float64.
 
     DECISION: the reference computes ``hi - lo`` in the value dtype. In float32 that difference
     can be off by half a float32 unit of the span, and then the code of ``hi`` exceeds

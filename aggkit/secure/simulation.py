@@ -8,16 +8,16 @@ one after the other in this process: the times are CPU times of the real cryptog
 sum. :func:`simulate_round` returns the sum together with who was included, who dropped and the
 per-stage costs.
 
-How the secure channels reduce to one protocol run each (SPEC section 1.4; this is what
-:class:`aggkit.secure.backend.MaskingBackend` does through :func:`simulate_round`): once per
-channel call and round, with all leaves of the call concatenated into one ``[K, m]`` integer
-matrix,
+How the secure channels reduce to one protocol run each (``docs/design.md``, "Channels and
+backends"; this is what :class:`aggkit.secure.backend.MaskingBackend` does through
+:func:`simulate_round`): once per channel call and round, with all leaves of the call
+concatenated into one ``[K, m]`` integer matrix,
 
-- ``secure_sum_bitwidth(values, b)``: ``run_secure_sum(values, modulus=2**(b + ceil(log2 K)))``
-  (SPEC section 8.4). ``K * (2**b - 1) < 2**(b + ceil(log2 K))``, so the modular sum *is* the
-  integer sum, bit-identical to the arithmetic path; ``b + ceil(log2 K)`` must stay <= 64.
+- ``secure_sum_bitwidth(values, b)``: ``run_secure_sum(values, modulus=2**(b + ceil(log2 K)))``.
+  ``K * (2**b - 1) < 2**(b + ceil(log2 K))``, so the modular sum *is* the integer sum,
+  bit-identical to the arithmetic path; ``b + ceil(log2 K)`` must stay <= 64.
 - ``secure_modular_sum(values, m)``: ``run_secure_sum(values % m, modulus=m)`` for ``m >= 2``
-  (the inputs wrap first, SPEC section 8.3); ``m = 1`` is all zeros without a round.
+  (the inputs wrap first); ``m = 1`` is all zeros without a round.
 
 Without ``dropouts`` the result equals ``values.sum(axis=0) % modulus`` exactly (returned as
 ``uint64``; cast to the channel's dtype). ``seed`` makes a run reproducible; ``graph="secagg+"``

@@ -19,7 +19,7 @@ train message as with Flower's ``FedAvg``: their trained arrays (one ``ArrayReco
    in sampling order. A reply whose structure, shapes or dtypes differ from the global model's
    raises :class:`aggkit.InvalidUpdateError` naming the node and its partition (the aggregator's
    state is unchanged); an update holding NaN or Inf is replaced by zeros with weight 0, as
-   :class:`~aggkit_torch.federated.FederatedTrainer` does (SPEC 9.7);
+   :class:`~aggkit_torch.federated.FederatedTrainer` does;
 4. aggregates the batch with the aggkit process, whose state it keeps across rounds. Weighted
    processes get one weight per client (``"num-examples"`` or 1, per ``client_weighting``);
    unweighted ones get none;
@@ -388,7 +388,7 @@ class AggkitStrategy(FedAvg):
                 loss = _metric(reply, "train_loss")
                 if loss is not None:
                     losses.append(loss)
-            else:  # SPEC 9.7: a non-finite update is replaced by zeros, with weight 0
+            else:  # a non-finite update is replaced by zeros, with weight 0
                 out[:] = 0.0
                 nonfinite += 1
                 log(WARNING, "%s sent a non-finite update: zeroed, weight 0", who)

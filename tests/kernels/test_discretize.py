@@ -118,7 +118,7 @@ def test_more_rows_than_one_call_takes(monkeypatch):
 
 
 def test_encode_matches_the_literal_formula_on_exact_values():
-    # SPEC §8.2 client shift, float: [-2, -1, 1, 2] in [-1, 1] -> [0, 0, MAX, MAX].
+    # The client shift, float: [-2, -1, 1, 2] in [-1, 1] -> [0, 0, MAX, MAX].
     code = _code(-1.0, 1.0, np.float32)
     assert code.encode(np.array([-2.0, -1.0, 1.0, 2.0])).tolist() == [0, 0, MAX_CODE, MAX_CODE]
     # The code of v is rint(v * s) - rint(lo * s), rounding half to even.

@@ -1,4 +1,4 @@
-"""ak.secure_modular_sum: SPEC §8.3 with the reference's numbers, and Python-integer sums."""
+"""ak.secure_modular_sum: TFF's cases with the reference's numbers, and Python-integer sums."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""ak.secure_sum and the secure quantized sum primitive: SPEC §8.1, §8.2 and §8.4 with the
-reference's numbers, properties of the discretization, and channel use."""
+"""ak.secure_sum and the secure quantized sum primitive: the cases of TFF's ``secure_test.py`` and
+``primitives_test.py`` with the reference's numbers, properties of the discretization, and channel
+use."""
 
 from __future__ import annotations
 
