@@ -40,10 +40,11 @@ State and measurements
     state. ``dp_event`` describes the last round's release as plain data (TFF's named-tuple form:
     ``module_name``, ``class_name`` and the fields); :func:`extract_dp_event` turns it into a
     ``dp_accounting`` DpEvent. Measurements: ``{"dp_query_metrics": () or {"clip": C_next}, "dp":
-    record_sum measurements}``, plus ``"privacy": {"epsilon", "delta", "rounds"}`` when the
-    population size is given: the (epsilon, delta) guarantee of all rounds so far, with Poisson
-    sampling of ``clients_per_round`` clients out of ``population``, from dp-accounting's RDP
-    accountant (:mod:`aggkit.privacy`).
+    record_sum measurements}``, plus ``"privacy": {"epsilon", "delta", "rounds", "sampling"}``
+    when the population size is given: the (epsilon, delta) guarantee of all rounds so far, with
+    Poisson sampling of ``clients_per_round`` clients out of ``population``, from dp-accounting's
+    RDP accountant (:mod:`aggkit.privacy`). ``"sampling"`` is ``"poisson"``: a run that samples
+    a fixed number of clients must not report this epsilon (:func:`aggkit.privacy.check_sampling`).
 
 Randomness
     Noise comes from the counter-based Philox generator (:mod:`aggkit.kernels.gaussian_noise`),
@@ -744,5 +745,6 @@ class _DPRound(Round):
                 "epsilon": float(epsilon),
                 "delta": float(process.delta),
                 "rounds": rounds,
+                "sampling": "poisson",  # the scheme this epsilon holds for (privacy.SAMPLINGS)
             }
         return state, result, measurements

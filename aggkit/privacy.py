@@ -16,6 +16,41 @@ The guarantee is user-level (add or remove one client's whole data) only when ea
 contributes one clipped update per round, which is how aggkit's DP factories work. dp-accounting
 is an optional dependency: ``pip install aggkit[dp]``. Importing this module does not import it.
 
+Sampling schemes and neighbouring relations
+    An epsilon is a guarantee only for the sampling the run really did; every function here takes
+    ``sampling`` (one of :data:`SAMPLINGS`) and accounts for that scheme alone:
+
+    ``"poisson"`` (default)
+        Each client joins each round independently with probability ``q``; the round's size
+        varies. Accounted as ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` under
+        *add-or-remove-one*: the two worlds compared are the population with and without one
+        client, so the guarantee hides whether the client took part at all.
+    ``"fixed_size"``
+        Exactly ``clients_per_round`` distinct clients, uniformly without replacement from a
+        population of ``population`` (``rng.choice(population, m, replace=False)``). Accounted
+        with dp-accounting's ``SampledWithoutReplacementDpEvent`` (Wang, Balle and
+        Kasiviswanathan 2019, Theorem 27), which holds only under *replace-one*: the two worlds
+        have the same, public, population size and differ in one client's data (any data
+        replaced by any other). A clipped sum then moves by up to ``2 * clip``, twice its
+        add-or-remove sensitivity, so a round with noise ``z * clip`` is a Gaussian of multiplier
+        ``z / 2`` with respect to that relation: the event is
+        ``SampledWithoutReplacementDpEvent(population, m, GaussianDpEvent(z / 2))``. Neither
+        relation's epsilon converts into the other's for free (add-or-remove ``eps`` implies
+        replace-one ``2 eps``), and the fixed-size bound is looser: 100 of 1,000 clients at
+        ``z = 1`` for 5 rounds give 2.9 with Poisson sampling and 13.8 with fixed-size sampling
+        (delta 1e-5).
+
+    Events of the two schemes cannot be composed into one guarantee (no accountant holds both
+    relations at once): :func:`epsilon_of_event` raises :class:`SamplingMismatchError` for such
+    a mix, and :func:`check_sampling` is how a trainer refuses a DP aggregator whose running
+    epsilon assumes another scheme than the one it samples with.
+
+dp-accounting's RDP accountant logs an absl warning ("_compute_log_a_frac failed to converge")
+for each fractional RDP order it cannot evaluate at small noise and large sampling rates, and
+drops that order (a valid, slightly looser bound). This module keeps dp-accounting's default
+orders, so its epsilons are dp-accounting's, and silences those messages while it computes: a
+running epsilon printed every round would otherwise flood the console.
+
 Example
 -------
 >>> from aggkit import privacy
@@ -30,10 +65,13 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import logging
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -41,6 +79,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "ACCOUNTANTS",
+    "SAMPLINGS",
+    "SamplingMismatchError",
+    "check_sampling",
     "composed_event",
     "epsilon",
     "epsilon_of_event",
@@ -54,12 +95,50 @@ __all__ = [
 #: :func:`noise_multiplier`.
 ACCOUNTANTS = ("rdp", "pld")
 
+#: Client-sampling schemes the accounting covers (see the module docstring): ``"poisson"``
+#: (add-or-remove-one neighbours) and ``"fixed_size"`` (without replacement; replace-one).
+SAMPLINGS = ("poisson", "fixed_size")
+
+
+class SamplingMismatchError(ValueError):
+    """An epsilon was asked for one client-sampling scheme of a run that used another."""
+
+
 # The largest noise multiplier noise_multiplier() tries before calling a target unreachable.
 _MAX_NOISE_MULTIPLIER = 1e6
 # Below this noise multiplier the search stops (targets so large are met by almost no noise).
 _MIN_NOISE_MULTIPLIER = 1e-9
 # Relative tolerance of the noise multiplier found by noise_multiplier().
 _RTOL = 1e-6
+
+
+# The absl message dp-accounting logs for each fractional RDP order it cannot evaluate (it then
+# drops that order: a valid, slightly looser bound). Dropped while this module computes.
+_NON_CONVERGENCE = "_compute_log_a_frac failed to converge"
+_QUIET = contextvars.ContextVar("aggkit_privacy_quiet", default=False)
+
+
+class _DropNonConvergence(logging.Filter):
+    """Drops dp-accounting's non-convergence warnings, only inside :func:`_quiet` blocks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_QUIET.get() and str(record.msg).startswith(_NON_CONVERGENCE))
+
+
+_FILTER = _DropNonConvergence()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence dp-accounting's non-convergence warnings in this block (this thread only)."""
+    logger = logging.getLogger("absl")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def _dp_accounting() -> Any:
@@ -117,6 +196,46 @@ def _check_accountant(value: Any) -> str:
     return value
 
 
+def _check_sampling(value: Any) -> str:
+    if value not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {value!r}")
+    return value
+
+
+def check_sampling(accounted: str, ran: str) -> None:
+    """Raise :class:`SamplingMismatchError` unless ``accounted`` (an epsilon's scheme) is ``ran``.
+
+    The one place where a run's sampling and its accounting are compared: a trainer calls it
+    with the scheme a DP aggregator's running epsilon assumes and the scheme it samples with.
+
+    Example
+    -------
+    >>> check_sampling("poisson", "poisson")
+    >>> check_sampling("poisson", "fixed_size")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    aggkit.privacy.SamplingMismatchError: an epsilon accounted for 'poisson' sampling is no ...
+    """
+    accounted, ran = _check_sampling(accounted), _check_sampling(ran)
+    if accounted != ran:
+        raise SamplingMismatchError(
+            f"an epsilon accounted for {accounted!r} sampling is no guarantee for a run that used "
+            f"{ran!r} sampling"
+        )
+
+
+def _fixed_size(clients_per_round: Any, population: Any) -> tuple[int, int]:
+    """``(population, clients_per_round)`` as the integers a fixed-size sample needs."""
+    sizes = []
+    for value, name in ((population, "population"), (clients_per_round, "clients_per_round")):
+        if value is None:
+            raise ValueError(f"fixed_size sampling needs {name} (sampling from a known population)")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+            raise TypeError(f"{name} must be a whole number for fixed_size sampling, got {value!r}")
+        sizes.append(int(value))
+    return sizes[0], sizes[1]
+
+
 def _sampling_rate(clients_per_round: Any, population: Any) -> float:
     """The Poisson sampling rate ``clients_per_round / population`` (1.0 without a population)."""
     clients = _real(clients_per_round, "clients_per_round")
@@ -162,31 +281,69 @@ def gaussian_event(noise_multiplier: float) -> DpEvent:
 
 
 def sampled_event(
-    event: DpEvent, *, clients_per_round: float, population: float | None = None
+    event: DpEvent,
+    *,
+    clients_per_round: float,
+    population: float | None = None,
+    sampling: str = "poisson",
 ) -> DpEvent:
-    """Wrap ``event`` in Poisson sampling at rate ``clients_per_round / population``.
+    """Wrap ``event`` (stated for add-or-remove-one) in the round's client sampling.
 
+    ``"poisson"``: ``PoissonSampledDpEvent(clients_per_round / population, event)``.
+    ``"fixed_size"``: ``SampledWithoutReplacementDpEvent(population, clients_per_round, event')``
+    where ``event'`` is ``event`` restated for replace-one neighbours (every Gaussian's noise
+    multiplier halved: replacing a client moves a clipped sum twice as far as removing it).
     Returns ``event`` unchanged when ``population`` is None or equal to ``clients_per_round``
-    (every client takes part: no amplification by sampling).
+    (every client takes part: no amplification by sampling, add-or-remove-one).
 
     Example
     -------
     >>> sampled_event(gaussian_event(1.0), clients_per_round=10, population=1000)
     PoissonSampledDpEvent(sampling_probability=0.01, event=GaussianDpEvent(noise_multiplier=1.0))
+    >>> sampled_event(gaussian_event(1.0), clients_per_round=10, population=1000,
+    ...               sampling="fixed_size")  # doctest: +NORMALIZE_WHITESPACE
+    SampledWithoutReplacementDpEvent(source_dataset_size=1000, sample_size=10,
+    event=GaussianDpEvent(noise_multiplier=0.5))
     """
     dpa = _dp_accounting()
     if not isinstance(event, dpa.DpEvent):
         raise TypeError(f"event must be a dp_accounting DpEvent, got {type(event).__name__}")
+    sampling = _check_sampling(sampling)
     q = _sampling_rate(clients_per_round, population)
     if q == 1.0:
         return event
-    return dpa.PoissonSampledDpEvent(q, event)
+    if sampling == "poisson":
+        return dpa.PoissonSampledDpEvent(q, event)
+    size, sample = _fixed_size(clients_per_round, population)
+    return dpa.SampledWithoutReplacementDpEvent(size, sample, _replace_one(event))
+
+
+def _replace_one(event: DpEvent) -> DpEvent:
+    """``event`` restated for replace-one neighbours: Gaussian noise multipliers halved.
+
+    Only Gaussian events and their compositions have a sensitivity to double here; anything else
+    is refused rather than guessed at.
+    """
+    dpa = _dp_accounting()
+    if isinstance(event, dpa.GaussianDpEvent):
+        return dpa.GaussianDpEvent(event.noise_multiplier / 2.0)
+    if isinstance(event, dpa.SelfComposedDpEvent):
+        return dpa.SelfComposedDpEvent(_replace_one(event.event), event.count)
+    if isinstance(event, dpa.ComposedDpEvent):
+        return dpa.ComposedDpEvent([_replace_one(e) for e in event.events])
+    raise ValueError(
+        f"fixed_size sampling accounts for Gaussian events and their compositions, not {event!r}"
+    )
 
 
 def round_event(
-    noise_multiplier: float, *, clients_per_round: float, population: float | None = None
+    noise_multiplier: float,
+    *,
+    clients_per_round: float,
+    population: float | None = None,
+    sampling: str = "poisson",
 ) -> DpEvent:
-    """The DpEvent of one round of Gaussian DP aggregation with Poisson client sampling.
+    """The DpEvent of one round of Gaussian DP aggregation with client sampling.
 
     Parameters
     ----------
@@ -197,12 +354,15 @@ def round_event(
     population : float or None
         Number of clients sampled from. None (or ``clients_per_round``) means every client takes
         part in every round.
+    sampling : {"poisson", "fixed_size"}
+        How the round's clients are drawn (see the module docstring).
 
     Returns
     -------
     dp_accounting.DpEvent
-        ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, or ``GaussianDpEvent(z)`` without
-        sampling.
+        ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, or with ``"fixed_size"``
+        ``SampledWithoutReplacementDpEvent(population, clients_per_round, GaussianDpEvent(z/2))``
+        (replace-one), or ``GaussianDpEvent(z)`` without sampling.
 
     Example
     -------
@@ -215,6 +375,7 @@ def round_event(
         gaussian_event(noise_multiplier),
         clients_per_round=clients_per_round,
         population=population,
+        sampling=sampling,
     )
 
 
@@ -261,15 +422,59 @@ def composed_event(events: Iterable[DpEvent]) -> DpEvent:
 # --------------------------------------------------------------------------------------------
 
 
-def _fresh_accountant(accountant: str) -> Any:
+def _fresh_accountant(accountant: str, relation: Any = None) -> Any:
+    """A new accountant; ``relation`` is a ``NeighboringRelation`` (None: add-or-remove-one)."""
     dpa = _dp_accounting()
+    if relation is None:
+        relation = dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
     if accountant == "rdp":
-        return dpa.rdp.RdpAccountant()
-    return dpa.pld.PLDAccountant()
+        return dpa.rdp.RdpAccountant(neighboring_relation=relation)
+    return dpa.pld.PLDAccountant(neighboring_relation=relation)
+
+
+def _sampling_relation(event: DpEvent) -> Any:
+    """The neighbouring relation ``event``'s client sampling is accounted under.
+
+    Replace-one when ``event`` holds fixed-size (``SampledWithoutReplacementDpEvent``) rounds,
+    add-or-remove-one otherwise. Raises :class:`SamplingMismatchError` when it holds both kinds,
+    or fixed-size rounds beside a Gaussian stated for add-or-remove-one outside any of them: no
+    single relation covers such a run.
+    """
+    dpa = _dp_accounting()
+    kinds: set[str] = set()
+
+    def walk(e: Any, inside_fixed: bool) -> None:
+        if isinstance(e, dpa.SampledWithoutReplacementDpEvent):
+            kinds.add("fixed_size")
+            walk(e.event, True)
+        elif isinstance(e, dpa.PoissonSampledDpEvent):
+            kinds.add("poisson")
+        elif isinstance(e, dpa.SelfComposedDpEvent):
+            walk(e.event, inside_fixed)
+        elif isinstance(e, dpa.ComposedDpEvent):
+            for part in e.events:
+                walk(part, inside_fixed)
+        elif isinstance(e, dpa.GaussianDpEvent) and not inside_fixed:
+            kinds.add("unsampled")
+
+    walk(event, False)
+    if "fixed_size" not in kinds:
+        return dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    if len(kinds) > 1:
+        raise SamplingMismatchError(
+            "the event mixes fixed_size rounds (replace-one neighbours) with "
+            f"{' and '.join(sorted(kinds - {'fixed_size'}))} rounds (add-or-remove-one): no "
+            "single guarantee covers both; account each run for the sampling it used"
+        )
+    return dpa.NeighboringRelation.REPLACE_ONE
 
 
 def epsilon_of_event(event: DpEvent, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of ``event`` (add-or-remove-one neighbouring), by dp-accounting.
+    """Epsilon at ``delta`` of ``event``, by dp-accounting.
+
+    The neighbouring relation follows the event's client sampling: replace-one for fixed-size
+    rounds (``SampledWithoutReplacementDpEvent``), add-or-remove-one otherwise; an event mixing
+    them raises :class:`SamplingMismatchError`.
 
     Parameters
     ----------
@@ -280,7 +485,8 @@ def epsilon_of_event(event: DpEvent, delta: float, accountant: str = "rdp") -> f
     accountant : {"rdp", "pld"}
         ``"rdp"``: Renyi DP with dp-accounting's default orders and its improved RDP-to-(eps,
         delta) conversion (Balle et al. 2020; Canonne et al. 2020); a slightly loose upper
-        bound. ``"pld"``: privacy loss distributions (tighter; slower for many rounds).
+        bound. ``"pld"``: privacy loss distributions (tighter; slower for many rounds; no
+        fixed-size sampling).
 
     Returns
     -------
@@ -297,11 +503,12 @@ def epsilon_of_event(event: DpEvent, delta: float, accountant: str = "rdp") -> f
         raise TypeError(f"event must be a dp_accounting DpEvent, got {type(event).__name__}")
     delta = _check_delta(delta)
     accountant = _check_accountant(accountant)
-    acc = _fresh_accountant(accountant)
+    acc = _fresh_accountant(accountant, _sampling_relation(event))
     if not acc.supports(event):
         raise ValueError(f"the {accountant!r} accountant does not support event {event!r}")
-    acc.compose(event)
-    return float(acc.get_epsilon(delta))
+    with _quiet():
+        acc.compose(event)
+        return float(acc.get_epsilon(delta))
 
 
 def epsilon(
@@ -312,8 +519,9 @@ def epsilon(
     rounds: int,
     delta: float,
     accountant: str = "rdp",
+    sampling: str = "poisson",
 ) -> float:
-    """Epsilon after ``rounds`` rounds of Gaussian DP aggregation with Poisson client sampling.
+    """Epsilon after ``rounds`` rounds of Gaussian DP aggregation with client sampling.
 
     Parameters
     ----------
@@ -329,7 +537,13 @@ def epsilon(
     delta : float
         Target delta in (0, 1); commonly below ``1 / population``.
     accountant : {"rdp", "pld"}
-        Which dp-accounting accountant (see :func:`epsilon_of_event`).
+        Which dp-accounting accountant (see :func:`epsilon_of_event`); ``"fixed_size"`` needs
+        ``"rdp"``.
+    sampling : {"poisson", "fixed_size"}
+        The scheme the run really sampled its clients with (see the module docstring):
+        Poisson (add-or-remove-one) or exactly ``clients_per_round`` of ``population`` without
+        replacement (replace-one; both must be whole numbers). An epsilon for one scheme is no
+        guarantee for a run of the other.
 
     Returns
     -------
@@ -340,34 +554,49 @@ def epsilon(
     >>> eps = epsilon(1.1, clients_per_round=256, population=60_000, rounds=14_040, delta=1e-5)
     >>> round(eps, 2)
     2.59
+    >>> round(epsilon(1.0, clients_per_round=100, population=1000, rounds=5, delta=1e-5), 2)
+    2.9
+    >>> round(epsilon(1.0, clients_per_round=100, population=1000, rounds=5, delta=1e-5,
+    ...               sampling="fixed_size"), 2)
+    13.82
     """
     z = _check_noise_multiplier(noise_multiplier)
     _sampling_rate(clients_per_round, population)  # validate before the slow import
     rounds = _check_rounds(rounds)
     delta = _check_delta(delta)
     accountant = _check_accountant(accountant)
+    sampling = _check_sampling(sampling)
+    if sampling == "fixed_size" and _sampling_rate(clients_per_round, population) < 1.0:
+        _fixed_size(clients_per_round, population)
     if rounds == 0:
         return 0.0
     if accountant == "rdp":
         # The RDP of T equal rounds is T times one round's: computing one round's RDP once makes
         # a running epsilon (one call per round) cost microseconds. Same arithmetic as
         # dp-accounting's own composition, so the same bits.
-        orders, rdp = _round_rdp(z, _sampling_rate(clients_per_round, population))
+        orders, rdp = _round_rdp(z, clients_per_round, population, sampling)
         compute_epsilon = _dp_accounting().rdp.rdp_privacy_accountant.compute_epsilon
         return float(compute_epsilon(orders, rounds * rdp, delta)[0])
-    event = round_event(z, clients_per_round=clients_per_round, population=population)
+    event = round_event(
+        z, clients_per_round=clients_per_round, population=population, sampling=sampling
+    )
     dpa = _dp_accounting()
     return epsilon_of_event(dpa.SelfComposedDpEvent(event, rounds), delta, accountant)
 
 
 @functools.lru_cache(maxsize=256)
-def _round_rdp(noise_multiplier: float, sampling_rate: float) -> tuple[Any, Any]:
+def _round_rdp(
+    noise_multiplier: float, clients_per_round: float, population: float | None, sampling: str
+) -> tuple[Any, Any]:
     """RDP orders and values of one round, from dp-accounting's RDP accountant (cached)."""
-    dpa = _dp_accounting()
-    event = dpa.GaussianDpEvent(noise_multiplier)
-    if sampling_rate < 1.0:
-        event = dpa.PoissonSampledDpEvent(sampling_rate, event)
-    accountant = dpa.rdp.RdpAccountant().compose(event)
+    event = round_event(
+        noise_multiplier,
+        clients_per_round=clients_per_round,
+        population=population,
+        sampling=sampling,
+    )
+    with _quiet():
+        accountant = _fresh_accountant("rdp", _sampling_relation(event)).compose(event)
     orders, rdp = accountant.orders, accountant.rdp
     orders.flags.writeable = False
     rdp.flags.writeable = False
@@ -391,6 +620,7 @@ def noise_multiplier(
     population: float | None,
     rounds: int,
     accountant: str = "rdp",
+    sampling: str = "poisson",
 ) -> float:
     """The smallest noise multiplier whose ``rounds``-round epsilon is at most ``epsilon``.
 
@@ -402,7 +632,7 @@ def noise_multiplier(
     ----------
     epsilon : float
         Target epsilon (> 0).
-    delta, clients_per_round, population, rounds, accountant
+    delta, clients_per_round, population, rounds, accountant, sampling
         As in :func:`epsilon`.
 
     Returns
@@ -430,12 +660,36 @@ def noise_multiplier(
     _sampling_rate(clients_per_round, population)
     rounds = _check_rounds(rounds)
     accountant = _check_accountant(accountant)
+    sampling = _check_sampling(sampling)
     if rounds == 0:
         return 0.0
+    with _quiet():
+        return _calibrate(
+            target, delta, clients_per_round, population, rounds, accountant, sampling
+        )
+
+
+def _calibrate(
+    target: float,
+    delta: float,
+    clients_per_round: float,
+    population: float | None,
+    rounds: int,
+    accountant: str,
+    sampling: str,
+) -> float:
+    """:func:`noise_multiplier` after its argument checks."""
     dpa = _dp_accounting()
+    relation = _sampling_relation(
+        round_event(
+            1.0, clients_per_round=clients_per_round, population=population, sampling=sampling
+        )
+    )
 
     def make_event(z: float) -> DpEvent:
-        event = round_event(z, clients_per_round=clients_per_round, population=population)
+        event = round_event(
+            z, clients_per_round=clients_per_round, population=population, sampling=sampling
+        )
         return dpa.SelfComposedDpEvent(event, rounds)
 
     def eps_of(z: float) -> float:
@@ -474,7 +728,7 @@ def noise_multiplier(
             lo, eps_lo = mid, eps_mid
     return float(
         dpa.calibrate_dp_mechanism(
-            lambda: _fresh_accountant(accountant),
+            lambda: _fresh_accountant(accountant, relation),
             make_event,
             target,
             delta,

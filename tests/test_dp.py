@@ -498,7 +498,12 @@ def test_dp_aggregator_measurements_nest_as_tff():
     (plain,) = _run(ak.dp_aggregator(0.5, 10, zeroing=False, seed=3), template, data)
     assert set(plain.measurements) == {"dp_query_metrics", "dp"}
     (counted,) = _run(ak.dp_aggregator(0.5, 10, population=100, seed=3), template, data)
-    assert set(counted.measurements["zeroing"]["privacy"]) == {"epsilon", "delta", "rounds"}
+    assert set(counted.measurements["zeroing"]["privacy"]) == {
+        "epsilon",
+        "delta",
+        "rounds",
+        "sampling",
+    }
 
 
 def test_dp_aggregator_uses_the_adaptive_defaults():
