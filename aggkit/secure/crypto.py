@@ -51,6 +51,7 @@ __all__ = [
     "mask_values",
     "public_key_of",
     "seal",
+    "share_digest",
     "unseal",
     "word_dtype",
 ]
@@ -146,6 +147,19 @@ def commit(session_id: bytes, owner: int, secret: bytes) -> bytes:
     """SHA-256 commitment to ``owner``'s secret in this session."""
     return hashlib.sha256(
         LABEL + b"|commit" + session_id + struct.pack(">I", owner) + secret
+    ).digest()
+
+
+def share_digest(session_id: bytes, owner: int, holder: int, kind: bytes, share: bytes) -> bytes:
+    """SHA-256 commitment to the share of ``owner``'s secret (``kind``) held by ``holder``.
+
+    The owner publishes it at ``share_keys``; the server checks each revealed share against it, so
+    a bad share is pinned on the holder that returned it. It reveals no more than the seed
+    commitment (:func:`commit`): given fewer than ``threshold`` shares, a share is a bijective
+    function of the 256-bit secret.
+    """
+    return hashlib.sha256(
+        LABEL + b"|share|" + kind + session_id + struct.pack(">II", owner, holder) + share
     ).digest()
 
 

@@ -7,7 +7,11 @@ the caller should do next:
   masks). The server stops *before* reconstructing any secret, so it learns no input; run a new
   round.
 - :class:`AuthenticationError`: a ciphertext, a share or a reconstructed secret failed
-  verification (tampering, or a bug in a transport). The receiver refuses it.
+  verification (tampering, or a bug in a transport). The receiver refuses it. Its subclasses
+  say more: :class:`SignatureError` (a signature does not verify against the identity registry:
+  a substituted key, a forged or altered message), :class:`BadShareError` (a client returned a
+  Shamir share that is not the one its owner committed to; the server excludes that client's
+  shares and goes on if enough good ones remain).
 - :class:`ProtocolViolation`: a message is valid but not acceptable here: wrong stage, unknown
   or duplicate sender, a late answer for a closed stage, or (:class:`RefusedRequest`) a server
   request that an honest client must not answer.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BadShareError",
     "InsufficientSharesError",
     "MessageFormatError",
     "ProtocolAbort",
@@ -25,6 +30,7 @@ __all__ = [
     "RefusedRequest",
     "SecAggError",
     "ShareIntegrityError",
+    "SignatureError",
     "StageError",
 ]
 
@@ -49,6 +55,24 @@ class ProtocolAbort(SecAggError, RuntimeError):
 
 class AuthenticationError(SecAggError):
     """A ciphertext, share or reconstructed secret failed verification."""
+
+
+class SignatureError(AuthenticationError):
+    """A signature does not verify against the identity registry (or the signer is unknown)."""
+
+
+class BadShareError(AuthenticationError):
+    """A client returned a share that differs from its owner's commitment.
+
+    Attributes
+    ----------
+    client_id : int
+        The client that sent the bad share; the server ignores all its shares.
+    """
+
+    def __init__(self, message: str, *, client_id: int):
+        super().__init__(message)
+        self.client_id = client_id
 
 
 class ShareIntegrityError(AuthenticationError, ValueError):

@@ -1,25 +1,32 @@
 """The messages of the secure aggregation protocol, as plain data that round-trips through bytes.
 
 Any transport (the in-process loop of ``simulation.py``, Flower, gRPC, a message queue) carries
-``message.to_bytes()`` and rebuilds the message with :func:`decode`. There are four stages, each
+``message.to_bytes()`` and rebuilds the message with :func:`decode`. There are five stages, each
 one server request to every client still in the round and one response per client:
 
-==================  =============================  ==============================
-stage               server -> client               client -> server
-==================  =============================  ==============================
-``advertise_keys``  :class:`AdvertiseKeysRequest`  :class:`AdvertiseKeysResponse`
-``share_keys``      :class:`ShareKeysRequest`      :class:`ShareKeysResponse`
-``masked_input``    :class:`MaskedInputRequest`    :class:`MaskedInputResponse`
-``unmask``          :class:`UnmaskRequest`         :class:`UnmaskResponse`
-==================  =============================  ==============================
+=====================  ================================  =================================
+stage                  server -> client                  client -> server
+=====================  ================================  =================================
+``advertise_keys``     :class:`AdvertiseKeysRequest`     :class:`AdvertiseKeysResponse`
+``share_keys``         :class:`ShareKeysRequest`         :class:`ShareKeysResponse`
+``masked_input``       :class:`MaskedInputRequest`       :class:`MaskedInputResponse`
+``consistency_check``  :class:`ConsistencyCheckRequest`  :class:`ConsistencyCheckResponse`
+``unmask``             :class:`UnmaskRequest`            :class:`UnmaskResponse`
+=====================  ================================  =================================
 
-Wire format (version 1): ``b"AKSA"``, a version byte, a kind byte, then the fields in declaration
+Every response, and the forwarded :class:`PeerKeys`, carries a ``signature`` field: a 64-byte
+Ed25519 signature in the authenticated mode (``aggkit.secure.identity``), empty in the
+honest-but-curious mode. A response's signature covers :meth:`Message.signed_bytes`, its wire
+form with the signature left empty, so it binds every field, the session and the sender.
+
+Wire format (version 2): ``b"AKSA"``, a version byte, a kind byte, then the fields in declaration
 order, big-endian: ids and counts as ``uint32``, sizes as ``uint64``, fixed-size keys raw,
-variable byte strings prefixed by their ``uint32`` length, and the masked vector as a word-size
-byte (4 or 8), a ``uint64`` length and the little-endian words. Decoding rejects a wrong magic,
-an unknown version or kind, truncated or trailing bytes and every field that fails validation,
-with :class:`~aggkit.secure.errors.MessageFormatError`. The same checks run when a message is
-built in Python (``ValueError`` / ``TypeError``), so an invalid message cannot be sent.
+variable byte strings (signatures included) prefixed by their ``uint32`` length. A masked input
+is written as its signature, a word-size byte (4 or 8), a ``uint64`` length and the
+little-endian words, last, so that decoding can view them without a copy. Decoding rejects a
+wrong magic, an unknown version or kind, truncated or trailing bytes and every field that fails
+validation, with :class:`~aggkit.secure.errors.MessageFormatError`. The same checks run when a
+message is built in Python (``ValueError`` / ``TypeError``), so an invalid message cannot be sent.
 
 This module does not import ``cryptography``.
 
@@ -49,6 +56,8 @@ __all__ = [
     "VERSION",
     "AdvertiseKeysRequest",
     "AdvertiseKeysResponse",
+    "ConsistencyCheckRequest",
+    "ConsistencyCheckResponse",
     "MaskedInputRequest",
     "MaskedInputResponse",
     "Message",
@@ -62,13 +71,14 @@ __all__ = [
 ]
 
 MAGIC = b"AKSA"
-VERSION = 1
-#: The four stages, in protocol order.
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+VERSION = 2
+#: The five stages, in protocol order.
+STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
 SESSION_ID_SIZE = 16
 #: Largest client id: Shamir evaluates shares at ``id + 1``, which must stay below ``2**31 - 1``.
 MAX_CLIENT_ID = (1 << 31) - 3
 _KEY = 32
+_SIGNATURE = 64
 
 
 # --------------------------------------------------------------------------- encoding helpers
@@ -173,6 +183,11 @@ def _check_key(value: object, what: str) -> None:
         raise ValueError(f"{what} must be {_KEY} bytes")
 
 
+def _check_signature(value: object) -> None:
+    if not isinstance(value, bytes) or len(value) not in (0, _SIGNATURE):
+        raise ValueError(f"signature must be empty or {_SIGNATURE} bytes")
+
+
 def _check_ids(values: tuple[int, ...], what: str) -> None:
     for v in values:
         _check_id(v, what)
@@ -233,6 +248,12 @@ class Message:
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> Message:  # pragma: no cover
         raise NotImplementedError
+
+    def signed_bytes(self) -> bytes:
+        """The bytes a signature of this message covers: its wire form, signature left empty."""
+        if getattr(self, "signature", b"") == b"":
+            return self.to_bytes()
+        return dataclasses.replace(self, signature=b"").to_bytes()  # type: ignore[type-var]
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -302,6 +323,9 @@ class AdvertiseKeysResponse(Message):
         ``c_u^PK``, for the channel that carries Shamir shares between clients.
     mask_key : bytes
         ``s_u^PK``, for the pairwise masks.
+    signature : bytes
+        Authenticated mode: the client's signature of its keys *and the round's parameters*
+        (see ``aggkit.secure.protocol``), which the server forwards to the neighbours.
     """
 
     KIND: ClassVar[int] = 2
@@ -310,34 +334,39 @@ class AdvertiseKeysResponse(Message):
     client_id: int
     encryption_key: bytes
     mask_key: bytes
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_session(self.session_id)
         _check_id(self.client_id)
         _check_key(self.encryption_key, "encryption_key")
         _check_key(self.mask_key, "mask_key")
+        _check_signature(self.signature)
 
     def _write(self, w: _Writer) -> None:
         w.raw(self.encryption_key)
         w.raw(self.mask_key)
+        w.blob(self.signature)
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> AdvertiseKeysResponse:
-        return cls(session_id, client_id, r.raw(_KEY), r.raw(_KEY))
+        return cls(session_id, client_id, r.raw(_KEY), r.raw(_KEY), r.blob())
 
 
 @dataclass(frozen=True)
 class PeerKeys:
-    """One client's public keys as the server forwards them."""
+    """One client's public keys (and, authenticated, its signature) as the server forwards them."""
 
     client_id: int
     encryption_key: bytes
     mask_key: bytes
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id(self.client_id)
         _check_key(self.encryption_key, "encryption_key")
         _check_key(self.mask_key, "mask_key")
+        _check_signature(self.signature)
 
 
 @dataclass(frozen=True, eq=False)
@@ -371,11 +400,12 @@ class ShareKeysRequest(Message):
             w.u32(p.client_id)
             w.raw(p.encryption_key)
             w.raw(p.mask_key)
+            w.blob(p.signature)
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ShareKeysRequest:
-        n = r.count(4 + 2 * _KEY)
-        peers = tuple(PeerKeys(r.u32(), r.raw(_KEY), r.raw(_KEY)) for _ in range(n))
+        n = r.count(4 + 2 * _KEY + 4)
+        peers = tuple(PeerKeys(r.u32(), r.raw(_KEY), r.raw(_KEY), r.blob()) for _ in range(n))
         return cls(session_id, client_id, peers)
 
 
@@ -390,6 +420,12 @@ class ShareKeysResponse(Message):
         seed against it.
     ciphertexts : tuple of (int, bytes)
         ``(receiver, AEAD ciphertext of the receiver's shares of b_u and s_u^SK)``.
+    share_commitments : tuple of (int, bytes)
+        ``(holder, SHA-256 of the holder's seed share + SHA-256 of its key share)``, 64 bytes,
+        for every holder (the client included): the server checks each revealed share against
+        it and so knows which client sent a bad one.
+    signature : bytes
+        Authenticated mode: the client's signature of this message.
     """
 
     KIND: ClassVar[int] = 4
@@ -398,6 +434,8 @@ class ShareKeysResponse(Message):
     client_id: int
     seed_commitment: bytes
     ciphertexts: tuple[tuple[int, bytes], ...]
+    share_commitments: tuple[tuple[int, bytes], ...] = ()
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_session(self.session_id)
@@ -405,14 +443,19 @@ class ShareKeysResponse(Message):
         _check_key(self.seed_commitment, "seed_commitment")
         object.__setattr__(self, "ciphertexts", _tuple_of_pairs(self.ciphertexts))
         _check_pairs(self.ciphertexts, "ciphertexts")
+        object.__setattr__(self, "share_commitments", _tuple_of_pairs(self.share_commitments))
+        _check_pairs(self.share_commitments, "share_commitments")
+        _check_signature(self.signature)
 
     def _write(self, w: _Writer) -> None:
         w.raw(self.seed_commitment)
         w.pairs(self.ciphertexts)
+        w.pairs(self.share_commitments)
+        w.blob(self.signature)
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ShareKeysResponse:
-        return cls(session_id, client_id, r.raw(_KEY), r.pairs())
+        return cls(session_id, client_id, r.raw(_KEY), r.pairs(), r.pairs(), r.blob())
 
 
 @dataclass(frozen=True, eq=False)
@@ -446,7 +489,8 @@ class MaskedInputRequest(Message):
 class MaskedInputResponse(Message):
     """Client -> server: the masked vector ``y_u``, ``uint32`` (``R <= 2**32``) or ``uint64``.
 
-    Decoding returns a read-only view of the received bytes (no copy).
+    Decoding returns a read-only view of the received bytes (no copy). ``signature``:
+    authenticated mode, the client's signature of this message (masked vector included).
     """
 
     KIND: ClassVar[int] = 6
@@ -454,6 +498,7 @@ class MaskedInputResponse(Message):
     session_id: bytes
     client_id: int
     masked: np.ndarray
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_session(self.session_id)
@@ -461,15 +506,18 @@ class MaskedInputResponse(Message):
         m = self.masked
         if not isinstance(m, np.ndarray) or m.ndim != 1 or m.dtype not in (np.uint32, np.uint64):
             raise TypeError("masked must be a 1-D uint32 or uint64 array")
+        _check_signature(self.signature)
 
     def _write(self, w: _Writer) -> None:
         m = self.masked
+        w.blob(self.signature)
         w.u8(m.dtype.itemsize)
         w.u64(m.shape[0])
         w.raw(np.ascontiguousarray(m, m.dtype.newbyteorder("<")).tobytes())
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> MaskedInputResponse:
+        signature = r.blob()
         size = r.u8()
         if size not in (4, 8):
             raise MessageFormatError(f"word size must be 4 or 8 bytes, got {size}")
@@ -478,7 +526,58 @@ class MaskedInputResponse(Message):
             raise MessageFormatError("message is truncated")
         data = r.take(n * size)
         words = np.frombuffer(data, f"<u{size}").astype(f"=u{size}", copy=False)
-        return cls(session_id, client_id, words)
+        return cls(session_id, client_id, words, signature)
+
+
+@dataclass(frozen=True, eq=False)
+class ConsistencyCheckRequest(Message):
+    """Server -> client: the set ``U3`` of clients whose masked input arrived (all of them).
+
+    Authenticated mode: the client signs this set; it reveals shares only if at least
+    ``threshold`` of its neighbours signed the *same* set (Bonawitz et al.'s ConsistencyCheck).
+    """
+
+    KIND: ClassVar[int] = 9
+    STAGE: ClassVar[str] = "consistency_check"
+    session_id: bytes
+    client_id: int
+    survivors: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        object.__setattr__(self, "survivors", _tuple_of_ids(self.survivors))
+        _check_ids(self.survivors, "survivors")
+
+    def _write(self, w: _Writer) -> None:
+        w.ids(self.survivors)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ConsistencyCheckRequest:
+        return cls(session_id, client_id, r.ids())
+
+
+@dataclass(frozen=True, eq=False)
+class ConsistencyCheckResponse(Message):
+    """Client -> server: the client's signature of the survivor set (empty: honest-but-curious)."""
+
+    KIND: ClassVar[int] = 10
+    STAGE: ClassVar[str] = "consistency_check"
+    session_id: bytes
+    client_id: int
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_session(self.session_id)
+        _check_id(self.client_id)
+        _check_signature(self.signature)
+
+    def _write(self, w: _Writer) -> None:
+        w.blob(self.signature)
+
+    @classmethod
+    def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> ConsistencyCheckResponse:
+        return cls(session_id, client_id, r.blob())
 
 
 @dataclass(frozen=True, eq=False)
@@ -492,6 +591,9 @@ class UnmaskRequest(Message):
     dropped : tuple of int
         Neighbours that shared keys but sent no masked input: reveal shares of ``s_v^SK``.
         An honest client refuses a request where the two overlap.
+    signatures : tuple of (int, bytes)
+        Authenticated mode: the consistency-check signatures of the client's neighbours over
+        the survivor set, ``(signer, signature)``.
     """
 
     KIND: ClassVar[int] = 7
@@ -500,6 +602,7 @@ class UnmaskRequest(Message):
     client_id: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         _check_session(self.session_id)
@@ -508,14 +611,17 @@ class UnmaskRequest(Message):
         object.__setattr__(self, "dropped", _tuple_of_ids(self.dropped))
         _check_ids(self.survivors, "survivors")
         _check_ids(self.dropped, "dropped")
+        object.__setattr__(self, "signatures", _tuple_of_pairs(self.signatures))
+        _check_pairs(self.signatures, "signatures")
 
     def _write(self, w: _Writer) -> None:
         w.ids(self.survivors)
         w.ids(self.dropped)
+        w.pairs(self.signatures)
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> UnmaskRequest:
-        return cls(session_id, client_id, r.ids(), r.ids())
+        return cls(session_id, client_id, r.ids(), r.ids(), r.pairs())
 
 
 @dataclass(frozen=True, eq=False)
@@ -528,6 +634,8 @@ class UnmaskResponse(Message):
         Shares of the self-mask seeds of the surviving owners.
     key_shares : tuple of (int, bytes)
         Shares of the mask private keys of the dropped owners.
+    signature : bytes
+        Authenticated mode: the client's signature of this message.
     """
 
     KIND: ClassVar[int] = 8
@@ -536,6 +644,7 @@ class UnmaskResponse(Message):
     client_id: int
     seed_shares: tuple[tuple[int, bytes], ...]
     key_shares: tuple[tuple[int, bytes], ...]
+    signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_session(self.session_id)
@@ -544,14 +653,16 @@ class UnmaskResponse(Message):
         object.__setattr__(self, "key_shares", _tuple_of_pairs(self.key_shares))
         _check_pairs(self.seed_shares, "seed_shares")
         _check_pairs(self.key_shares, "key_shares")
+        _check_signature(self.signature)
 
     def _write(self, w: _Writer) -> None:
         w.pairs(self.seed_shares)
         w.pairs(self.key_shares)
+        w.blob(self.signature)
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> UnmaskResponse:
-        return cls(session_id, client_id, r.pairs(), r.pairs())
+        return cls(session_id, client_id, r.pairs(), r.pairs(), r.blob())
 
 
 _KINDS: dict[int, type[Message]] = {
@@ -563,6 +674,8 @@ _KINDS: dict[int, type[Message]] = {
         ShareKeysResponse,
         MaskedInputRequest,
         MaskedInputResponse,
+        ConsistencyCheckRequest,
+        ConsistencyCheckResponse,
         UnmaskRequest,
         UnmaskResponse,
     )

@@ -1,77 +1,113 @@
 """Client and server state machines of SecAgg (Bonawitz et al. 2017) and SecAgg+ (Bell et al. 2020).
 
 The server learns ``sum_{u in U3} x_u mod R`` over the clients ``U3`` whose masked inputs
-arrived, and nothing else about the inputs, as long as fewer than ``threshold`` clients collude
-with it (honest-but-curious model). Both classes are transport-agnostic: they consume and produce
-:mod:`~aggkit.secure.messages` objects, which any transport carries as bytes;
-``simulation.py`` runs them in-process.
+arrived, and nothing else about the inputs. Both classes are transport-agnostic: they consume and
+produce :mod:`~aggkit.secure.messages` objects, which any transport carries as bytes;
+``simulation.py`` runs them in-process, ``aggkit_torch.flower`` over Flower.
+
+Two modes, chosen explicitly when a party is built (threat models in
+``docs/guide/secure-aggregation.md``):
+
+- **authenticated** (``identity=`` and ``registry=``; Bonawitz et al. section 6): every client
+  has a long-term Ed25519 identity (:mod:`aggkit.secure.identity`) known to all parties. Clients
+  sign their round keys together with the round's parameters, every response that can change
+  the sum, and the survivor set of the consistency check; receivers verify against the registry.
+  Holds against a server that deviates from the protocol (substitutes keys, alters parameters,
+  tells different clients different stories) colluding with fewer than ``2 t - |N[u]|`` of a
+  client's neighbours.
+- **honest-but-curious** (``honest_but_curious=True``): no identities or signatures. Holds only
+  while the server follows the protocol (it may collude with fewer than ``t`` clients and read
+  everything); a deviating server can substitute keys and unmask anyone. For simulations.
+
+In both modes a client enforces its own :class:`ClientPolicy` (minimum neighbours, threshold
+above half its share holders by default): the server cannot lower it.
 
 Stages (``U1 ⊇ U2 ⊇ U3 ⊇ U4`` are the clients still answering; ``N(u)`` the neighbours of ``u``
 in the masking graph, complete for SecAgg, sparse for SecAgg+; ``N[u] = N(u) + {u}``):
 
 1. ``advertise_keys``: each client makes two X25519 key pairs, ``c_u`` for the channel that
-   carries shares and ``s_u`` for the pairwise masks, and sends both public keys.
-2. ``share_keys``: the server sends each client the keys of its neighbours. The client draws a
-   self-mask seed ``b_u``, Shamir-shares ``b_u`` and ``s_u^SK`` t-of-``|N[u]|`` (keeping its own
-   share), encrypts each neighbour's pair of shares with AES-GCM under
-   ``HKDF(X25519(c_u^SK, c_v^PK))``, and commits to ``b_u`` (SHA-256).
+   carries shares and ``s_u`` for the pairwise masks, and sends both public keys (signed with the
+   round's session id, modulus, length and threshold).
+2. ``share_keys``: the server sends each client the keys of its neighbours, which it verifies. The
+   client draws a self-mask seed ``b_u``, Shamir-shares ``b_u`` and ``s_u^SK`` t-of-``|N[u]|``
+   (keeping its own share), encrypts each neighbour's pair of shares with AES-GCM under
+   ``HKDF(X25519(c_u^SK, c_v^PK))``, commits to ``b_u`` and to every share (SHA-256).
 3. ``masked_input``: the server forwards the ciphertexts. Client ``u`` masks with exactly the
    neighbours ``v`` whose ciphertexts it received (they are in ``U2``):
    ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) mod R``,
    ``s_uv = HKDF(X25519(s_u^SK, s_v^PK))``.
-4. ``unmask``: the server tells each survivor which neighbours survived (``U3``) and which
-   dropped (``U2 - U3``); the client returns shares of ``b_v`` for the first and of ``s_v^SK``
-   for the second. The server reconstructs, checks every ``b_v`` against its commitment and every
-   ``s_v^SK`` against ``s_v^PK``, subtracts the self masks of the survivors and the pairwise
-   masks they shared with dropped clients.
+4. ``consistency_check``: the server sends every survivor the set ``U3``; the client checks that
+   at least ``t`` of its closed neighbourhood are in it and signs it.
+5. ``unmask``: the server tells each client which neighbours survived and which dropped, with
+   the consistency signatures of its surviving neighbours. The client checks that the lists are
+   exactly what the signed ``U3`` implies and that ``t`` neighbours signed the same ``U3``, then
+   returns shares of ``b_v`` for the survivors and of ``s_v^SK`` for the dropped. The server checks
+   every share against its owner's commitment (a bad one is pinned on its sender, whose shares are
+   all ignored), reconstructs from good shares, checks every ``b_v`` against its commitment and
+   every ``s_v^SK`` against ``s_v^PK``, and removes the masks that did not cancel.
 
 Dropouts. A client that vanishes before its shares are forwarded (stages 1-2) is left out
 cleanly: nobody masks with it. For SecAgg+ the server also leaves out, before anyone masks, a
 client whose closed neighbourhood no longer holds ``threshold`` clients (its secrets could not be
 recovered), repeating until every remaining client has enough. A client that vanishes later is
-recovered from its neighbours' shares. If at stage 3 or 4 some secret that is needed can no longer
-be reconstructed (fewer than ``threshold`` holders answer), or fewer than ``threshold`` clients
-sent masked inputs, the server raises :class:`~aggkit.secure.errors.ProtocolAbort` *before*
-reconstructing any secret.
+recovered from its neighbours' shares. If at stage 3, 4 or 5 some secret that is needed can no
+longer be reconstructed (fewer than ``threshold`` holders answer), or fewer than ``threshold``
+clients sent masked inputs, the server raises :class:`~aggkit.secure.errors.ProtocolAbort`
+*before* asking for any share.
 
 Honest clients. A client never reveals both secrets of one peer: it answers a single unmask
 request, and refuses (:class:`~aggkit.secure.errors.RefusedRequest`) one that names a peer as
 both survivor and dropped, that names itself as dropped, that asks about a client it did not
-mask with, or that lists fewer than ``threshold`` survivors. It refuses key lists that do not echo
-its own keys or that repeat a key, and rejects any ciphertext that fails authentication. After any
-refusal the client is aborted and answers nothing more.
+mask with, or that differs from the survivor set it checked. It refuses key lists that do not
+echo its own keys or that repeat a key, parameters or neighbourhoods below its policy, and
+rejects any ciphertext or signature that fails verification. After any refusal the client is
+aborted and answers nothing more.
 
-Not covered (as in the paper's honest-but-curious variant): the consistency-check round with
-signatures that defends against a server that lies to different clients about ``U3``; the
-authenticity of the client-server channel itself (use TLS or the transport's authentication).
+Why a threshold above half the holders: an honest holder reveals at most one of the two secrets
+of an owner, so a server that splits the holders into a group told "survived" and one told
+"dropped" needs ``t`` shares from each: impossible when ``2 t > |N[u]|`` (plus the number of
+corrupt holders, who answer both). The consistency check makes a client reveal nothing unless
+``t`` registered neighbours vouch for the same survivor set.
+
+Not covered: the authenticity of the client-server channel itself (use TLS); the server choosing
+the graph (SecAgg+) and the session id; a corrupt owner committing to shares it did not send
+(its holders are then blamed for its own secrets only).
 
 Examples
 --------
 >>> import numpy as np
+>>> from aggkit.secure.identity import IdentityRegistry, SigningIdentity
 >>> from aggkit.secure.protocol import SecAggClient, SecAggServer
->>> server = SecAggServer([0, 1, 2], modulus=2**16, vector_length=2, threshold=2)
->>> clients = {u: SecAggClient(u) for u in range(3)}
->>> inputs = {0: np.array([1, 2]), 1: np.array([3, 4]), 2: np.array([5, 6])}
+>>> ids = {u: SigningIdentity.generate() for u in range(5)}
+>>> registry = IdentityRegistry.of(ids)
+>>> server = SecAggServer(range(5), modulus=2**16, vector_length=2, threshold=3, registry=registry)
+>>> clients = {u: SecAggClient(u, identity=ids[u], registry=registry) for u in range(5)}
+>>> inputs = {u: np.array([u, 10 * u]) for u in range(5)}
 >>> requests = server.start()
->>> for stage in range(4):
+>>> for stage in range(5):
 ...     for u, request in requests.items():
 ...         server.receive(clients[u].handle(request, inputs[u]))
-...     requests = server.advance() if stage < 3 else None
+...     requests = server.advance() if stage < 4 else None
 >>> server.finish().sum
-array([ 9, 12], dtype=uint64)
+array([ 10, 100], dtype=uint64)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aggkit.secure import crypto, shamir
 from aggkit.secure.errors import (
     AuthenticationError,
+    BadShareError,
     ProtocolAbort,
     ProtocolViolation,
     RefusedRequest,
@@ -86,6 +122,8 @@ from aggkit.secure.messages import (
     STAGES,
     AdvertiseKeysRequest,
     AdvertiseKeysResponse,
+    ConsistencyCheckRequest,
+    ConsistencyCheckResponse,
     MaskedInputRequest,
     MaskedInputResponse,
     Message,
@@ -96,22 +134,162 @@ from aggkit.secure.messages import (
     UnmaskResponse,
 )
 
-__all__ = ["SHARE_CIPHERTEXT_SIZE", "SecAggClient", "SecAggResult", "SecAggServer"]
+if TYPE_CHECKING:
+    from aggkit.secure.identity import IdentityRegistry, SigningIdentity
+
+__all__ = [
+    "SHARE_CIPHERTEXT_SIZE",
+    "ClientPolicy",
+    "SecAggClient",
+    "SecAggResult",
+    "SecAggServer",
+    "consistency_transcript",
+    "key_transcript",
+    "message_transcript",
+]
 
 _SHARE = shamir.share_size(crypto.KEY_SIZE)
 #: Size of one encrypted pair of shares (seed share, key share, GCM tag).
 SHARE_CIPHERTEXT_SIZE = 2 * _SHARE + crypto.SEAL_OVERHEAD
 _MASK_PURPOSE = b"pairwise-mask"
 _CHANNEL_PURPOSE = b"share-channel"
-_REQUESTS = (AdvertiseKeysRequest, ShareKeysRequest, MaskedInputRequest, UnmaskRequest)
-_RESPONSES = (AdvertiseKeysResponse, ShareKeysResponse, MaskedInputResponse, UnmaskResponse)
+_SEED, _KEY_SHARE = b"seed", b"key"
+_REQUESTS = (
+    AdvertiseKeysRequest,
+    ShareKeysRequest,
+    MaskedInputRequest,
+    ConsistencyCheckRequest,
+    UnmaskRequest,
+)
+_RESPONSES = (
+    AdvertiseKeysResponse,
+    ShareKeysResponse,
+    MaskedInputResponse,
+    ConsistencyCheckResponse,
+    UnmaskResponse,
+)
 _DONE = len(STAGES)
+_UNMASK = STAGES.index("unmask")
 
 
 def _stage_name(index: int) -> str:
     if index < 0:
         return "not started"
     return STAGES[index] if index < _DONE else "done"
+
+
+# =============================================================================== transcripts
+
+
+def key_transcript(
+    session_id: bytes,
+    client_id: int,
+    modulus: int,
+    vector_length: int,
+    threshold: int,
+    encryption_key: bytes,
+    mask_key: bytes,
+) -> bytes:
+    """What a client signs at ``advertise_keys``: its keys *and the round's parameters*.
+
+    A neighbour verifies it with its own parameters, so a server that gives two clients different
+    moduli, lengths, thresholds or sessions is caught before anyone masks.
+    """
+    params = AdvertiseKeysRequest(session_id, client_id, modulus, vector_length, threshold)
+    return crypto.LABEL + b"|keys|" + params.to_bytes() + encryption_key + mask_key
+
+
+def message_transcript(message: Message) -> bytes:
+    """What a client signs for a response: a SHA-256 digest of its bytes, signature empty."""
+    return crypto.LABEL + b"|msg|" + hashlib.sha256(message.signed_bytes()).digest()
+
+
+def consistency_transcript(session_id: bytes, survivors: Iterable[int]) -> bytes:
+    """What a client signs at ``consistency_check``: the session and the sorted set ``U3``."""
+    ids = sorted(survivors)
+    return crypto.LABEL + b"|consistency|" + session_id + struct.pack(f">{len(ids)}I", *ids)
+
+
+# =============================================================================== policy
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What a client requires of a round before it shares anything; the server cannot lower it.
+
+    Attributes
+    ----------
+    min_neighbours : int
+        Fewest neighbours (share holders besides itself) a client accepts. With very few, the sum
+        itself reveals the input to anyone who knows the others'. Default 3.
+    threshold_fraction : float
+        The threshold ``t`` must exceed this fraction of the client's share holders
+        (``|N[u]|``, itself included). Default 0.5, Bonawitz et al.'s bound against a malicious
+        server: an honest holder reveals only one of an owner's two secrets, so two groups of
+        ``t`` holders (one for each secret) cannot both exist when ``2 t > |N[u]|``. With ``c``
+        corrupt clients among the holders it takes ``2 t > |N[u]| + c``: raise it if you expect
+        corrupt clients.
+
+    Examples
+    --------
+    >>> ClientPolicy().check(0, threshold=3, holders=5)
+    >>> try:
+    ...     ClientPolicy().check(0, threshold=2, holders=5)
+    ... except RefusedRequest as refusal:
+    ...     print(refusal)
+    client 0: threshold 2 is not above 0.5 of its 5 share holders (client policy)
+    """
+
+    min_neighbours: int = 3
+    threshold_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_neighbours, bool) or not isinstance(self.min_neighbours, int):
+            raise TypeError("min_neighbours must be an int")
+        if self.min_neighbours < 0:
+            raise ValueError("min_neighbours must be >= 0")
+        if not 0.0 <= float(self.threshold_fraction) < 1.0:
+            raise ValueError("threshold_fraction must be in [0, 1)")
+
+    @classmethod
+    def permissive(cls) -> ClientPolicy:
+        """No minimum at all: for simulations where one party runs every client and the server."""
+        return cls(min_neighbours=0, threshold_fraction=0.0)
+
+    def check(self, client_id: int, *, threshold: int, holders: int) -> None:
+        """Refuse (:class:`RefusedRequest`) a threshold or neighbourhood below this policy."""
+        if holders - 1 < self.min_neighbours:
+            raise RefusedRequest(
+                f"client {client_id}: {holders - 1} neighbours, fewer than its minimum "
+                f"{self.min_neighbours} (client policy)"
+            )
+        if Fraction(threshold) <= Fraction(self.threshold_fraction) * holders:
+            raise RefusedRequest(
+                f"client {client_id}: threshold {threshold} is not above "
+                f"{self.threshold_fraction} of its {holders} share holders (client policy)"
+            )
+
+    def smallest_threshold(self) -> int:
+        """The smallest threshold this policy can accept (at ``min_neighbours + 1`` holders)."""
+        floor = Fraction(self.threshold_fraction) * (self.min_neighbours + 1)
+        return int(floor) + 1
+
+
+def _check_mode(
+    identity: object, registry: object, honest_but_curious: bool, who: str, needs_identity: bool
+) -> bool:
+    """True for the authenticated mode; the caller must choose one mode explicitly."""
+    if honest_but_curious:
+        if identity is not None or registry is not None:
+            raise ValueError(f"{who}: honest_but_curious=True takes no identity or registry")
+        return False
+    if registry is None or (needs_identity and identity is None):
+        need = "identity= and registry=" if needs_identity else "registry="
+        raise TypeError(
+            f"{who}: choose the mode: pass {need} (authenticated, holds against a malicious "
+            "server) or honest_but_curious=True (simulations; a deviating server breaks it)"
+        )
+    return True
 
 
 # =============================================================================== client
@@ -126,18 +304,49 @@ class SecAggClient:
     Parameters
     ----------
     client_id : int
-        This client's id, ``0 <= client_id <= MAX_CLIENT_ID``.
+        This client's id, ``0 <= client_id <= MAX_CLIENT_ID`` (its id in the registry).
+    identity : SigningIdentity, optional
+        Authenticated mode: this client's long-term signing key.
+    registry : IdentityRegistry, optional
+        Authenticated mode: the public identities of every client.
+    honest_but_curious : bool
+        ``True`` selects the mode without identities (no defence against a deviating server).
+        One of the two modes must be chosen.
+    policy : ClientPolicy
+        Minimum threshold and neighbourhood this client accepts (default: :class:`ClientPolicy`).
     randbytes : callable
         Source of secret randomness (keys, seed, Shamir coefficients): ``os.urandom`` unless a
         reproducible simulation passes :class:`~aggkit.secure.crypto.DeterministicRandom`.
     """
 
-    def __init__(self, client_id: int, *, randbytes: Callable[[int], bytes] = os.urandom):
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        identity: SigningIdentity | None = None,
+        registry: IdentityRegistry | None = None,
+        honest_but_curious: bool = False,
+        policy: ClientPolicy | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ):
         if not isinstance(client_id, int | np.integer) or isinstance(client_id, bool):
             raise TypeError(f"client_id must be an int, got {type(client_id).__name__}")
         if not 0 <= client_id <= MAX_CLIENT_ID:
             raise ValueError(f"client_id must be in [0, {MAX_CLIENT_ID}], got {client_id}")
         self.client_id = int(client_id)
+        self.authenticated = _check_mode(
+            identity, registry, honest_but_curious, "SecAggClient", needs_identity=True
+        )
+        if self.authenticated:
+            if registry.get(self.client_id) != identity.public_key:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"client {self.client_id}: the registry does not hold this identity's key"
+                )
+        self._identity = identity
+        self._registry = registry
+        self.policy = ClientPolicy() if policy is None else policy
+        if not isinstance(self.policy, ClientPolicy):
+            raise TypeError("policy must be a ClientPolicy")
         self._rand = randbytes
         self._stage = 0
         self._aborted = False
@@ -171,7 +380,7 @@ class SecAggClient:
         RefusedRequest
             A request an honest client must not answer (see the module docstring).
         AuthenticationError
-            A ciphertext or public key failed verification.
+            A ciphertext, public key or signature failed verification (``SignatureError``).
         ValueError, TypeError
             A bad ``value``; the client stays at its stage and may be given a valid one.
         """
@@ -198,10 +407,9 @@ class SecAggClient:
             raise ProtocolViolation("request from another session")
         if self._stage == 2:
             value = self._check_value(value)  # before any state change: a bad value is retryable
+        stages = (self._advertise, self._share, self._mask, self._consistency, self._unmask)
         try:
-            response = (self._advertise, self._share, self._mask, self._unmask)[self._stage](
-                request, value
-            )
+            response = stages[self._stage](request, value)
         except SecAggError:
             self._abort()
             raise
@@ -212,7 +420,19 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ stages
 
+    def _signed(self, message: Message) -> Message:
+        if not self.authenticated:
+            return message
+        return replace(message, signature=self._identity.sign(message_transcript(message)))  # type: ignore[union-attr,type-var]
+
     def _advertise(self, request: AdvertiseKeysRequest, value) -> AdvertiseKeysResponse:
+        u = self.client_id
+        smallest = self.policy.smallest_threshold()
+        if request.threshold < smallest:
+            raise RefusedRequest(
+                f"client {u}: threshold {request.threshold} is below the smallest this client "
+                f"accepts ({smallest}, client policy)"
+            )
         self._session = request.session_id
         self._modulus = request.modulus
         self._length = request.vector_length
@@ -221,7 +441,15 @@ class SecAggClient:
         self._channel_sk, channel_pk = crypto.generate_keypair(self._rand)
         self._mask_sk, mask_pk = crypto.generate_keypair(self._rand)
         self._own_keys = (channel_pk, mask_pk)
-        return AdvertiseKeysResponse(self._session, self.client_id, channel_pk, mask_pk)
+        signature = b""
+        if self.authenticated:
+            signature = self._identity.sign(  # type: ignore[union-attr]
+                key_transcript(self._session, u, *self._params(), channel_pk, mask_pk)
+            )
+        return AdvertiseKeysResponse(self._session, u, channel_pk, mask_pk, signature)
+
+    def _params(self) -> tuple[int, int, int]:
+        return self._modulus, self._length, self._threshold
 
     def _share(self, request: ShareKeysRequest, value) -> ShareKeysResponse:
         u = self.client_id
@@ -232,11 +460,22 @@ class SecAggClient:
         keys = [k for p in request.peers for k in (p.encryption_key, p.mask_key)]
         if len(set(keys)) != len(keys):
             raise RefusedRequest(f"client {u}: the key list repeats a public key")
+        if self.authenticated:
+            for v, p in peers.items():
+                if v != u:
+                    self._registry.verify(  # type: ignore[union-attr]
+                        v,
+                        key_transcript(
+                            self._session, v, *self._params(), p.encryption_key, p.mask_key
+                        ),
+                        p.signature,
+                    )
         if len(peers) < self._threshold:
             raise RefusedRequest(
                 f"client {u}: {len(peers)} key holders (itself included) are fewer than the "
                 f"threshold {self._threshold}"
             )
+        self.policy.check(u, threshold=self._threshold, holders=len(peers))
         self._peer_mask_keys = {v: p.mask_key for v, p in peers.items() if v != u}
         self._seed = bytes(self._rand(crypto.KEY_SIZE))
         holders = sorted(peers)
@@ -246,17 +485,28 @@ class SecAggClient:
         self._held: dict[int, tuple[bytes, bytes]] = {}
         self._channel_keys: dict[int, bytes] = {}
         ciphertexts = []
+        commitments = []
         channel_key = crypto.load_private_key(self._channel_sk)
+        session = self._session
         for v, (seed_share, key_share) in zip(holders, shares, strict=True):
+            commitments.append(
+                (
+                    v,
+                    crypto.share_digest(session, u, v, _SEED, seed_share)
+                    + crypto.share_digest(session, u, v, _KEY_SHARE, key_share),
+                )
+            )
             if v == u:
                 self._held[u] = (seed_share, key_share)
                 continue
             shared = crypto.agree(channel_key, peers[v].encryption_key)
-            key = crypto.derive_key(shared, self._session, _CHANNEL_PURPOSE, u, v)
+            key = crypto.derive_key(shared, session, _CHANNEL_PURPOSE, u, v)
             self._channel_keys[v] = key
-            ciphertexts.append((v, crypto.seal(key, self._session, u, v, seed_share + key_share)))
-        commitment = crypto.commit(self._session, u, self._seed)
-        return ShareKeysResponse(self._session, u, commitment, tuple(ciphertexts))
+            ciphertexts.append((v, crypto.seal(key, session, u, v, seed_share + key_share)))
+        commitment = crypto.commit(session, u, self._seed)
+        return self._signed(
+            ShareKeysResponse(session, u, commitment, tuple(ciphertexts), tuple(commitments))
+        )
 
     def _check_value(self, value) -> np.ndarray:
         if value is None:
@@ -299,7 +549,24 @@ class SecAggClient:
         generator = crypto.MaskGenerator(self._modulus)
         masked = value.astype(generator.dtype)  # a fresh copy, never the caller's array
         generator.apply_many(masked, masks)
-        return MaskedInputResponse(self._session, u, masked)
+        return self._signed(MaskedInputResponse(self._session, u, masked))
+
+    def _consistency(self, request: ConsistencyCheckRequest, value) -> ConsistencyCheckResponse:
+        u = self.client_id
+        u3 = frozenset(request.survivors)
+        if u not in u3:
+            raise RefusedRequest(f"client {u}: the survivor set leaves out this client")
+        alive = (self._masked_with | {u}) & u3
+        if len(alive) < self._threshold:
+            raise RefusedRequest(
+                f"client {u}: {len(alive)} of its share holders survived, fewer than the "
+                f"threshold {self._threshold}"
+            )
+        self._u3 = u3
+        signature = b""
+        if self.authenticated:
+            signature = self._identity.sign(consistency_transcript(self._session, u3))  # type: ignore[union-attr]
+        return ConsistencyCheckResponse(self._session, u, signature)
 
     def _unmask(self, request: UnmaskRequest, value) -> UnmaskResponse:
         u = self.client_id
@@ -317,16 +584,33 @@ class SecAggClient:
             raise RefusedRequest(
                 f"client {u}: asked about clients it did not mask with: {sorted(unknown)[:5]}"
             )
-        if len(survivors) < self._threshold:
+        alive = (self._masked_with | {u}) & self._u3
+        if survivors != alive or dropped != self._masked_with - self._u3:
             raise RefusedRequest(
-                f"client {u}: {len(survivors)} survivors are fewer than the threshold "
-                f"{self._threshold}"
+                f"client {u}: the unmask request does not match the survivor set it checked"
             )
-        return UnmaskResponse(
-            self._session,
-            u,
-            tuple((v, self._held[v][0]) for v in request.survivors),
-            tuple((v, self._held[v][1]) for v in request.dropped),
+        if self.authenticated:
+            signers = {v for v, _ in request.signatures}
+            if not signers <= alive:
+                raise RefusedRequest(
+                    f"client {u}: consistency signatures from clients that are not surviving "
+                    f"neighbours: {sorted(signers - alive)[:5]}"
+                )
+            transcript = consistency_transcript(self._session, self._u3)
+            for v, signature in request.signatures:
+                self._registry.verify(v, transcript, signature)  # type: ignore[union-attr]
+            if len(signers) < self._threshold:
+                raise RefusedRequest(
+                    f"client {u}: only {len(signers)} neighbours signed the survivor set, fewer "
+                    f"than the threshold {self._threshold}"
+                )
+        return self._signed(
+            UnmaskResponse(
+                self._session,
+                u,
+                tuple((v, self._held[v][0]) for v in request.survivors),
+                tuple((v, self._held[v][1]) for v in request.dropped),
+            )
         )
 
     def _abort(self) -> None:
@@ -356,12 +640,16 @@ class SecAggResult:
     pruned : dict of str to tuple of int
         For each stage, the clients the server left out when closing it, before anyone masked
         with them, because too few of their neighbours were left to hold their shares.
+    bad_shares : tuple of int
+        Clients that returned a share differing from its owner's commitment; all their shares
+        were ignored (the round finished from the others).
     """
 
     sum: np.ndarray
     included: tuple[int, ...]
     dropped: dict[str, tuple[int, ...]]
     pruned: dict[str, tuple[int, ...]]
+    bad_shares: tuple[int, ...] = ()
 
 
 class SecAggServer:
@@ -382,7 +670,15 @@ class SecAggServer:
     threshold : int
         ``t``: shares needed to reconstruct a client's secrets. ``1 <= t <= |N[u]|`` for every
         client. The server colluding with fewer than ``t`` clients learns nothing beyond the sum;
-        Bonawitz et al.'s analysis against an active server needs ``t > 2/3`` of the holders.
+        against a deviating server ``2 t > |N[u]|`` is needed, and the clients' default
+        :class:`ClientPolicy` refuses anything less.
+    registry : IdentityRegistry, optional
+        Authenticated mode: the clients' public identities; the server verifies every signed
+        response (so a message altered on the way is refused, not summed) and forwards the
+        signatures to the neighbours.
+    honest_but_curious : bool
+        ``True`` selects the mode without identities. One of the two modes must be chosen, the
+        same as the clients'.
     graph : mapping of int to iterable of int, optional
         The masking graph (neighbours of each client, symmetric); the complete graph (SecAgg) by
         default. Use :func:`~aggkit.secure.graph.harary_graph` for SecAgg+.
@@ -399,10 +695,15 @@ class SecAggServer:
         modulus: int,
         vector_length: int,
         threshold: int,
+        registry: IdentityRegistry | None = None,
+        honest_but_curious: bool = False,
         graph: Mapping[int, Iterable[int]] | None = None,
         session_id: bytes | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
     ):
+        self.authenticated = _check_mode(
+            None, registry, honest_but_curious, "SecAggServer", needs_identity=False
+        )
         ids = sorted(complete_graph(client_ids))  # validates the ids
         if not ids:
             raise ValueError("client_ids must not be empty")
@@ -424,6 +725,11 @@ class SecAggServer:
             session_id = bytes(randbytes(SESSION_ID_SIZE))
         if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE:
             raise ValueError(f"session_id must be {SESSION_ID_SIZE} bytes")
+        if self.authenticated:
+            missing = [u for u in ids if u not in registry]  # type: ignore[operator]
+            if missing:
+                raise ValueError(f"clients {missing[:5]} are not in the identity registry")
+        self._registry = registry
         self.client_ids = tuple(ids)
         self.modulus = int(modulus)
         self.vector_length = int(vector_length)
@@ -436,6 +742,7 @@ class SecAggServer:
         self._active: frozenset[int] = frozenset(ids)
         self._dropped: dict[str, tuple[int, ...]] = {}
         self._pruned: dict[str, tuple[int, ...]] = {}
+        self._bad: set[int] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -459,6 +766,7 @@ class SecAggServer:
         self._require_stage(-1, "start")
         self._stage = 0
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._key_signatures: dict[int, bytes] = {}
         requests = {
             u: AdvertiseKeysRequest(
                 self.session_id, u, self.modulus, self.vector_length, self.threshold
@@ -477,6 +785,12 @@ class SecAggServer:
             The response belongs to another stage (e.g. it arrived after its stage was closed).
         ProtocolViolation
             Unknown or repeated sender, another session, or content that breaks the protocol.
+        SignatureError
+            Authenticated mode: the signature does not verify (the message was altered or
+            forged); the response is ignored.
+        BadShareError
+            A share differs from its owner's commitment: the sender (``error.client_id``) is
+            excluded from the unmask stage and none of its shares is used.
         """
         if not isinstance(response, Message):
             raise TypeError(f"response must be a secure aggregation Message, got {type(response)}")
@@ -494,11 +808,27 @@ class SecAggServer:
             raise ProtocolViolation(f"response from client {response.client_id}: wrong session")
         u = response.client_id
         if u not in self._waiting:
-            what = "already answered" if u in self._answered else "was not asked"
+            what = (
+                "already answered"
+                if u in self._answered
+                else "sent a bad share and is excluded"
+                if u in self._bad
+                else "was not asked"
+            )
             raise ProtocolViolation(f"client {u} {what} at stage {STAGES[self._stage]!r}")
-        (self._take_keys, self._take_shares, self._take_masked, self._take_unmask)[self._stage](
-            response
+        takes = (
+            self._take_keys,
+            self._take_shares,
+            self._take_masked,
+            self._take_consistency,
+            self._take_unmask,
         )
+        try:
+            takes[self._stage](response)
+        except BadShareError:
+            self._waiting.discard(u)
+            self._bad.add(u)
+            raise
         self._waiting.discard(u)
         self._answered.add(u)
 
@@ -524,7 +854,8 @@ class SecAggServer:
         answered = frozenset(self._answered)
         self._record_dropped(closing, answered)
         try:
-            requests = (self._after_keys, self._after_shares, self._after_masked)[closing](answered)
+            afters = (self._after_keys, self._after_shares, self._after_masked, self._after_check)
+            requests = afters[closing](answered)
         except ProtocolAbort:
             self._abort()
             raise
@@ -565,36 +896,68 @@ class SecAggServer:
             raise
         self._stage = _DONE
         result = SecAggResult(
-            total, tuple(sorted(self._u3)), dict(self._dropped), dict(self._pruned)
+            total,
+            tuple(sorted(self._u3)),
+            dict(self._dropped),
+            dict(self._pruned),
+            tuple(sorted(self._bad)),
         )
         self._forget()
         return result
 
     # ------------------------------------------------------------------ stage logic
 
+    def _verify(self, response: Message) -> None:
+        if self.authenticated:
+            self._registry.verify(  # type: ignore[union-attr]
+                response.client_id,
+                message_transcript(response),
+                response.signature,  # type: ignore[attr-defined]
+            )
+
     def _take_keys(self, r: AdvertiseKeysResponse) -> None:
+        if self.authenticated:
+            self._registry.verify(  # type: ignore[union-attr]
+                r.client_id,
+                key_transcript(
+                    self.session_id,
+                    r.client_id,
+                    self.modulus,
+                    self.vector_length,
+                    self.threshold,
+                    r.encryption_key,
+                    r.mask_key,
+                ),
+                r.signature,
+            )
         if r.encryption_key == r.mask_key:
             raise ProtocolViolation(f"client {r.client_id} uses one key for both purposes")
         known = {k for pair in self._keys.values() for k in pair}
         if r.encryption_key in known or r.mask_key in known:
             raise ProtocolViolation(f"client {r.client_id} reuses another client's public key")
         self._keys[r.client_id] = (r.encryption_key, r.mask_key)
+        self._key_signatures[r.client_id] = r.signature
 
     def _after_keys(self, answered: frozenset[int]) -> dict[int, Message]:
         u1 = self._prune(answered)
         self._u1 = u1
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
         self._commitments: dict[int, bytes] = {}
+        self._share_digests: dict[int, dict[int, bytes]] = {}
         return {
             u: ShareKeysRequest(
                 self.session_id,
                 u,
-                tuple(PeerKeys(v, *self._keys[v]) for v in sorted(self._closed(u) & u1)),
+                tuple(
+                    PeerKeys(v, *self._keys[v], self._key_signatures[v])
+                    for v in sorted(self._closed(u) & u1)
+                ),
             )
             for u in sorted(u1)
         }
 
     def _take_shares(self, r: ShareKeysResponse) -> None:
+        self._verify(r)
         u = r.client_id
         expected = self._graph[u] & self._u1
         got = {v for v, _ in r.ciphertexts}
@@ -604,8 +967,12 @@ class SecAggServer:
             )
         if any(len(c) != SHARE_CIPHERTEXT_SIZE for _, c in r.ciphertexts):
             raise ProtocolViolation(f"client {u} sent a ciphertext of the wrong size")
+        digests = dict(r.share_commitments)
+        if set(digests) != expected | {u} or any(len(d) != 64 for d in digests.values()):
+            raise ProtocolViolation(f"client {u} did not commit to one share per holder")
         self._ciphertexts[u] = dict(r.ciphertexts)
         self._commitments[u] = r.seed_commitment
+        self._share_digests[u] = digests
 
     def _after_shares(self, answered: frozenset[int]) -> dict[int, Message]:
         u2 = self._prune(answered)
@@ -630,43 +997,74 @@ class SecAggServer:
         full = 1 << (8 * self._dtype.itemsize)
         if self.modulus < full and y.size and int(y.max()) >= self.modulus:
             raise ProtocolViolation(f"client {r.client_id}: masked values not in [0, modulus)")
+        self._verify(r)
         from aggkit import kernels
 
         kernels.masking.add_mod(self._sum, y, self.modulus)
 
+    def _check_holders(self, alive: frozenset[int], stage: str) -> None:
+        """Abort unless every secret that will be needed has ``threshold`` holders in ``alive``."""
+        u3, t = self._u3, self.threshold
+        dropped = self._u2 - u3
+        # Secrets needed: every survivor's seed; the mask key of every dropped client that
+        # some survivor masked with. Holders still alive: the owner's closed neighbourhood.
+        needed = sorted(u3) + sorted(d for d in dropped if self._graph[d] & u3)
+        for owner in needed:
+            holders = len(self._closed(owner) & alive)
+            if holders < t:
+                raise ProtocolAbort(
+                    f"client {owner}'s secrets are held by only {holders} surviving clients, "
+                    f"fewer than the threshold {t}",
+                    stage=stage,
+                )
+
     def _after_masked(self, answered: frozenset[int]) -> dict[int, Message]:
-        u3, u2, t = answered, self._u2, self.threshold
+        u3, t = answered, self.threshold
         if len(u3) < t:
             raise ProtocolAbort(
                 f"{len(u3)} masked inputs arrived, fewer than the threshold {t}",
                 stage="masked_input",
             )
-        dropped = u2 - u3
-        # Secrets needed: every survivor's seed; the mask key of every dropped client that
-        # some survivor masked with. Holders still alive: the owner's closed neighbourhood in U3.
-        needed = sorted(u3) + sorted(d for d in dropped if self._graph[d] & u3)
-        for owner in needed:
-            holders = len(self._closed(owner) & u3)
-            if holders < t:
-                raise ProtocolAbort(
-                    f"client {owner}'s secrets are held by only {holders} surviving clients, "
-                    f"fewer than the threshold {t}",
-                    stage="masked_input",
-                )
         self._u3 = u3
+        self._check_holders(u3, "masked_input")
+        self._check_signatures: dict[int, bytes] = {}
+        self._u3_transcript = consistency_transcript(self.session_id, u3)
+        survivors = tuple(sorted(u3))
+        return {v: ConsistencyCheckRequest(self.session_id, v, survivors) for v in survivors}
+
+    def _take_consistency(self, r: ConsistencyCheckResponse) -> None:
+        if self.authenticated:
+            self._registry.verify(r.client_id, self._u3_transcript, r.signature)  # type: ignore[union-attr]
+        self._check_signatures[r.client_id] = r.signature
+
+    def _after_check(self, answered: frozenset[int]) -> dict[int, Message]:
+        u3, u4, t = self._u3, answered, self.threshold
+        dropped = self._u2 - u3
+        # A client reveals shares only if t of its surviving neighbours signed U3: ask only them.
+        if self.authenticated:
+            asked = frozenset(v for v in u4 if len(self._closed(v) & u4) >= t)
+        else:
+            asked = u4
+        self._check_holders(asked, "consistency_check")
         self._seed_shares: dict[int, dict[int, bytes]] = {u: {} for u in u3}
         self._key_shares: dict[int, dict[int, bytes]] = {
             d: {} for d in dropped if self._graph[d] & u3
         }
         self._asked: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
         requests = {}
-        for v in sorted(u3):
+        for v in sorted(asked):
             survivors = self._closed(v) & u3
             gone = self._graph[v] & dropped
             self._asked[v] = (survivors, gone)
+            signatures = ()
+            if self.authenticated:
+                signatures = tuple(
+                    (s, self._check_signatures[s]) for s in sorted(self._closed(v) & u4)
+                )
             requests[v] = UnmaskRequest(
-                self.session_id, v, tuple(sorted(survivors)), tuple(sorted(gone))
+                self.session_id, v, tuple(sorted(survivors)), tuple(sorted(gone)), signatures
             )
+        del self._check_signatures
         return requests
 
     def _take_unmask(self, r: UnmaskResponse) -> None:
@@ -676,6 +1074,17 @@ class SecAggServer:
             raise ProtocolViolation(f"client {v} did not return exactly the requested shares")
         if any(len(s) != _SHARE for _, s in (*r.seed_shares, *r.key_shares)):
             raise ProtocolViolation(f"client {v} sent a share of the wrong size")
+        self._verify(r)
+        session = self.session_id
+        for kind, offset, pairs in ((_SEED, 0, r.seed_shares), (_KEY_SHARE, 32, r.key_shares)):
+            for owner, share in pairs:
+                expected = self._share_digests[owner][v][offset : offset + 32]
+                if crypto.share_digest(session, owner, v, kind, share) != expected:
+                    raise BadShareError(
+                        f"client {v} returned a {kind.decode()} share of client {owner}'s secret "
+                        "that differs from the owner's commitment: all its shares are ignored",
+                        client_id=v,
+                    )
         for owner, share in r.seed_shares:
             self._seed_shares[owner][v + 1] = share
         for owner, share in r.key_shares:

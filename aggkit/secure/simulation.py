@@ -48,7 +48,7 @@ import numpy as np
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.graph import complete_graph, harary_graph
 from aggkit.secure.messages import STAGES, decode
-from aggkit.secure.protocol import SecAggClient, SecAggServer
+from aggkit.secure.protocol import ClientPolicy, SecAggClient, SecAggServer
 
 __all__ = ["SimulationResult", "StageCost", "default_threshold", "run_secure_sum", "simulate_round"]
 
@@ -140,6 +140,8 @@ def simulate_round(
     graph: str | Mapping[int, Collection[int]] = "secagg+",
     degree: int | None = None,
     seed: int | None = None,
+    authenticated: bool = False,
+    policy: ClientPolicy | None = None,
 ) -> SimulationResult:
     """Run one secure aggregation round over the rows of ``inputs``.
 
@@ -156,8 +158,9 @@ def simulate_round(
     dropouts : mapping, optional
         ``{stage: clients}``: the clients (rows) that vanish at each stage, never answering its
         request; or ``{stage: fraction}`` of the clients asked at that stage, drawn with ``seed``.
-        Stages: ``"advertise_keys"``, ``"share_keys"``, ``"masked_input"``, ``"unmask"``. A client
-        listed at several stages vanishes at the first.
+        Stages: ``"advertise_keys"``, ``"share_keys"``, ``"masked_input"``,
+        ``"consistency_check"``, ``"unmask"``. A client listed at several stages vanishes at the
+        first.
     graph : {"secagg+", "secagg"} or mapping
         ``"secagg"``: complete graph. ``"secagg+"``: Harary graph with ``degree`` neighbours over a
         random permutation (complete when ``K`` is small). Or an explicit symmetric graph.
@@ -166,6 +169,12 @@ def simulate_round(
     seed : int, optional
         Makes the round reproducible (keys, seeds, graph, dropouts). Simulation only: without a
         seed all secrets come from ``os.urandom``.
+    authenticated : bool
+        Run the authenticated mode (every client gets an Ed25519 identity, drawn with ``seed``,
+        and signs; the server and clients verify) instead of the honest-but-curious one.
+    policy : ClientPolicy, optional
+        The clients' policy; :meth:`ClientPolicy.permissive` by default, since one party plays
+        every role here (a deployment's clients keep the strict default).
 
     Returns
     -------
@@ -208,6 +217,7 @@ def simulate_round(
     costs = {stage: StageCost() for stage in STAGES}
     clock = time.perf_counter
     start = clock()
+    modes = _modes(ids, authenticated, randomness)
     server = SecAggServer(
         ids,
         modulus=modulus,
@@ -215,8 +225,13 @@ def simulate_round(
         threshold=t,
         graph=masking_graph,
         randbytes=randomness("server"),
+        **modes.server,
     )
-    clients = {u: SecAggClient(u, randbytes=randomness("client", u)) for u in ids}
+    policy = ClientPolicy.permissive() if policy is None else policy
+    clients = {
+        u: SecAggClient(u, randbytes=randomness("client", u), policy=policy, **modes.client(u))
+        for u in ids
+    }
     requests = server.start()
     costs[STAGES[0]].server_seconds += clock() - start
     result = None
@@ -271,6 +286,7 @@ def run_secure_sum(
     graph: str | Mapping[int, Collection[int]] = "secagg+",
     degree: int | None = None,
     seed: int | None = None,
+    authenticated: bool = False,
 ) -> np.ndarray:
     """The modular sum of the rows of ``inputs`` computed by the real protocol.
 
@@ -302,7 +318,29 @@ def run_secure_sum(
         graph=graph,
         degree=degree,
         seed=seed,
+        authenticated=authenticated,
     ).sum
+
+
+@dataclass
+class _Modes:
+    server: dict
+    identities: dict
+
+    def client(self, u: int) -> dict:
+        if not self.identities:
+            return {"honest_but_curious": True}
+        return {"identity": self.identities[u], "registry": self.server["registry"]}
+
+
+def _modes(ids: list[int], authenticated: bool, randomness) -> _Modes:
+    """The keyword arguments that choose the protocol mode for the server and each client."""
+    if not authenticated:
+        return _Modes({"honest_but_curious": True}, {})
+    from aggkit.secure.identity import IdentityRegistry, SigningIdentity
+
+    identities = {u: SigningIdentity.generate(randomness("identity", u)) for u in ids}
+    return _Modes({"registry": IdentityRegistry.of(identities)}, identities)
 
 
 def _resolve_threshold(threshold: int | float | None, holders: int) -> int:

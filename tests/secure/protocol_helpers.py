@@ -11,7 +11,19 @@ pytest.importorskip("cryptography")
 
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.messages import STAGES, Message, decode
-from aggkit.secure.protocol import SecAggClient, SecAggResult, SecAggServer
+from aggkit.secure.identity import IdentityRegistry, SigningIdentity
+from aggkit.secure.protocol import ClientPolicy, SecAggClient, SecAggResult, SecAggServer
+
+#: The policy of the honest-but-curious tests below: they probe the protocol's own checks at
+#: thresholds and sizes a deployment's default ClientPolicy would refuse.
+PERMISSIVE = ClientPolicy.permissive()
+
+
+def identities(n: int, seed: int = 0) -> tuple[dict[int, SigningIdentity], IdentityRegistry]:
+    """Reproducible identities for clients ``0..n-1`` and their registry."""
+    ids = {u: SigningIdentity.generate(DeterministicRandom(seed, "identity", u)) for u in range(n)}
+    return ids, IdentityRegistry.of(ids)
+
 
 #: ``hook(stage, client_id, message) -> message``: sees each request before the client does and
 #: each response before the server does.
@@ -28,10 +40,23 @@ def drive_round(
     on_request: Hook | None = None,
     on_response: Hook | None = None,
     seed: int = 0,
+    authenticated: bool = False,
+    policy: ClientPolicy = PERMISSIVE,
 ) -> tuple[SecAggResult, SecAggServer, dict[int, SecAggClient]]:
-    """Run a full round over ``inputs`` rows; every message goes through bytes."""
+    """Run a full round over ``inputs`` rows; every message goes through bytes.
+
+    ``authenticated=True`` gives every client an identity (and the default-strict ``policy`` if
+    the caller passes ``ClientPolicy()``); otherwise the honest-but-curious mode.
+    """
     drop = drop or {}
     ids = list(range(inputs.shape[0]))
+    if authenticated:
+        keys, registry = identities(len(ids), seed)
+        server_mode: dict = {"registry": registry}
+        client_mode = {u: {"identity": keys[u], "registry": registry} for u in ids}
+    else:
+        server_mode = {"honest_but_curious": True}
+        client_mode = {u: {"honest_but_curious": True} for u in ids}
     server = SecAggServer(
         ids,
         modulus=modulus,
@@ -39,8 +64,14 @@ def drive_round(
         threshold=threshold,
         graph=graph,
         randbytes=DeterministicRandom(seed, "server"),
+        **server_mode,
     )
-    clients = {u: SecAggClient(u, randbytes=DeterministicRandom(seed, "client", u)) for u in ids}
+    clients = {
+        u: SecAggClient(
+            u, randbytes=DeterministicRandom(seed, "client", u), policy=policy, **client_mode[u]
+        )
+        for u in ids
+    }
     requests = server.start()
     result = None
     for index, stage in enumerate(STAGES):
@@ -75,9 +106,13 @@ def up_to_masked_input(
 ) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, Message]]:
     """Server and clients ``0..n-1`` after key sharing, with the masked-input requests."""
     server = SecAggServer(
-        list(range(n)), modulus=modulus, vector_length=vector_length, threshold=threshold
+        list(range(n)),
+        modulus=modulus,
+        vector_length=vector_length,
+        threshold=threshold,
+        honest_but_curious=True,
     )
-    clients = {u: SecAggClient(u) for u in range(n)}
+    clients = {u: SecAggClient(u, honest_but_curious=True, policy=PERMISSIVE) for u in range(n)}
     requests = server.start()
     for _ in range(2):
         for u, r in requests.items():

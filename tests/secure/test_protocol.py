@@ -18,7 +18,7 @@ from aggkit.secure.graph import harary_graph
 from aggkit.secure.messages import STAGES, AdvertiseKeysRequest, MaskedInputResponse
 from aggkit.secure.protocol import SecAggClient, SecAggServer
 from aggkit.secure.simulation import run_secure_sum, simulate_round
-from tests.secure.protocol_helpers import drive_round, modular_sum, up_to_masked_input
+from tests.secure.protocol_helpers import PERMISSIVE, drive_round, modular_sum, up_to_masked_input
 
 MODULI = [2**32, 2**16, 2**64, 2**40, 22, 2**64 - 59, 2**31 + 1, 2]
 
@@ -71,7 +71,8 @@ def test_secagg_recovers_from_n_minus_t_dropouts_at_any_stage(stage):
     gone = {1, 4, 6}  # n - t of them
     result, _, _ = drive_round(x, modulus=2**32, threshold=t, drop={stage: gone})
     # Clients that vanish after sending their masked input are still in the sum.
-    expected = set(range(n)) if stage == "unmask" else set(range(n)) - gone
+    after = stage in ("consistency_check", "unmask")
+    expected = set(range(n)) if after else set(range(n)) - gone
     assert set(result.included) == expected
     np.testing.assert_array_equal(result.sum, modular_sum(x, sorted(expected), 2**32))
     assert result.dropped == {stage: tuple(sorted(gone))}
@@ -106,7 +107,9 @@ def test_aborted_server_accepts_nothing_more():
     x = np.zeros((3, 2), np.int64)
     with pytest.raises(ProtocolAbort):
         drive_round(x, modulus=8, threshold=3, drop={"masked_input": {0}})
-    server = SecAggServer([0, 1, 2], modulus=8, vector_length=2, threshold=3)
+    server = SecAggServer(
+        [0, 1, 2], modulus=8, vector_length=2, threshold=3, honest_but_curious=True
+    )
     server.start()
     with pytest.raises(ProtocolAbort):
         server.advance()  # nobody answered
@@ -184,17 +187,23 @@ def test_late_masked_input_is_rejected():
 
 
 def test_server_rejects_strangers_duplicates_and_other_sessions():
-    server = SecAggServer([0, 1, 2], modulus=2**16, vector_length=1, threshold=2)
+    server = SecAggServer(
+        [0, 1, 2], modulus=2**16, vector_length=1, threshold=2, honest_but_curious=True
+    )
     requests = server.start()
-    client = SecAggClient(0)
+    client = SecAggClient(0, honest_but_curious=True, policy=PERMISSIVE)
     answer = client.handle(requests[0])
     server.receive(answer)
     with pytest.raises(ProtocolViolation, match="already answered"):
         server.receive(answer)
-    stranger = SecAggClient(7).handle(dataclasses.replace(requests[0], client_id=7))
+    stranger = SecAggClient(7, honest_but_curious=True, policy=PERMISSIVE).handle(
+        dataclasses.replace(requests[0], client_id=7)
+    )
     with pytest.raises(ProtocolViolation, match="not asked"):
         server.receive(stranger)
-    other = SecAggClient(1).handle(dataclasses.replace(requests[1], session_id=bytes(16)))
+    other = SecAggClient(1, honest_but_curious=True, policy=PERMISSIVE).handle(
+        dataclasses.replace(requests[1], session_id=bytes(16))
+    )
     with pytest.raises(ProtocolViolation, match="session"):
         server.receive(other)
     copycat = dataclasses.replace(answer, client_id=2)
@@ -203,9 +212,11 @@ def test_server_rejects_strangers_duplicates_and_other_sessions():
 
 
 def test_client_enforces_stage_order():
-    server = SecAggServer([0, 1], modulus=2**8, vector_length=1, threshold=2)
+    server = SecAggServer(
+        [0, 1], modulus=2**8, vector_length=1, threshold=2, honest_but_curious=True
+    )
     requests = server.start()
-    client = SecAggClient(0)
+    client = SecAggClient(0, honest_but_curious=True, policy=PERMISSIVE)
     client.handle(requests[0])
     with pytest.raises(StageError):
         client.handle(requests[0])  # a repeated request aborts the client
@@ -231,29 +242,37 @@ def test_bad_input_value_is_retryable():
     assert set(attempts) == {"masked_input"}
     for u, r in requests.items():
         server.receive(clients[u].handle(r, x[u]))
-    requests = server.advance()
-    for u, r in requests.items():
-        server.receive(clients[u].handle(r))
+    for _ in range(2):  # consistency check, unmask
+        requests = server.advance()
+        for u, r in requests.items():
+            server.receive(clients[u].handle(r))
     np.testing.assert_array_equal(server.finish().sum, [1, 4])  # (9, 12) mod 8
 
 
 def test_constructor_checks():
     with pytest.raises(ValueError, match="threshold"):
-        SecAggServer([0, 1, 2], modulus=8, vector_length=1, threshold=4)
+        SecAggServer([0, 1, 2], modulus=8, vector_length=1, threshold=4, honest_but_curious=True)
     with pytest.raises(ValueError, match="threshold"):
-        SecAggServer([0, 1, 2], modulus=8, vector_length=1, threshold=0)
+        SecAggServer([0, 1, 2], modulus=8, vector_length=1, threshold=0, honest_but_curious=True)
     with pytest.raises(ValueError, match="modulus"):
-        SecAggServer([0, 1], modulus=1, vector_length=1, threshold=1)
+        SecAggServer([0, 1], modulus=1, vector_length=1, threshold=1, honest_but_curious=True)
     with pytest.raises(ValueError, match="modulus"):
-        SecAggServer([0, 1], modulus=2**64 + 1, vector_length=1, threshold=1)
+        SecAggServer(
+            [0, 1], modulus=2**64 + 1, vector_length=1, threshold=1, honest_but_curious=True
+        )
     with pytest.raises(ValueError, match="distinct"):
-        SecAggServer([0, 0], modulus=8, vector_length=1, threshold=1)
+        SecAggServer([0, 0], modulus=8, vector_length=1, threshold=1, honest_but_curious=True)
     with pytest.raises(ValueError, match="symmetric"):
         SecAggServer(
-            [0, 1, 2], modulus=8, vector_length=1, threshold=1, graph={0: {1}, 1: set(), 2: set()}
+            [0, 1, 2],
+            modulus=8,
+            vector_length=1,
+            threshold=1,
+            graph={0: {1}, 1: set(), 2: set()},
+            honest_but_curious=True,
         )
     with pytest.raises(ValueError):
-        SecAggServer([], modulus=8, vector_length=1, threshold=1)
+        SecAggServer([], modulus=8, vector_length=1, threshold=1, honest_but_curious=True)
     with pytest.raises(ValueError):
         AdvertiseKeysRequest(bytes(16), 0, modulus=2**65, vector_length=1, threshold=1)
 

@@ -11,6 +11,8 @@ pytest.importorskip("cryptography")
 
 from aggkit.secure.errors import (
     AuthenticationError,
+    BadShareError,
+    ProtocolAbort,
     MessageFormatError,
     ProtocolViolation,
     RefusedRequest,
@@ -25,7 +27,12 @@ from aggkit.secure.messages import (
     decode,
 )
 from aggkit.secure.protocol import SecAggClient, SecAggServer
-from tests.secure.protocol_helpers import drive_round, up_to_masked_input
+from tests.secure.protocol_helpers import (
+    PERMISSIVE,
+    drive_round,
+    modular_sum,
+    up_to_masked_input,
+)
 
 X = np.arange(5 * 8).reshape(5, 8) % 16
 
@@ -61,19 +68,41 @@ def test_ciphertext_redirected_to_another_client_is_rejected():
 
 
 @pytest.mark.parametrize("kind", ["seed", "key"])
-def test_tampered_share_is_rejected_by_the_server(kind):
-    # Client 0's shares have the smallest evaluation point, so the server uses them.
-    def tamper(stage, u, msg):
-        if isinstance(msg, UnmaskResponse) and u == 0:
-            field = "seed_shares" if kind == "seed" else "key_shares"
-            pairs = getattr(msg, field)
-            owner, share = pairs[-1]
-            return dataclasses.replace(msg, **{field: (*pairs[:-1], (owner, flip(share, 35)))})
-        return msg
+def test_tampered_share_is_pinned_on_its_sender_and_the_round_finishes(kind):
+    # Client 0's shares have the smallest evaluation point: the server would use them first.
+    drop = {4} if kind == "key" else set()
+    server, clients, requests = rounds_until_unmask(drop_masked=drop)
+    field = "seed_shares" if kind == "seed" else "key_shares"
+    answer = clients[0].handle(requests[0])
+    pairs = getattr(answer, field)
+    owner, share = pairs[-1]
+    bad = dataclasses.replace(answer, **{field: (*pairs[:-1], (owner, flip(share, 35)))})
+    with pytest.raises(BadShareError, match="client 0 returned") as error:
+        server.receive(bad)
+    assert error.value.client_id == 0
+    with pytest.raises(ProtocolViolation, match="bad share and is excluded"):
+        server.receive(answer)  # its good answer does not come back in either
+    for u in sorted(requests)[1:]:
+        server.receive(clients[u].handle(requests[u]))
+    result = server.finish()  # 3 good holders of every secret remain: t = 3
+    assert result.bad_shares == (0,)
+    included = sorted(set(range(5)) - drop)
+    np.testing.assert_array_equal(result.sum, modular_sum(X, included, 2**16))
 
-    drop = {"masked_input": {4}} if kind == "key" else {}
-    with pytest.raises(AuthenticationError, match="tampered"):
-        drive_round(X, modulus=2**16, threshold=3, drop=drop, on_response=tamper)
+
+def test_too_many_bad_shares_abort_before_reconstructing():
+    server, clients, requests = rounds_until_unmask()
+    for u in (0, 1, 2):
+        answer = clients[u].handle(requests[u])
+        (owner, share), *rest = answer.seed_shares
+        with pytest.raises(BadShareError):
+            server.receive(
+                dataclasses.replace(answer, seed_shares=((owner, flip(share, 0)), *rest))
+            )
+    for u in (3, 4):
+        server.receive(clients[u].handle(requests[u]))
+    with pytest.raises(ProtocolAbort, match="2 shares"):
+        server.finish()
 
 
 def test_swapped_shares_of_two_owners_are_rejected():
@@ -93,6 +122,8 @@ def rounds_until_unmask(n=5, t=3, drop_masked=()):
     for u, r in requests.items():
         if u not in drop_masked:
             server.receive(clients[u].handle(r, X[u]))
+    for u, r in server.advance().items():  # the consistency check
+        server.receive(clients[u].handle(r))
     return server, clients, server.advance()
 
 
@@ -121,7 +152,7 @@ def test_request_about_a_stranger_or_too_few_survivors_is_refused():
     r = requests[2]
     with pytest.raises(RefusedRequest, match="did not mask"):
         clients[2].handle(dataclasses.replace(r, dropped=(9,)))
-    with pytest.raises(RefusedRequest, match="fewer than the threshold"):
+    with pytest.raises(RefusedRequest, match="does not match the survivor set"):
         clients[3].handle(dataclasses.replace(requests[3], survivors=(3,)))
 
 
@@ -135,8 +166,10 @@ def test_only_one_unmask_answer_per_client():
 
 
 def test_client_refuses_key_lists_that_do_not_echo_its_keys_or_repeat_keys():
-    server = SecAggServer([0, 1, 2], modulus=2**8, vector_length=1, threshold=2)
-    clients = {u: SecAggClient(u) for u in range(3)}
+    server = SecAggServer(
+        [0, 1, 2], modulus=2**8, vector_length=1, threshold=2, honest_but_curious=True
+    )
+    clients = {u: SecAggClient(u, honest_but_curious=True, policy=PERMISSIVE) for u in range(3)}
     for u, r in server.start().items():
         server.receive(clients[u].handle(r))
     requests = server.advance()
@@ -186,12 +219,14 @@ def test_server_rejects_masked_values_outside_the_modulus():
 
 
 def test_corrupted_bytes_do_not_parse():
-    server = SecAggServer([0, 1], modulus=2**8, vector_length=1, threshold=2)
+    server = SecAggServer(
+        [0, 1], modulus=2**8, vector_length=1, threshold=2, honest_but_curious=True
+    )
     data = server.start()[0].to_bytes()
     with pytest.raises(MessageFormatError, match="magic"):
         decode(b"XXXX" + data[4:])
     with pytest.raises(MessageFormatError, match="version"):
-        decode(data[:4] + b"\x02" + data[5:])
+        decode(data[:4] + b"\x01" + data[5:])  # version 1 predates signatures
     with pytest.raises(MessageFormatError):
         decode(data[:-3])
 
