@@ -7,8 +7,9 @@ Nothing is imported here on purpose: ``import aggkit.secure`` stays cheap and do
   (``secure_modular_sum``): aggregators whose sums go through the secure channels of
   :mod:`aggkit.channels`;
 - ``protocol`` (SecAgg / SecAgg+ client and server state machines), ``messages`` (their wire
-  format), ``crypto`` (X25519, HKDF, AES-GCM, AES-CTR masks), ``shamir`` (t-of-n secret sharing)
-  and ``graph`` (who masks with whom);
+  format), ``crypto`` (X25519, HKDF, AES-GCM, AES-CTR masks), ``shamir`` (t-of-n secret sharing),
+  ``graph`` (who masks with whom) and ``identity`` (Ed25519 identities and their registry, for
+  the authenticated mode that holds against a malicious server);
 - ``simulation``: in-process rounds over K simulated clients with dropouts and per-stage costs
   (``simulate_round``, ``run_secure_sum``);
 - ``backend``: ``MaskingBackend``, a :class:`aggkit.channels.SumBackend` that runs the protocol

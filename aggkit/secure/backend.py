@@ -31,18 +31,18 @@ or, equivalently, ``out = backend.run(process, state, values, weights, dropouts=
 round is a round of its own (allowed only when the backend has no dropouts).
 
 Dropouts. ``dropouts`` maps a protocol stage (``"advertise_keys"``, ``"share_keys"``,
-``"masked_input"``, ``"unmask"``) to the clients that vanish at it: client indices (rows of the
-round's values, i.e. positions in ``values``), or a fraction of the round's ``K`` clients drawn
-once per round (stages in order, each from the clients not already gone). Within a round the same
-clients vanish at the same stages of *every* sum, over the same masking graph (drawn once per
-round), so every sum covers the same clients: the protocol's survivors ``report.included`` (the
-clients that sent their masked inputs; SecAgg+ may also prune a client whose neighbourhood lost
-too many members before masking). The backend checks this and raises ``RuntimeError`` otherwise.
-The aggregator then computes exactly what it would compute had only the survivors taken part:
-``ak.secure_aggregator()`` returns ``sum_{i in S} w_i x_i / sum_{i in S} w_i`` (weighted) or the
-mean over ``S`` (unweighted), its counts count ``S``, and its quantile estimates see ``S``'s
-records only. A client dropping at ``"unmask"`` has already sent its masked input: it is in the
-sum (its neighbours' shares unmask it).
+``"masked_input"``, ``"consistency_check"``, ``"unmask"``) to the clients that vanish at it: client
+indices (rows of the round's values, i.e. positions in ``values``), or a fraction of the round's
+``K`` clients drawn once per round (stages in order, each from the clients not already gone). Within
+a round the same clients vanish at the same stages of *every* sum, over the same masking graph
+(drawn once per round), so every sum covers the same clients: the protocol's survivors
+``report.included`` (the clients that sent their masked inputs; SecAgg+ may also prune a client
+whose neighbourhood lost too many members before masking). The backend checks this and raises
+``RuntimeError`` otherwise. The aggregator then computes exactly what it would compute had only the
+survivors taken part: ``ak.secure_aggregator()`` returns ``sum_{i in S} w_i x_i / sum_{i in S} w_i``
+(weighted) or the mean over ``S`` (unweighted), its counts count ``S``, and its quantile estimates
+see ``S``'s records only. A client dropping at ``"consistency_check"`` or ``"unmask"`` has already
+sent its masked input: it is in the sum (its neighbours' shares unmask it).
 
 If too few clients are left, the protocol raises :class:`~aggkit.secure.errors.ProtocolAbort`
 out of ``process.next``; the server has learnt nothing, the report records the stage

@@ -446,6 +446,7 @@ class SecAggClient:
             signature = self._identity.sign(  # type: ignore[union-attr]
                 key_transcript(self._session, u, *self._params(), channel_pk, mask_pk)
             )
+        self._own_signature = signature
         return AdvertiseKeysResponse(self._session, u, channel_pk, mask_pk, signature)
 
     def _params(self) -> tuple[int, int, int]:
@@ -455,7 +456,10 @@ class SecAggClient:
         u = self.client_id
         peers = {p.client_id: p for p in request.peers}
         me = peers.get(u)
-        if me is None or (me.encryption_key, me.mask_key) != self._own_keys:
+        if me is None or (me.encryption_key, me.mask_key, me.signature) != (
+            *self._own_keys,
+            self._own_signature,
+        ):
             raise RefusedRequest(f"client {u}: the server did not echo this client's own keys")
         keys = [k for p in request.peers for k in (p.encryption_key, p.mask_key)]
         if len(set(keys)) != len(keys):

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("cryptography")
 
 from aggkit.secure.crypto import DeterministicRandom
-from aggkit.secure.messages import STAGES, Message, decode
 from aggkit.secure.identity import IdentityRegistry, SigningIdentity
+from aggkit.secure.messages import STAGES, Message, decode
 from aggkit.secure.protocol import ClientPolicy, SecAggClient, SecAggResult, SecAggServer
 
 #: The policy of the honest-but-curious tests below: they probe the protocol's own checks at

@@ -85,3 +85,37 @@ def test_secagg_plus_sum_equals_plain_modular_sum(case, data):
     gone = set().union(*(drop[s] for s in STAGES[:3]), *out.pruned.values())
     assert set(out.included) == set(range(k)) - gone
     np.testing.assert_array_equal(out.sum, modular_sum(x, out.included, modulus))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rounds(), st.data())
+def test_authenticated_sum_equals_plain_modular_sum(case, data):
+    # The authenticated mode (identities, signatures, consistency check) under random dropouts
+    # at every stage, complete or sparse graph: the sum is exact or the round aborts.
+    x, modulus, drop, seed = case
+    k = x.shape[0]
+    if data.draw(st.booleans()):
+        graph = "secagg"
+    else:
+        degree = data.draw(st.integers(0, max(k - 1, 0)))
+        graph = harary_graph(range(k), degree, np.random.default_rng(seed).bytes)
+    smallest = k if graph == "secagg" else min(len(v) for v in graph.values()) + 1
+    t = data.draw(st.integers(1, smallest))
+    try:
+        out = simulate_round(
+            x,
+            modulus=modulus,
+            threshold=t,
+            dropouts=drop,
+            graph=graph,
+            seed=seed,
+            authenticated=True,
+        )
+    except ProtocolAbort:
+        event("aborted")
+        assert any(drop.values())  # without dropouts a round always completes
+        return
+    event("completed")
+    gone = set().union(*(drop[s] for s in STAGES[:3]), *out.pruned.values())
+    assert set(out.included) == set(range(k)) - gone
+    np.testing.assert_array_equal(out.sum, modular_sum(x, out.included, modulus))

@@ -12,8 +12,8 @@ pytest.importorskip("cryptography")
 from aggkit.secure.errors import (
     AuthenticationError,
     BadShareError,
-    ProtocolAbort,
     MessageFormatError,
+    ProtocolAbort,
     ProtocolViolation,
     RefusedRequest,
     StageError,
