@@ -35,25 +35,45 @@ Non-finite clients
 State and measurements
     State: ``{"query_state": ..., "agg_state": record_sum state, "dp_event": ..., "is_init_state":
     bool}`` (TFF's ``DPAggregatorState``). ``query_state`` holds ``l2_norm_clip`` and ``stddev``
-    (the clip and value-noise standard deviation of the next round), the noise key and the round
-    counter, and for the adaptive variant the value noise multiplier and the quantile estimator's
-    state. ``dp_event`` describes the last round's release as plain data (TFF's named-tuple form:
-    ``module_name``, ``class_name`` and the fields); :func:`extract_dp_event` turns it into a
-    ``dp_accounting`` DpEvent. Measurements: ``{"dp_query_metrics": () or {"clip": C_next}, "dp":
-    record_sum measurements}``, plus ``"privacy": {"epsilon", "delta", "rounds", "sampling"}``
-    when the population size is given: the (epsilon, delta) guarantee of all rounds so far, with
-    Poisson sampling of ``clients_per_round`` clients out of ``population``, from dp-accounting's
-    RDP accountant (:mod:`aggkit.privacy`). ``"sampling"`` is ``"poisson"``: a run that samples
-    a fixed number of clients must not report this epsilon (:func:`aggkit.privacy.check_sampling`).
+    (the clip and value-noise standard deviation of the next round), the noise key (0 without a
+    seed) and the round counter, and for the adaptive variant the value noise multiplier and the
+    quantile estimator's state. ``dp_event`` describes the last round's release as plain data (TFF's
+    named-tuple form: ``module_name``, ``class_name`` and the fields); :func:`extract_dp_event`
+    turns it into a ``dp_accounting`` DpEvent. Measurements: ``{"dp_query_metrics": () or {"clip":
+    C_next}, "dp": record_sum measurements}``, plus ``"privacy": {"epsilon", "delta", "rounds",
+    "sampling"}`` when the population size is given: the (epsilon, delta) guarantee of all rounds so
+    far, with Poisson sampling of ``clients_per_round`` clients out of ``population``, from
+    dp-accounting's RDP accountant (:mod:`aggkit.privacy`). ``"sampling"`` is ``"poisson"``: a run
+    that samples a fixed number of clients must not report this epsilon
+    (:func:`aggkit.privacy.check_sampling`).
 
 Randomness
-    Noise comes from the counter-based Philox generator (:mod:`aggkit.kernels.gaussian_noise`),
-    keyed by a key drawn from the operating system at ``initialize()`` (``seed=None``) or derived
-    from ``seed``, and by the round number: ``next`` is a pure function of (state, values), and
-    the bits do not depend on the thread count. A seeded run is for research reproducibility, not
-    for a deployment: whoever knows the seed can subtract the noise. Floating-point Gaussian
-    samplers are also known to leak through their low-order bits; a deployment needs a vetted
-    DP sampler and a secure key.
+    Noise comes from the counter-based Philox generator (:mod:`aggkit.kernels.gaussian_noise`).
+    With ``seed=None`` (the default) every released round draws a fresh 64-bit key from the
+    operating system, so calling ``next`` twice on one saved state (a retry after an error, with a
+    different set of clients) never releases the same noise twice; the difference of two such
+    results would otherwise reveal the clients that differ. With a ``seed``, the key is derived
+    from the seed and the round counter in the state: ``next`` is then a pure function of (state,
+    values), which is what tests and reproducible research need, and a saved state must never be
+    used for two released rounds (the two results would share their noise exactly). Either way
+    the bits do not depend on the thread count. Whoever knows the seed can subtract the noise: a
+    seed is a testing aid, never a deployment setting.
+
+Noise multipliers and the sampler's reach
+    Any finite-precision Gaussian sampler has bounded support. aggkit's reaches 38.33 standard
+    deviations (:data:`aggkit.kernels.limits.MAX_ABS_NORMAL`); the factories refuse noise
+    multipliers in ``(0, 0.04)`` (:data:`~aggkit.kernels.limits.MIN_NOISE_MULTIPLIER`), below
+    which a release could fall outside the neighbouring dataset's support with a probability that
+    is no longer negligible (:func:`aggkit.kernels.limits.infinite_loss_bound`: below 1e-26 at
+    0.04). Zero is accepted and means no privacy.
+
+Floating-point caveat
+    The result is a float32 or float64 rounding of ``sum + noise``: the set of representable
+    outputs depends on the magnitude of the sum, and floating-point samplers are known to leak
+    through their low-order bits (Mironov 2012 for Laplace; Holohan and Braghin 2021 for Gaussian
+    samplers). The guarantee is that of the continuous Gaussian mechanism, up to that caveat. The
+    exact alternative is discrete noise on integers: distributed DP samples the discrete
+    Gaussian or Skellam distribution exactly and adds it to an integer secure sum.
 """
 
 from __future__ import annotations
@@ -122,6 +142,22 @@ def _positive(value: Any, name: str) -> float:
     value = _real(value, name)
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
+    """A noise multiplier: 0 (no privacy) or at least the sampler's floor (see the module notes)."""
+    from aggkit.kernels.limits import MIN_NOISE_MULTIPLIER
+
+    value = _non_negative(value, name)
+    if 0.0 < value < MIN_NOISE_MULTIPLIER:
+        raise ValueError(
+            f"{name} must be 0 (no privacy) or at least {MIN_NOISE_MULTIPLIER}, got {value}: "
+            "below that the Gaussian sampler's bounded tails would let a release fall outside "
+            "the neighbouring dataset's support with non-negligible probability "
+            "(aggkit.kernels.limits.infinite_loss_bound); such a multiplier gives almost no "
+            "privacy anyway"
+        )
     return value
 
 
@@ -443,7 +479,8 @@ def gaussian_fixed(
     Parameters
     ----------
     noise_multiplier : float
-        Noise standard deviation over the clip (>= 0; 0 gives no privacy).
+        Noise standard deviation over the clip: 0 (no privacy) or at least 0.04 (the sampler's
+        floor, see :mod:`aggkit.dp`).
     clients_per_round : float
         The expected number of clients per round (> 0), public; the denominator.
     clip : float
@@ -460,9 +497,11 @@ def gaussian_fixed(
     delta : float, optional
         Delta of the running epsilon, in (0, 1); default ``min(1e-5, 1 / population)``.
     seed : int, optional
-        Seed of the noise. None (default) draws a key from the operating system at
-        ``initialize()``. A seeded run is for research reproducibility, not for a deployment:
-        whoever knows the seed can remove the noise.
+        Seed of the noise, a testing aid. None (default) draws a fresh key from the operating
+        system for every released round. With a seed, the noise is a function of the seed and the
+        round counter in the state: never use one state for two released rounds (they would
+        share their noise), and never deploy a seeded run (whoever knows the seed can remove
+        the noise).
 
     Returns
     -------
@@ -494,7 +533,7 @@ def gaussian_fixed(
     >>> round(out.measurements["privacy"]["epsilon"], 2), out.measurements["privacy"]["rounds"]
     (0.96, 1)
     """
-    z = _non_negative(noise_multiplier, "noise_multiplier")
+    z = _noise_multiplier(noise_multiplier)
     clients = _positive(clients_per_round, "clients_per_round")
     clip = _positive(clip, "clip")
     population, delta = _check_accounting(population, delta, clients)
@@ -530,7 +569,7 @@ def gaussian_adaptive(
     Parameters
     ----------
     noise_multiplier : float
-        The overall noise multiplier ``z`` (>= 0).
+        The overall noise multiplier ``z``: 0 or at least 0.04 (as in :func:`gaussian_fixed`).
     clients_per_round : float
         The expected number of clients per round (> 0), public.
     initial_l2_norm_clip : float
@@ -588,7 +627,7 @@ def gaussian_adaptive(
     rate = _non_negative(learning_rate, "learning_rate")
     if not isinstance(geometric_update, bool):
         raise TypeError(f"geometric_update must be a bool, got {geometric_update!r}")
-    z = _non_negative(noise_multiplier, "noise_multiplier")
+    z = _noise_multiplier(noise_multiplier)
     value_z, sigma_b = adaptive_clip_noise_params(z, clients, clipped_count_stddev)
     population, delta = _check_accounting(population, delta, clients)
     return GaussianAdaptiveFactory(
@@ -662,7 +701,9 @@ class DPProcess(AggregationProcess):
         if self.estimator is not None:
             query["noise_multiplier"] = np.float64(self.value_noise_multiplier)
             query["quantile_estimator_state"] = self.estimator.initialize()
-        query["noise_key"] = np.uint64(kernels.counter_rng.seed_to_key(self.seed))
+        # Only a seeded run keys its noise from the state; seed=None draws each round's key.
+        key = 0 if self.seed is None else kernels.counter_rng.seed_to_key(self.seed)
+        query["noise_key"] = np.uint64(key)
         query["round"] = np.int64(0)
         return {
             "query_state": query,
@@ -707,7 +748,12 @@ class _DPRound(Round):
         sigma = float(query["stddev"])
         round_index = int(query["round"])
         if sigma > 0.0:
-            key = kernels.counter_rng.derive_key(int(query["noise_key"]), "dp_noise", round_index)
+            if process.seed is None:  # fresh entropy for every release, even from one state
+                key = kernels.counter_rng.seed_to_key(None)
+            else:
+                key = kernels.counter_rng.derive_key(
+                    int(query["noise_key"]), "dp_noise", round_index
+                )
             kernels.gaussian_noise.add_gaussian_noise(result, sigma, key)
         result /= process.clients_per_round
 

@@ -124,7 +124,10 @@ class QuantileEstimator(EstimationProcess):
         record_state, total, _ = round_.finish()
         if self.is_private:
             (clip, stddev), expected, (key, counter) = below
-            noise = np.random.default_rng([int(key), int(counter)]).normal(0.0, float(stddev))
+            # seed=None: fresh entropy for every release, so that two calls on one saved state
+            # never share their noise; a seeded run is a function of (seed, round).
+            rng = np.random.default_rng(None if self.seed is None else [int(key), int(counter)])
+            noise = rng.normal(0.0, float(stddev))
             fraction = (float(total[0]) + noise) / float(expected) + 0.5
             below = ((clip, stddev), expected, (key, np.int64(counter + 1)))
         else:
@@ -273,8 +276,10 @@ def private_quantile_estimator(
     record_sum : unweighted factory, optional
         How the records are summed (default :func:`aggkit.sum`).
     seed : int, optional
-        Seed of the noise; None draws one from the OS at ``initialize``. A seeded run is for
-        research reproducibility, not for a deployment (anyone with the seed can remove the noise).
+        Seed of the noise, a testing aid. None draws fresh noise from the OS for every call of
+        ``next``, even on one saved state. With a seed the noise is a function of (seed, round):
+        never use one state for two released rounds, and never deploy a seeded run (anyone with
+        the seed can remove the noise).
 
     Examples
     --------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from aggkit.kernels import counter_rng, gaussian_noise
-from benchmarks.conftest import FULL, record
+from benchmarks.conftest import FULL, paired, record
 
 #: The MNIST CNN's 431,080 parameters (one DP round's noise), and a large model.
 SIZES = [431_080, 10_000_000] if FULL else [10_007]
@@ -66,6 +66,25 @@ def test_aggkit_add_gaussian_noise(benchmark, dtype, size):
     gaussian_noise.add_gaussian_noise(x, 0.5, key)  # compile outside the timing
     record(benchmark, group=_group("noise", dtype, size), nbytes=x.nbytes)
     benchmark(lambda: gaussian_noise.add_gaussian_noise(x, 0.5, key))
+
+
+def test_paired_aggkit_noise_vs_numpy(benchmark, dtype, size):
+    """aggkit's noise (added in place) against NumPy's normals (written), alternately.
+
+    The goal is ``ratio >= 2``: aggkit at least twice as fast as NumPy's ``standard_normal``.
+    """
+    out, x = np.empty(size, dtype), np.zeros(size, dtype)
+    gen = np.random.default_rng(0)
+    key = counter_rng.seed_to_key(0)
+    paired(
+        benchmark,
+        lambda: gen.standard_normal(out=out, dtype=dtype),
+        lambda: gaussian_noise.add_gaussian_noise(x, 0.5, key),
+        group=_group("noise-paired", dtype, size),
+        rounds=40,
+        nbytes=x.nbytes,
+        reference_name="numpy standard_normal",
+    )
 
 
 def test_probe_numpy_random(benchmark, dtype, size):

@@ -86,7 +86,7 @@ def test_fixed_state_and_measurement_structure():
 
 
 def test_adaptive_state_and_measurement_structure():
-    process = ak.gaussian_adaptive(1e-2, 10, seed=1).create(F32)
+    process = ak.gaussian_adaptive(0.05, 10, seed=1).create(F32)
     state = process.initialize()
     query = state["query_state"]
     assert set(query) == {
@@ -97,7 +97,7 @@ def test_adaptive_state_and_measurement_structure():
         "noise_key",
         "round",
     }
-    z_v, _ = adaptive_clip_noise_params(1e-2, 10)
+    z_v, _ = adaptive_clip_noise_params(0.05, 10)
     assert query["l2_norm_clip"] == 0.1
     assert query["noise_multiplier"] == z_v
     assert query["stddev"] == pytest.approx(z_v * 0.1, rel=1e-15)
@@ -112,14 +112,14 @@ def test_adaptive_state_and_measurement_structure():
 
 
 def test_gaussian_fixed_cls():
-    factory = ak.gaussian_fixed(1e-2, 10, clip=1.0)
+    factory = ak.gaussian_fixed(0.05, 10, clip=1.0)
     assert isinstance(factory, GaussianFixedFactory)
     assert not factory.is_weighted
     assert not factory.create(F32).is_weighted
 
 
 def test_gaussian_adaptive_cls():
-    factory = ak.gaussian_adaptive(1e-2, 10)
+    factory = ak.gaussian_adaptive(0.05, 10)
     assert isinstance(factory, GaussianAdaptiveFactory)
     assert not factory.is_weighted
     assert not factory.create(F32).is_weighted
@@ -398,6 +398,55 @@ def test_seed_none_draws_a_fresh_key():
     assert not np.array_equal(a, b)
 
 
+def test_seed_none_never_replays_noise_from_one_saved_state():
+    # A retry on a saved state must not release the same noise: the difference of the two
+    # results would be the difference of the two client sets, without noise.
+    template = ak.TensorSpec((1000,), np.float32)
+    zeros = [np.zeros(1000, np.float32)] * 4
+    adaptive = ak.gaussian_adaptive(1.0, 4, clipped_count_stddev=5.0)
+    for factory in (ak.gaussian_fixed(1.0, 4, 1.0), adaptive):
+        process = factory.create(template)
+        state = process.initialize()
+        snapshot = pickle.dumps(state)
+        first = process.next(state, zeros)
+        second = process.next(state, zeros)
+        assert pickle.dumps(state) == snapshot
+        assert not np.any(first.result == second.result)
+        later = process.next(first.state, zeros)
+        assert not np.any(later.result == first.result)
+
+
+def test_seed_none_never_replays_the_clipped_count_noise():
+    estimator = ak.private_quantile_estimator(
+        1.0, 0.5, 0.2, below_estimate_stddev=1.0, expected_num_records=10
+    )
+    state = estimator.initialize()
+    values = np.linspace(0.0, 2.0, 10)  # half below the estimate: no clamping at 0 or 1
+    reports = {estimator.report(estimator.next(state, values)) for _ in range(5)}
+    assert len(reports) == 5
+
+
+@pytest.mark.parametrize("z", [1e-3, 0.01, 0.039])
+def test_noise_multipliers_below_the_samplers_floor_are_refused(z):
+    for make in (
+        lambda: ak.gaussian_fixed(z, 10, 1.0),
+        lambda: ak.gaussian_adaptive(z, 100),
+        lambda: ak.dp_aggregator(z, 100),
+    ):
+        with pytest.raises(ValueError, match=r"noise_multiplier must be 0 \(no privacy\) or at"):
+            make()
+
+
+def test_noise_multipliers_at_the_floor_and_zero_are_accepted():
+    from aggkit.kernels.limits import MIN_NOISE_MULTIPLIER, infinite_loss_bound
+
+    assert MIN_NOISE_MULTIPLIER == 0.04
+    assert infinite_loss_bound(MIN_NOISE_MULTIPLIER) < 1e-26
+    ak.gaussian_fixed(MIN_NOISE_MULTIPLIER, 10, 1.0)
+    ak.gaussian_fixed(0.0, 10, 1.0)
+    ak.gaussian_adaptive(MIN_NOISE_MULTIPLIER, 100)
+
+
 def test_streaming_gives_the_same_bits(monkeypatch):
     template = ak.TensorSpec((64,), np.float32)
     data = list(np.random.default_rng(5).normal(0, 0.3, (30, 64)).astype(np.float32))
@@ -480,7 +529,7 @@ def test_default_delta():
 
 @pytest.mark.parametrize("zeroing", [True, False])
 def test_dp_aggregator_is_unweighted(zeroing):
-    factory = ak.dp_aggregator(1e-2, 10, zeroing=zeroing)
+    factory = ak.dp_aggregator(0.05, 10, zeroing=zeroing)
     assert not factory.is_weighted
     assert not factory.create(F32).is_weighted
 

@@ -50,7 +50,10 @@ and the key words ``(key_lo, key_hi)``; it returns four 32-bit words ``w0..w3``.
 * ``rademacher(key, i)``: block ``i``, ``+1.0`` if the top bit of ``w0`` is 0, else ``-1.0``.
 * ``normal_pair(key, p)``: block ``p``; Box-Muller on ``u = ((w0 << 32 | w1) >> 11 + 1) * 2**-53``
   in (0, 1] and ``v = ((w2 << 32 | w3) >> 11) * 2**-53`` in [0, 1):
-  ``r = sqrt(-2 log u)``, returns ``(r cos 2 pi v, r sin 2 pi v)``.
+  ``r = sqrt(-2 log u)``, returns ``(r cos 2 pi v, r sin 2 pi v)``. When the 53 bits of ``u``
+  are all zero (probability 2**-53), ``u`` lies in ``(0, 2**-53]`` and is refined as
+  ``2**-53 u'``, with ``u'`` from the same construction on Philox of
+  ``(p_lo, p_hi, level, 0x7461696C)``, level 1, 2, ... up to 19 (the *tail* stream).
 * ``standard_normal(key, i)``: element ``i & 1`` of ``normal_pair(key, i >> 1)``.
 * ``mix_block(key, counter)``: the low then the high 32 bits of ``mix64(key, 2 counter)``, then
   of ``mix64(key, 2 counter + 1)`` (the quantizer's stream: :mod:`aggkit.kernels.quantize`).
@@ -61,8 +64,12 @@ Box-Muller runs in float64 with the logarithm, sine and cosine written here as p
 (fdlibm's ``log`` kernel; Taylor series of sin and cos on [-pi/4, pi/4] after an exact quarter-turn
 reduction of ``v``). They are accurate to about one unit in the last place, avoid libm calls (slow
 on some machines, and a barrier to vectorization), and are IEEE-exact arithmetic, so the NumPy
-twins reproduce the kernels bit for bit. The largest normal this can produce is
-``sqrt(-2 log 2**-53) = 8.57``; the normal probability beyond is 1e-17.
+twins reproduce the kernels bit for bit. Thanks to the tail stream, the largest |normal| this
+can produce is ``sqrt(2 * 53 * 20 * ln 2) = 38.33`` (:data:`aggkit.kernels.limits.MAX_ABS_NORMAL`)
+instead of the 8.57 that 53 bits allow: bounded tails would give a Gaussian DP release a
+non-negligible chance of an infinite privacy loss at small noise multipliers (see
+:mod:`aggkit.kernels.limits`). The tail costs nothing on the common path: ``normal_pair_head``
+computes every pair branch-free and flags the rare tail pairs, which are recomputed afterwards.
 
 Calling from a kernel
 ---------------------
@@ -98,6 +105,7 @@ import numpy as np
 from numba import prange
 
 from aggkit.kernels._jit import kernel
+from aggkit.kernels.limits import TAIL_LEVELS
 
 __all__ = [
     "derive_key",
@@ -112,7 +120,10 @@ __all__ = [
     "mix_block",
     "mix_block_numpy",
     "normal_pair",
+    "normal_pair_head",
     "normal_pair_numpy",
+    "normal_pair_tail",
+    "normal_pair_tail_numpy",
     "philox4x32_10",
     "philox4x32_10_numpy",
     "rademacher",
@@ -155,6 +166,9 @@ _ONE = np.uint64(1)
 _TWO = np.uint64(2)
 
 _TWO_M53 = 2.0**-53
+# Counter word c3 of the tail stream of Box-Muller's radius (c2 holds the level, from 1): no other
+# stream uses it (streams have c2 = c3 = 0, key derivation c2 = _FOLD_TAG and c3 in 1..3).
+_TAIL_TAG = np.uint64(0x7461696C)  # "tail"
 _UINT64_LIMIT = 1 << 64
 
 # log(x): the reduction and coefficients of fdlibm's e_log.c, on [sqrt(2)/2, sqrt(2)):
@@ -339,14 +353,62 @@ def _cos_sin_turns(v):
 
 
 @kernel(inline=True)
-def normal_pair(key, counter):
-    """Two independent float64 N(0, 1) values from stream block ``counter`` (Box-Muller)."""
+def normal_pair_head(key, counter):
+    """Box-Muller on block ``counter``, except in the tail: ``(z0, z1, tail)``.
+
+    ``tail`` is 1 when the radius uniform fell in its lowest cell (probability ``2**-53``); the
+    pair is then ``(0.0, 0.0)`` and the caller must use :func:`normal_pair_tail` instead. This
+    split keeps the common path free of calls, so loops over it vectorize.
+    """
     w0, w1, w2, w3 = random_block(key, counter)
-    u = (np.int64(((w0 << _SHIFT32) | w1) >> _SHIFT11) + 1) * _TWO_M53  # (0, 1]
+    m = np.int64(((w0 << _SHIFT32) | w1) >> _SHIFT11)
+    u = (m + 1) * _TWO_M53  # (0, 1]
     v = np.int64(((w2 << _SHIFT32) | w3) >> _SHIFT11) * _TWO_M53  # [0, 1)
-    r = np.sqrt(-2.0 * _log_unit(u))
+    tail = np.int64(m == 0)
+    r = np.sqrt(-2.0 * _log_unit(u)) * np.float64(1 - tail)
+    cos_t, sin_t = _cos_sin_turns(v)
+    return r * cos_t, r * sin_t, tail
+
+
+@kernel
+def _tail_minus_log_u(key, counter):
+    """``-log u`` for a radius uniform ``u`` in ``(0, 2**-53]``: ``u = 2**-53 u'``, recursively.
+
+    Level ``L`` (1, 2, ...) draws 53 bits ``m_L`` from Philox on the counter words
+    ``(counter_lo, counter_hi, L, _TAIL_TAG)``; ``m_L > 0`` ends the recursion with
+    ``u = 2**(-53 L) (m_L + 1) 2**-53``, ``m_L == 0`` refines further, up to :data:`TAIL_LEVELS`.
+    """
+    k = np.uint64(key)
+    c = np.uint64(counter)
+    level = 1
+    while True:
+        w0, w1, _, _ = philox4x32_10(
+            c & _MASK32, c >> _SHIFT32, np.uint64(level), _TAIL_TAG, k & _MASK32, k >> _SHIFT32
+        )
+        m = np.int64(((w0 << _SHIFT32) | w1) >> _SHIFT11)
+        if m != 0 or level == TAIL_LEVELS:
+            e = -53.0 * level  # log 2**(-53 L) = e ln 2, with fdlibm's split of ln 2
+            return -((e * _LN2_HI + e * _LN2_LO) + _log_unit((m + 1) * _TWO_M53))
+        level += 1
+
+
+@kernel
+def normal_pair_tail(key, counter):
+    """The pair of block ``counter`` when :func:`normal_pair_head` reports ``tail``."""
+    _, _, w2, w3 = random_block(key, counter)
+    v = np.int64(((w2 << _SHIFT32) | w3) >> _SHIFT11) * _TWO_M53
+    r = np.sqrt(2.0 * _tail_minus_log_u(key, counter))
     cos_t, sin_t = _cos_sin_turns(v)
     return r * cos_t, r * sin_t
+
+
+@kernel(inline=True)
+def normal_pair(key, counter):
+    """Two independent float64 N(0, 1) values from stream block ``counter`` (Box-Muller)."""
+    z0, z1, tail = normal_pair_head(key, counter)
+    if tail:
+        z0, z1 = normal_pair_tail(key, counter)
+    return z0, z1
 
 
 @kernel(inline=True)
@@ -653,14 +715,44 @@ def _cos_sin_turns_numpy(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cos_t, sin_t
 
 
+def _tail_minus_log_u_numpy(key: int, counter: int) -> float:
+    """Twin of :func:`_tail_minus_log_u` for one counter."""
+    c = np.uint64(counter)
+    for level in range(1, TAIL_LEVELS + 1):
+        words = np.array([[c & _MASK32, c >> _SHIFT32, np.uint64(level), _TAIL_TAG]], np.uint64)
+        w = philox4x32_10_numpy(words, np.uint64(key))[0]
+        m = int(((w[0] << _SHIFT32) | w[1]) >> _SHIFT11)
+        if m != 0 or level == TAIL_LEVELS:
+            e = -53.0 * level
+            return float(-((e * _LN2_HI + e * _LN2_LO) + _log_unit_numpy((m + 1) * _TWO_M53)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def normal_pair_tail_numpy(key: int, counters: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Twin of :func:`normal_pair_tail` over an array of block counters."""
+    c = np.asarray(counters).astype(np.uint64)
+    w = random_block_numpy(key, c)
+    v = (((w[..., 2] << _SHIFT32) | w[..., 3]) >> _SHIFT11).astype(np.int64) * _TWO_M53
+    t = np.array([_tail_minus_log_u_numpy(key, int(i)) for i in c.reshape(-1)]).reshape(c.shape)
+    r = np.sqrt(2.0 * t)
+    cos_t, sin_t = _cos_sin_turns_numpy(v)
+    return r * cos_t, r * sin_t
+
+
 def normal_pair_numpy(key: int, counters: Any) -> tuple[np.ndarray, np.ndarray]:
     """Twin of :func:`normal_pair` over an array of block counters."""
-    w = random_block_numpy(key, counters)
-    u = ((((w[..., 0] << _SHIFT32) | w[..., 1]) >> _SHIFT11).astype(np.int64) + 1) * _TWO_M53
+    c = np.asarray(counters).astype(np.uint64)
+    w = random_block_numpy(key, c)
+    m = (((w[..., 0] << _SHIFT32) | w[..., 1]) >> _SHIFT11).astype(np.int64)
+    u = (m + 1) * _TWO_M53
     v = (((w[..., 2] << _SHIFT32) | w[..., 3]) >> _SHIFT11).astype(np.int64) * _TWO_M53
     r = np.sqrt(-2.0 * _log_unit_numpy(u))
     cos_t, sin_t = _cos_sin_turns_numpy(v)
-    return r * cos_t, r * sin_t
+    z0, z1 = r * cos_t, r * sin_t
+    tail = m == 0
+    if np.any(tail):  # probability 2**-53 per pair
+        z0[tail], z1[tail] = normal_pair_tail_numpy(key, c[tail])
+    return z0, z1
 
 
 def standard_normal_numpy(key: int, index: Any) -> np.ndarray:

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from aggkit.kernels import counter_rng, gaussian_noise
+from aggkit.kernels import counter_rng, gaussian_noise, limits
 from aggkit.kernels.gaussian_noise import (
     add_gaussian_noise,
     add_gaussian_noise_numpy,
@@ -201,3 +202,88 @@ def test_different_keys_give_uncorrelated_noise():
     c = gaussian(N, 1.0, base + 1)
     for other in (b, c):
         assert abs(np.corrcoef(a, other)[0, 1]) < 4 / math.sqrt(N)
+
+
+# -- the tail of Box-Muller's radius ------------------------------------------------------------
+
+_tail_jit = numba.njit(cache=False)
+
+
+@_tail_jit
+def _tail_pairs(key, counters, out):
+    for j in range(counters.size):
+        z0, z1 = counter_rng.normal_pair_tail(key, counters[j])
+        out[j, 0] = z0
+        out[j, 1] = z1
+
+
+@_tail_jit
+def _head_pairs(key, counters, out, tails):
+    for j in range(counters.size):
+        z0, z1, tail = counter_rng.normal_pair_head(key, counters[j])
+        out[j, 0] = z0
+        out[j, 1] = z1
+        tails[j] = tail
+
+
+@given(st.integers(0, 2**64 - 1), st.lists(st.integers(0, 2**63), max_size=20))
+def test_tail_pairs_match_their_twin_bit_for_bit(key, counters):
+    c = np.array(counters, dtype=np.uint64)
+    out = np.empty((c.size, 2))
+    _tail_pairs(np.uint64(key), c, out)
+    z0, z1 = counter_rng.normal_pair_tail_numpy(key, c)
+    np.testing.assert_array_equal(out[:, 0], z0)
+    np.testing.assert_array_equal(out[:, 1], z1)
+
+
+def test_head_equals_the_pair_outside_the_tail():
+    c = np.arange(10_000, dtype=np.uint64)
+    out, tails = np.empty((c.size, 2)), np.empty(c.size, np.int64)
+    _head_pairs(np.uint64(77), c, out, tails)
+    z0, z1 = counter_rng.normal_pair_numpy(77, c)
+    assert not tails.any()  # probability 2**-53 each
+    np.testing.assert_array_equal(out[:, 0], z0)
+    np.testing.assert_array_equal(out[:, 1], z1)
+
+
+def test_tail_radius_continues_the_exponential():
+    # In the tail, u = 2**-53 u' with u' uniform: r^2 / 2 - 53 ln 2 = -log u' ~ Exp(1), and the
+    # angle stays uniform. Before, every such pair had r = sqrt(2 * 53 ln 2) = 8.57 exactly.
+    c = np.arange(50_000, dtype=np.uint64)
+    out = np.empty((c.size, 2))
+    _tail_pairs(np.uint64(2024), c, out)
+    excess = 0.5 * (out**2).sum(axis=1) - 53 * math.log(2)
+    assert stats.kstest(excess, "expon").pvalue > 1e-4
+    angle = np.arctan2(out[:, 1], out[:, 0]) / (2 * np.pi) % 1.0
+    assert stats.kstest(angle, "uniform").pvalue > 1e-4
+    assert np.sqrt((out**2).sum(axis=1)).max() > 9.5  # beyond the old bound of 8.57
+
+
+def test_tail_reaches_the_documented_radius_when_every_level_is_zero(monkeypatch):
+    # Force all-zero words on the tail levels (probability 2**(-53 * 19)): the radius is the
+    # reach the privacy check relies on.
+    real = counter_rng.philox4x32_10_numpy
+
+    def zero_tail(counters, key):
+        words = real(counters, key)
+        tail = np.asarray(counters)[..., 3] == counter_rng._TAIL_TAG
+        words[tail] = 0
+        return words
+
+    monkeypatch.setattr(counter_rng, "philox4x32_10_numpy", zero_tail)
+    z0, z1 = counter_rng.normal_pair_tail_numpy(5, np.arange(3, dtype=np.uint64))
+    np.testing.assert_allclose(np.hypot(z0, z1), limits.MAX_ABS_NORMAL, rtol=1e-14)
+    assert limits.MAX_ABS_NORMAL == pytest.approx(38.334, abs=1e-3)
+
+
+def test_infinite_loss_bound_of_the_old_and_new_samplers():
+    # The old sampler (radius 8.57) at z = 0.2 and z = 0.1; the new one at the floor.
+    assert limits.infinite_loss_bound(0.2, dimension=2, radius=8.57) > 1e-5
+    assert limits.infinite_loss_bound(0.1, dimension=2, radius=8.57) == 1.0
+    assert limits.infinite_loss_bound(limits.MIN_NOISE_MULTIPLIER) < 1e-26
+    assert limits.infinite_loss_bound(0.0) == 1.0
+    # Monotone in the noise multiplier and in the dimension.
+    zs = [0.04, 0.05, 0.1, 0.5]
+    bounds = [limits.infinite_loss_bound(z) for z in zs]
+    assert bounds == sorted(bounds, reverse=True)
+    assert limits.infinite_loss_bound(0.04, 10) < limits.infinite_loss_bound(0.04, 10**9)
