@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aggkit.bulyan import bulyan
+from aggkit.centered_clipping import centered_clipping
 from aggkit.compression import quantized_sum
 from aggkit.dp import gaussian_adaptive, gaussian_fixed
 from aggkit.errors import EmptyRoundError, InvalidUpdateError
+from aggkit.geometric_median import geometric_median
 from aggkit.hadamard import hadamard
+from aggkit.krum import krum
 from aggkit.mean import mean, unweighted_mean
+from aggkit.median import median
 from aggkit.presets import (
     compression_aggregator,
     dp_aggregator,
@@ -39,6 +44,7 @@ from aggkit.secure.modular_sum import secure_modular_sum
 from aggkit.secure.secure_sum import secure_sum
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 from aggkit.sum import sum
+from aggkit.trimmed_mean import trimmed_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from aggkit import privacy, testing
@@ -56,13 +62,18 @@ __all__ = [
     "Layout",
     "Output",
     "TensorSpec",
+    "bulyan",
+    "centered_clipping",
     "clipping",
     "compression_aggregator",
     "dp_aggregator",
     "gaussian_adaptive",
     "gaussian_fixed",
+    "geometric_median",
     "hadamard",
+    "krum",
     "mean",
+    "median",
     "privacy",
     "private_quantile_estimator",
     "quantile_estimator",
@@ -73,6 +84,7 @@ __all__ = [
     "secure_sum",
     "sum",
     "testing",
+    "trimmed_mean",
     "unweighted_mean",
     "zeroing",
 ]

@@ -47,10 +47,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(threads: int) -> str:
+def _run(threads: int, script: str = SCRIPT) -> str:
+    """The digest ``script`` prints when run in a fresh interpreter on ``threads`` threads."""
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     return done.stdout.strip()
 

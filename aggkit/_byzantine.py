@@ -1,0 +1,144 @@
+"""What the Byzantine-robust rules share: a round that holds every client at once, and the checks
+of their parameters.
+
+Median, trimmed mean, Krum and Bulyan need every client's value of a coordinate at once, and the
+geometric median and centered clipping iterate over the clients several times, so none of them can
+fold clients into an accumulator as they arrive. :class:`WholeRound` gathers the round's blocks
+into one ``[K, n]`` client matrix with one coefficient per client: a :class:`~aggkit.ClientBatch`
+(or a stacked array, or a list that fits one block) is used as is; blocks of a stream are copied,
+since the stream reuses its packing buffer.
+
+Contributions. As everywhere in aggkit, client ``i`` contributes ``coef[i] * matrix[i]``: an outer
+``ak.clipping`` scales it, an outer ``ak.zeroing`` makes it the zero vector (a zeroed client still
+takes part, as a client whose update is zeros, as it keeps its weight in ``ak.mean``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from aggkit.errors import EmptyRoundError
+from aggkit.process import Contributions, Round
+from aggkit.structure import ClientBatch, Layout
+
+__all__ = ["WholeRound", "check_floating", "check_int", "require_clients"]
+
+
+def check_int(value, name: str, low: int) -> int:
+    """``value`` as an int ``>= low``; TypeError for a non-integer (bools included), ValueError
+    below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_floating(layout: Layout, who: str) -> None:
+    """TypeError naming the tensors of ``layout`` that are not float32/float64."""
+    bad = [
+        f"{p}: {s.dtype}"
+        for p, s in zip(layout.paths, layout.specs, strict=True)
+        if s.dtype not in (np.float32, np.float64)
+    ]
+    if bad:
+        raise TypeError(f"{who} needs float32 or float64 tensors; got {', '.join(bad)}")
+
+
+def require_clients(count: int, needed: int, who: str, why: str) -> None:
+    """EmptyRoundError for a round of no clients, ValueError for fewer than ``needed``."""
+    if count == 0:
+        raise EmptyRoundError(f"{who} over zero clients")
+    if count < needed:
+        raise ValueError(f"{who} needs at least {needed} clients ({why}); the round has {count}")
+
+
+class WholeRound(Round):
+    """A round that gathers its blocks and computes everything in :meth:`compute`.
+
+    Subclasses implement ``compute(matrix, coef, weights) -> (state, flat_result,
+    measurements)``; ``weights`` is None for unweighted processes.
+    """
+
+    owns_result = True
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+
+    def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        matrix = block.matrix if block.whole_round else block.matrix.copy()
+        self.blocks.append((matrix, block.coef, weights))
+
+    def gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The round's ``(matrix [K, n], coef [K], weights [K] or None)``."""
+        if len(self.blocks) == 1:
+            return self.blocks[0]
+        if not self.blocks:
+            return self.layout.empty_batch(0).matrix, np.zeros(0), None
+        matrix = np.concatenate([b[0] for b in self.blocks])
+        coef = np.concatenate([b[1] for b in self.blocks])
+        weights = None
+        if self.blocks[0][2] is not None:
+            weights = np.concatenate([b[2] for b in self.blocks])
+        self.blocks = []
+        return matrix, coef, weights
+
+    def contributions(self, matrix: np.ndarray, coef: np.ndarray) -> Contributions:
+        """The gathered clients as one block (for error messages and statistics)."""
+        return Contributions(ClientBatch(matrix, self.layout), coef)
+
+    def raise_nonfinite(self, matrix: np.ndarray, coef: np.ndarray) -> None:
+        """Raise InvalidUpdateError naming the first contributing client holding NaN or Inf
+        (nothing when there is none)."""
+        block = self.contributions(matrix, coef)
+        active = np.flatnonzero(block.active)
+        for row in active:
+            if not np.isfinite(matrix[row]).all():
+                raise block.nonfinite_error(int(row))
+
+    def compute(self, matrix, coef, weights):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self):
+        matrix, coef, weights = self.gathered()
+        return self.compute(matrix, coef, weights)
+
+
+class Sums:
+    """The sums an iterative rule (geometric median, centered clipping) runs per round: weighted
+    sums of the client rows through ``value_sum``'s process and scalar sums through
+    ``weight_sum``'s, threading each process's state from one sum to the next.
+
+    Both processes are unweighted aggregation processes (``ak.sum()`` by default, or
+    ``ak.secure_sum(...)`` to keep every sum on a secure channel).
+    """
+
+    def __init__(self, value_process, weight_process, state: dict):
+        self.value_process = value_process
+        self.weight_process = weight_process
+        self.value_state = state["value_sum_process"]
+        self.weight_state = state["weight_sum_process"]
+        self.measurements: dict = {}
+
+    @property
+    def state(self) -> dict:
+        return {"value_sum_process": self.value_state, "weight_sum_process": self.weight_state}
+
+    def rows(self, batch: ClientBatch, coef: np.ndarray) -> np.ndarray:
+        """``sum_i coef[i] * batch.matrix[i]`` as float64."""
+        round_ = self.value_process.begin_round(self.value_state)
+        round_.add(Contributions(batch, coef, whole_round=True), None)
+        self.value_state, total, self.measurements["value_sum"] = round_.finish()
+        return np.asarray(total, dtype=np.float64)
+
+    def scalar(self, values: np.ndarray) -> float:
+        """``sum_i values[i]`` (one non-negative scalar per client)."""
+        from aggkit.mean import WEIGHT_LAYOUT
+
+        round_ = self.weight_process.begin_round(self.weight_state)
+        round_.add(Contributions.of_scalars(values, WEIGHT_LAYOUT), None)
+        self.weight_state, total, self.measurements["weight_sum"] = round_.finish()
+        return float(np.asarray(total, dtype=np.float64)[0])

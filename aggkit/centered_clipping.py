@@ -1,0 +1,181 @@
+"""``ak.centered_clipping(radius, iterations=1)``: centered clipping (Karimireddy, He, Jaggi, 2021).
+
+The server keeps a center ``v``, the previous round's aggregate (zeros at first), in the state.
+Each iteration clips every client's difference from the center to the L2 ball of radius ``tau``
+and moves the center by the weighted mean of the clipped differences::
+
+    v <- v + sum_i w_i * clip(x_i - v, tau) / sum_i w_i,   clip(z, tau) = z * min(1, tau / ||z||)
+
+The result is the final ``v``, which the next round starts from. An attacker's pull on the
+result is at most ``tau`` times its weight share, however large its update.
+
+Since ``clip(x_i - v) = s_i (x_i - v)`` with ``s_i = min(1, tau / ||x_i - v||)``, one iteration is
+``v <- v (1 - S / W) + T / W`` with ``T = sum_i w_i s_i x_i``, ``S = sum_i w_i s_i`` and
+``W = sum_i w_i``: sums over clients, each client computing its own ``s_i`` from the broadcast
+center. ``T`` goes through the ``value_sum`` factory, ``W``, ``S`` and the clipped count through
+``weight_sum``; with secure factories every sum uses a secure channel and
+:func:`aggkit.testing.assert_only_secure` passes.
+
+The radius is a positive number or an estimation process, as in :func:`aggkit.clipping`; a
+process is fed the round's distances ``||x_i - v||`` to the round's first center. Cost per
+iteration: one pass for the distances (:mod:`aggkit.kernels.distances`) and one for ``T``.
+
+State: ``{"center": array of the layout's size and dtype, "radius": radius state,
+"value_sum_process": ..., "weight_sum_process": ...}``. Measurements: ``{"radius": float,
+"clipped_count": int (clients clipped in the first iteration), "value_sum": ..., "weight_sum":
+...}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aggkit._byzantine import Sums, WholeRound, check_floating, check_int, require_clients
+from aggkit.mean import WEIGHT_LAYOUT, _check_unweighted
+from aggkit.process import AggregationProcess, EstimationProcess, Factory, Round, State
+from aggkit.robust import _threshold
+from aggkit.structure import ClientBatch, Layout
+
+__all__ = ["CenteredClippingFactory", "CenteredClippingProcess", "centered_clipping"]
+
+
+@dataclass(frozen=True)
+class CenteredClippingFactory(Factory):
+    """Centered clipping; build it with :func:`aggkit.centered_clipping`."""
+
+    radius: EstimationProcess
+    iterations: int = 1
+    value_sum: Factory | None = None
+    weight_sum: Factory | None = None
+
+    is_weighted = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "iterations", check_int(self.iterations, "iterations", 1))
+        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
+        object.__setattr__(self, "weight_sum", _check_unweighted(self.weight_sum, "weight_sum"))
+
+    def _create(self, layout: Layout) -> CenteredClippingProcess:
+        check_floating(layout, "ak.centered_clipping")
+        return CenteredClippingProcess(
+            layout,
+            self,
+            self.value_sum.create(layout),
+            self.weight_sum.create(WEIGHT_LAYOUT),
+        )
+
+
+def centered_clipping(
+    radius: float | EstimationProcess,
+    iterations: int = 1,
+    *,
+    value_sum: Factory | None = None,
+    weight_sum: Factory | None = None,
+) -> CenteredClippingFactory:
+    """A weighted aggregator: clip each client's distance from the last aggregate, then average.
+
+    Parameters
+    ----------
+    radius : float or EstimationProcess
+        ``tau``: a positive number, or an estimation process fed each round's distances from
+        the center (e.g. ``ak.quantile_estimator(1.0, 0.5, 0.2)``).
+    iterations : int
+        Clipping iterations per round (>= 1; the paper uses 1 with client momentum).
+    value_sum, weight_sum : unweighted factory, optional
+        How ``T`` and the scalars are summed (default :func:`aggkit.sum`).
+
+    Returns
+    -------
+    CenteredClippingFactory
+
+    Examples
+    --------
+    >>> import numpy as np, aggkit as ak
+    >>> process = ak.centered_clipping(1.0).create(ak.TensorSpec((), np.float32))
+    >>> out = process.next(process.initialize(), [0.5, 0.5, 0.5, 1000.0], weights=np.ones(4))
+    >>> print(out.result, out.measurements["clipped_count"])  # (0.5 * 3 + 1) / 4
+    0.625 1
+    """
+    return CenteredClippingFactory(_threshold(radius, "radius"), iterations, value_sum, weight_sum)
+
+
+class CenteredClippingProcess(AggregationProcess):
+    """Process of :func:`aggkit.centered_clipping`."""
+
+    is_weighted = True
+
+    def __init__(
+        self,
+        layout: Layout,
+        factory: CenteredClippingFactory,
+        value_sum: AggregationProcess,
+        weight_sum: AggregationProcess,
+    ):
+        super().__init__(layout)
+        self.factory = factory
+        self.value_sum = value_sum
+        self.weight_sum = weight_sum
+        self.stats_needed = value_sum.stats_needed
+
+    def initialize(self) -> State:
+        return {
+            "center": np.zeros(self.layout.size, dtype=self.layout.dtype),
+            "radius": self.factory.radius.initialize(),
+            "value_sum_process": self.value_sum.initialize(),
+            "weight_sum_process": self.weight_sum.initialize(),
+        }
+
+    def begin_round(self, state: State) -> Round:
+        return _CenteredClippingRound(self, state)
+
+
+class _CenteredClippingRound(WholeRound):
+    def __init__(self, process: CenteredClippingProcess, state: State):
+        super().__init__(process.layout)
+        self.process = process
+        self.state = state
+        center = np.asarray(state["center"])
+        if center.shape != (process.layout.size,):
+            raise ValueError(
+                f"the state's center has shape {center.shape}, not ({process.layout.size},)"
+            )
+        self.center = center.astype(np.float64)  # a copy: the state is not modified
+        self.radius = float(process.factory.radius.report(state["radius"]))
+        self.sums = Sums(process.value_sum, process.weight_sum, state)
+
+    def compute(self, matrix, coef, weights):
+        from aggkit import kernels
+
+        k = matrix.shape[0]
+        require_clients(k, 1, "ak.centered_clipping", "an average of nothing is undefined")
+        batch = ClientBatch(matrix, self.layout)
+        sums = self.sums
+        tau = self.radius
+        center = self.center
+        total_weight = sums.scalar(weights)
+        first = None
+        clipped = 0
+        for _ in range(self.process.factory.iterations):
+            d = kernels.distances.center_distances(matrix, coef, center)
+            if not np.isfinite(d).all():
+                self.raise_nonfinite(matrix, coef)
+            over = d > tau
+            if first is None:
+                first = d
+                clipped = round(sums.scalar(over.astype(np.float64)))
+            with np.errstate(divide="ignore"):
+                scale = np.where(over, tau / d, 1.0)
+            factors = weights * scale
+            moved = sums.rows(batch, coef * factors)
+            kept = sums.scalar(factors)
+            if total_weight > 0:
+                center = center * (1.0 - kept / total_weight) + moved / total_weight
+        state = {
+            "center": center.astype(self.layout.dtype),
+            "radius": self.process.factory.radius.next(self.state["radius"], first),
+            **sums.state,
+        }
+        measurements = {"radius": tau, "clipped_count": clipped, **sums.measurements}
+        return state, center.astype(self.layout.dtype), measurements

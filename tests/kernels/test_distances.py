@@ -1,0 +1,74 @@
+"""Pairwise and center distances against their NumPy twins and exact references."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from aggkit.kernels.distances import (
+    GRAM_COLUMNS,
+    center_distances,
+    center_distances_numpy,
+    pairwise_sq_distances,
+    pairwise_sq_distances_numpy,
+)
+
+
+@st.composite
+def matrices(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    k = draw(st.integers(1, 11))
+    n = draw(st.integers(0, 2 * GRAM_COLUMNS + 3))
+    elements = st.floats(-1e3, 1e3, width=np.dtype(dtype).itemsize * 8)
+    matrix = draw(hnp.arrays(dtype, (k, n), elements=elements))
+    coef = draw(hnp.arrays(np.float64, k, elements=st.sampled_from([0.0, 1.0, 0.25, 3.0])))
+    return matrix, coef
+
+
+def _exact_sq(matrix, coef):
+    x = np.where(coef[:, None] == 0, 0.0, coef[:, None] * matrix.astype(np.float64))
+    return ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2), x
+
+
+@given(matrices())
+def test_pairwise_matches_twin_and_differences(case):
+    matrix, coef = case
+    ours = pairwise_sq_distances(matrix, coef)
+    exact, x = _exact_sq(matrix, coef)
+    scale = max(1.0, float((x**2).sum()))
+    np.testing.assert_allclose(ours, pairwise_sq_distances_numpy(matrix, coef), atol=1e-12 * scale)
+    np.testing.assert_allclose(ours, exact, rtol=1e-9, atol=1e-12 * scale)
+    assert (ours >= 0).all() and (np.diag(ours) == 0).all()
+    np.testing.assert_array_equal(ours, ours.T)
+
+
+def test_identical_rows_are_exactly_zero_apart_and_a_large_common_part_cancels():
+    rng = np.random.default_rng(0)
+    common = rng.standard_normal(10_000).astype(np.float32) * np.float32(1e4)
+    matrix = common + rng.standard_normal((6, 10_000)).astype(np.float32) * np.float32(1e-2)
+    matrix[4] = matrix[1]
+    ours = pairwise_sq_distances(matrix, np.ones(6))
+    assert ours[1, 4] == 0.0
+    exact, _ = _exact_sq(matrix, np.ones(6))
+    np.testing.assert_allclose(ours, exact, rtol=1e-6)
+
+
+def test_rows_with_zero_coefficient_are_not_read():
+    matrix = np.ones((3, 700), np.float32)
+    matrix[1, 5] = np.nan
+    d = pairwise_sq_distances(matrix, np.array([1.0, 0.0, 1.0]))
+    assert np.isfinite(d).all() and np.isclose(d[0, 1], 700.0, rtol=1e-12)
+    c = center_distances(matrix, np.array([1.0, 0.0, 1.0]), np.zeros(700))
+    np.testing.assert_allclose(c, [np.sqrt(700), 0.0, np.sqrt(700)])
+    matrix[1, 5] = np.inf
+    assert not np.isfinite(pairwise_sq_distances(matrix, np.ones(3))).all()
+
+
+@given(matrices(), st.data())
+def test_center_distances_match_twin(case, data):
+    matrix, coef = case
+    center = data.draw(hnp.arrays(np.float64, matrix.shape[1], elements=st.floats(-1e3, 1e3)))
+    ours = center_distances(matrix, coef, center)
+    np.testing.assert_allclose(ours, center_distances_numpy(matrix, coef, center), rtol=1e-12)
