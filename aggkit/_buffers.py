@@ -1,10 +1,10 @@
 """Accumulators and result buffers reused across rounds, so a round does not pay first-touch
 page faults.
 
-A fresh large ``np.zeros`` is mapped lazily by the kernel: the first write to each 4 KiB page
-faults, and those faults land inside the parallel sum kernel. Measured here (K=32 x 10,000,000
-float32, 2 threads): ``ak.mean()`` took 204 ms a round with a fresh float64 accumulator and 105 ms
-with a reused one (the sum kernel alone: 91 ms); at K=100 x 431,080, 18.7 ms against 13.3 ms.
+A fresh large ``np.zeros`` is mapped lazily by the operating system: the first write to each
+4 KiB page faults, and those faults land inside the parallel sum kernel, where they can cost as
+much as the sum itself (``docs/benchmarks-history.md``, "Reused buffers";
+``docs/design.md``, "Buffers and threads").
 
 :func:`zeros` (and :func:`empty`, for a mean's float32 result, which is written in full) hands
 out a pooled buffer only when nothing but the pool refers to it (CPython reference counts; a view

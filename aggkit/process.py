@@ -493,7 +493,7 @@ class AggregationProcess(ABC):
         return max(1, min(count, STREAM_BLOCK_BYTES // row_bytes))
 
     def _buffer(self, rows: int) -> np.ndarray:
-        """A per-thread packing buffer reused across rounds (fresh pages cost 4-15x the copy).
+        """A per-thread packing buffer reused across rounds (fresh pages cost more than the copy).
 
         It is only handed to this process's own round, which finishes before the next ``next``
         on the same thread packs again; it is freed with the process.

@@ -90,7 +90,8 @@ class FedAvgConfig:
     eval_every : int
         Evaluate on the test set every this many rounds (and after the last one).
     channels_last : bool or None
-        Memory format of the models (None: the faster one measured here, channels_last).
+        Memory format of the models (None: ``channels_last``, see
+        :data:`aggkit_torch.local_training.CHANNELS_LAST_DEFAULT`).
     """
 
     clients_per_round: int = 10

@@ -5,10 +5,13 @@ gathered with ``index_select`` (no ``Dataset``, no ``DataLoader``, no per-sample
 transforms). One model and one optimizer can be reused for every client: copy the global
 weights in, clear the optimizer state, call :func:`train_local`.
 
-On this project's 2-core CPU the seed CNN trains faster with ``channels_last`` weights (see
-``benchmarks/bench_torch_plain.py``), so :func:`prepare_model` converts by default
-(:data:`CHANNELS_LAST_DEFAULT`). With one input channel an NCHW batch is already
-``channels_last``-contiguous, so the images need no conversion.
+:func:`prepare_model` converts models to ``channels_last`` by default
+(:data:`CHANNELS_LAST_DEFAULT`): PyTorch's CPU convolutions are often faster in that format, and
+the MNIST CNN trained faster in it where it was measured (``docs/benchmarks-history.md``,
+"Memory format"). That depends on the CPU and the model: ``benchmarks/bench_torch_plain.py``
+times both formats on your machine, and ``channels_last=False`` keeps NCHW. With one input
+channel an NCHW batch is already ``channels_last``-contiguous, so the images need no
+conversion.
 
 Examples
 --------
@@ -50,8 +53,8 @@ __all__ = [
     "train_local",
 ]
 
-#: Whether :func:`prepare_model` converts to ``channels_last`` unless told otherwise. Chosen
-#: by measurement on the seed CNN (see the module docstring and the benchmark).
+#: Whether :func:`prepare_model` converts to ``channels_last`` unless told otherwise (see the
+#: module docstring).
 CHANNELS_LAST_DEFAULT = True
 
 
@@ -74,8 +77,8 @@ class EvalResult(NamedTuple):
 def configure_threads(num_threads: int | None = None) -> int:
     """Set torch's intra-op thread count, by default to the cores this process may use.
 
-    On a 2-core machine two threads are fastest for the seed CNN at batch 64; more threads
-    than cores oversubscribe and slow everything down. Call it once at start-up.
+    More threads than cores oversubscribe them and slow everything down, so the default is the
+    number of cores this process may run on. Call it once at start-up.
 
     Parameters
     ----------
@@ -112,7 +115,7 @@ def is_channels_last(model: nn.Module) -> bool:
 
 
 def prepare_model(model: nn.Module, *, channels_last: bool | None = None) -> nn.Module:
-    """Put a model in the memory format that trains fastest here (in place; returns it).
+    """Put a model in the memory format it trains in (in place; returns it).
 
     Parameters
     ----------

@@ -184,6 +184,8 @@ def render(
         "*Paired* groups time a reference (the probe, or Flower) and a contender alternately,",
         "round after round, after an idle pause each, so both meet the same load: *best ratio*",
         "divides their best times, *median ratio* is the median of the per-round ratios.",
+        "The one-off measurements behind the kernels' design are on the",
+        "[history page](benchmarks-history.md).",
         "",
     ]
     if with_plot:

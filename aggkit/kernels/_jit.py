@@ -95,18 +95,16 @@ _USER_OMP_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 def start_thread_pool(parallel=None) -> bool:
     """Start numba's thread pool, letting its OpenMP threads spin longer before they sleep.
 
-    A parallel kernel ends at a barrier where the thread that finished first waits for the other.
-    libgomp lets a waiting thread poll 300,000 times (about 4 ms here) and then puts it to sleep;
-    on this shared 2-vCPU machine a sleeping thread then took up to 6 ms to wake, longer than the
-    kernels themselves. Measured after 0.15 s pauses (December 2026): a 2-thread ``prange`` over
-    two trivial items took 5.8 ms (median) with libgomp's default and 0.14 ms with
-    ``GOMP_SPINCOUNT=3000000``; ``ak.mean()`` over K=100 x 431,080 float32 took 8.8-9.6 ms
-    against 7.3-7.7 ms, and ``robust_aggregator`` 17.2-17.4 ms against 14.0-14.6 ms (after 1 s
-    pauses: 9.4 against 7.8 and 15.8 against 13.2 ms). The price: after each parallel call an idle
-    worker polls for about 80 ms of one core's time (about 4 ms by default), much as OpenBLAS's
-    workers do for about 0.1 s after a BLAS call. A count of 10,000,000 polled through a 0.15 s
-    pause and slowed the BLAS call that followed 2x, so the count stays at
-    :data:`OMP_SPIN_COUNT`.
+    A parallel kernel ends at a barrier where the thread that finished first waits for the
+    others. libgomp lets a waiting thread poll ``GOMP_SPINCOUNT`` times (300,000 by default, a few
+    milliseconds) and then puts it to sleep. On a loaded machine, waking a sleeping thread can take
+    longer than the kernel it is woken for, and a round launches several kernels in quick
+    succession; a spin count of :data:`OMP_SPIN_COUNT` keeps the workers polling across those
+    gaps. The price is idle polling of one core for a while after each parallel call, much as
+    OpenBLAS's workers poll after a BLAS call. A much larger count kept polling through the pauses
+    between rounds and slowed the BLAS calls that followed, so the count is bounded. The
+    measurements behind this choice are in ``docs/benchmarks-history.md`` ("Thread pool spin
+    count").
 
     libgomp reads ``GOMP_SPINCOUNT`` once, when numba loads it as it starts the pool. So this
     function sets the variable, starts the pool, and removes the variable again: OpenMP runtimes
@@ -161,7 +159,7 @@ def kernel(
 
     ``inline=True`` inlines a device function into its callers at the numba IR level. numba does
     not inline large helpers on its own, and a call left in a hot loop stops it from vectorizing
-    (the Gaussian noise loop: 42 ns per element with the call, 9 without).
+    (the Gaussian noise loop, for one, ran several times slower with its call left in).
     """
     flags = {"reassoc"} if fastmath_reassoc else set()
     if fastmath_contract:
@@ -185,10 +183,9 @@ def kernel(
 def threads_for(tasks: int) -> Iterator[None]:
     """Run the parallel kernels called inside on at most ``tasks`` threads.
 
-    Waking a sleeping worker thread for work it will not get costs milliseconds on a busy
-    machine: a ``[100, 1]`` weight sum took 0.05 ms on one thread and 12 ms (median) on two while
-    another process kept the second core busy. Every aggkit kernel's bits are independent of the
-    thread count, so this changes no result.
+    Waking a sleeping worker thread for work it will not get can cost milliseconds on a busy
+    machine, far more than a tiny kernel itself (a weight sum over a hundred clients, say). Every
+    aggkit kernel's bits are independent of the thread count, so this changes no result.
     """
     threads = numba.get_num_threads()
     if tasks >= threads:

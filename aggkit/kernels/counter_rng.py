@@ -23,8 +23,8 @@ from the operating system, but the stream itself remains Philox).
 The cheap generator
 -------------------
 Stochastic rounding draws one uniform per quantized value, so its generator is the inner loop of
-compression. There Philox cost nearly as much as the rounding itself (0.27 against 0.36 ns per
-value on one thread). ``mix_block(key, counter)`` instead gives the 128 bits of a block as two
+compression, and Philox there costs nearly as much as the rounding itself.
+``mix_block(key, counter)`` instead gives the 128 bits of a block as two
 outputs of SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators",
 OOPSLA 2014), ``mix64(key, i)``. That is the stateless form of ``java.util.SplittableRandom``
 and of Vigna's ``splitmix64``:
@@ -35,10 +35,10 @@ and of Vigna's ``splitmix64``:
     return z ^ (z >> 31)        (all mod 2**64)
 
 Its authors report that it passes BigCrush. It takes two 64-bit multiplications per 64 bits,
-against Philox's twenty per 128: 0.12 ns per 16-bit uniform on the December 2026 AMD EPYC
-machine, against 0.27 ns. Keys still come from Philox (``fold_in``). Two streams share values
-only when their keys differ by less than a stream's length times the odd constant, which has
-probability about ``length / 2**64`` for independent keys.
+against Philox's twenty per 128, and costs less than half as much per uniform
+(``docs/benchmarks-history.md``, "Random numbers"). Keys still come from Philox (``fold_in``).
+Two streams share values only when their keys differ by less than a stream's length times the
+odd constant, which has probability about ``length / 2**64`` for independent keys.
 
 Stream layout
 -------------

@@ -24,11 +24,11 @@ Each pass also reports, per row, how many elements lay above ``hi`` and below ``
 simply above or below) and, for float rows, how many were NaN; a secure sum with constant bounds
 needs no separate statistics pass.
 
-How the float pass is fast (K=100 x 431,080 float32 on the 2-core development machine, one
-thread): written literally, with saturating int64 casts per element, it ran at a third of the
-speed of the weighted sum; now it is within about 25% of it.
+How the float pass is fast. Written literally, with saturating int64 casts per element, it would
+run at a fraction of the weighted sum's speed; three choices bring it close to that speed
+(``docs/benchmarks-history.md``, "Secure sum discretization", has the figures):
 
-* When ``|lo * scale|`` and ``|hi * scale|`` are below ``2**52`` (any range that contains 0, and
+* When ``|lo * scale|`` and ``|hi * scale|`` are below ``2**40`` (any range that contains 0, and
   most others) the saturations can never act and ``rint(v * scale) - rint(lo * scale)`` is an exact
   difference of doubles, so the code is computed in float64 without integer conversions. Other
   ranges take the literal path; the twin always does, and the tests compare both.

@@ -1,10 +1,9 @@
 """The last pass of a mean: ``out[j] = dtype(total[j] / denominator)``, in one parallel pass.
 
 NumPy spends two passes and a fresh array on this (``np.divide`` then ``astype``), and the fresh
-array's first-touch page faults cost more than both passes. Measured on the 2-core AMD machine
-(December 2026, ``total`` already in memory, medians): over 431,080 values NumPy took 0.29 ms with
-its allocations warm and about 1 ms inside a round, this kernel 0.15 ms into a reused buffer; over
-10,000,000 values (80 MB read, 40 MB written) NumPy took 23-55 ms and the kernel 4.2 ms.
+array's first-touch page faults can cost more than both passes. This kernel reads ``total`` once
+and writes into a reused buffer (``docs/benchmarks-history.md``, "Divide and cast", has the
+figures).
 
 Bits: each element is one IEEE float64 division rounded once to the output dtype, exactly what
 ``np.divide(total, d).astype(dtype)`` computes, so the NumPy twin gives the same bits (NaN, Inf

@@ -12,11 +12,10 @@ unbiased estimate of ``v``. Choosing the range and building payloads is the call
 Random numbers
 --------------
 ``U`` comes from the counter-based SplitMix64 stream (``mix_block`` in
-:mod:`aggkit.kernels.counter_rng`; it takes less than half the time of the Philox stream it
-replaced) on a grid of ``2**-r``: ``r = 16`` bits for quantizers of 8 bits or more, ``r = 32``
-below. Rounding up then happens with probability ``ceil(2**r frac) / 2**r`` instead of ``frac``,
-a bias below
-``2**-r`` of a step, that is below ``2**-24`` of the client's range ``hi - lo`` in every case
+:mod:`aggkit.kernels.counter_rng`, cheaper than Philox for this inner loop) on a grid of
+``2**-r``: ``r = 16`` bits for quantizers of 8 bits or more, ``r = 32`` below. Rounding up then
+happens with probability ``ceil(2**r frac) / 2**r`` instead of ``frac``, a bias below ``2**-r`` of
+a step, that is below ``2**-24`` of the client's range ``hi - lo`` in every case
 (one float32 unit in the last place of the range). The reference implementation rounds in
 float32, which at 8 bits has the same ``2**-16`` resolution. 16-bit uniforms take half the
 generator's work: eight elements per 128-bit block instead of four.

@@ -2,7 +2,7 @@
 
 Every layer of a composition reads its per-client numbers from this one pass: zeroing (L1, L2 or
 L-inf norm), clipping and DP (L2 norm), quantization (per-tensor min/max), secure summation
-(max |x|), and every plain sum (finiteness). Scaling is linear, so the numbers of a client scaled
+(max |x|), and the quantized sum (finiteness). Scaling is linear, so the numbers of a client scaled
 by ``c >= 0`` are ``c`` times these; layers never rescan the matrix.
 
 How it is fast (see ``docs/design.md``, "Contributions: a composition as coefficients"):
@@ -15,12 +15,12 @@ How it is fast (see ``docs/design.md``, "Contributions: a composition as coeffic
   (``fastmath={"reassoc"}``), which lets LLVM vectorize them; the order then depends on the
   compiled vector width, never on threads.
 * Loop B computes ``max |x|`` (and per-tensor min/max when asked). Float min/max loops do not
-  vectorize in numba (about 2.3 GB/s on this machine), so loop B works on the float bits as
-  integers: ``bits & 0x7f..f`` orders ``|x|``, and ``bits ^ ((bits >> 31) & 0x7f..f)`` orders
-  signed floats; integer min/max vectorizes. For float32 rows, loops A and B are one loop
-  (:func:`_sum_sq_abs_max32_8`, with FMA in the sums of squares). This took the K=100 x 431,080 pass
-  from 8.7 to 7.5 ms on one thread and from 6.1 to 5.7 ms on two (December 2026). Float64 rows
-  keep two loops, with loop B re-reading the pieces from cache.
+  vectorize in numba (they run several times slower than memory), so loop B works on the float
+  bits as integers: ``bits & 0x7f..f`` orders ``|x|``, and ``bits ^ ((bits >> 31) & 0x7f..f)``
+  orders signed floats; integer min/max vectorizes. For float32 rows, loops A and B are one loop
+  (:func:`_sum_sq_abs_max32_8`, with FMA in the sums of squares), which reads each element once.
+  Float64 rows keep two loops, with loop B re-reading the pieces from cache. The measurements
+  behind these choices are in ``docs/benchmarks-history.md`` ("Statistics pass").
 * Finiteness: a float32 row is finite exactly when its float64 sum of squares is (a finite float32
   squared is below 1.2e77); for float64 rows a non-finite sum of squares is confirmed with
   ``np.isfinite`` on that row, and norms of rows that merely overflowed are recomputed with scaling.
@@ -118,10 +118,8 @@ def _sum_sq_abs_max32_8(
     """Loops A and B in one pass for float32 rows: the sums of squares of ``x0..x7`` (with FMA)
     and the largest ``bits & 0x7f..f`` of their int32 views ``b0..b7``.
 
-    One loop reads each element once from memory and has no second pass over the cache. The two
-    loops took 28 GB/s together on one thread with their data in cache; the squares alone with FMA
-    took 55 GB/s and the maxima 76 GB/s. A pass that computes slower than one core streams from
-    DRAM cannot hide memory stalls behind arithmetic.
+    One loop reads each element once from memory and has no second pass over the cache (figures
+    in ``docs/benchmarks-history.md``, "Statistics pass").
     """
     mask = np.int32(0x7FFFFFFF)
     q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0

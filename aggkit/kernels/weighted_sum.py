@@ -4,19 +4,15 @@ Every aggregate in aggkit ends in this pass (or a variant of it that quantizes o
 the fly): clipping, zeroing and weighting are per-client coefficients folded into it, so the client
 matrix is read once.
 
-Speed comes from the access pattern (measured on the 2-core development machine, K=100 x 431,080
-float32): a row-by-row loop streams the float64 accumulator through the cache K times and took
-30 ms; this kernel splits the columns into blocks (:func:`block_size`) and, for each block, adds
-eight rows at a time, so the accumulator block stays in cache and each matrix element is read
-once. Blocks are independent, so ``prange`` over blocks needs no reduction. Eight rows per pass
-rather than four took it from 7.8 to 7.0 ms on two threads, level with BLAS ``w @ X`` over the
-same matrix (fewer loads and stores of the accumulator per matrix element). That was an Intel
-Xeon; on the AMD EPYC machine of December 2026 the kernel ran at 0.71x of ``w @ X`` at K=100 (7.2
-against 5.1 ms) and 0.82x at K=32 x 10,000,000; sixteen rows per pass gave the same bits and no
-measurable gain there. Longer blocks did help there: each row's piece of a block is a separate
-memory stream for the hardware prefetcher, and 32,768 columns (a 256 KiB accumulator block, in
-L2) rather than 4,096 took the K=100 pass from 8.0 to 7.2 ms on one thread and from 6.4 to 6.0 ms
-on two (medians over interleaved cycles).
+Speed comes from the access pattern. A row-by-row loop would stream the float64 accumulator
+through the cache ``K`` times. This kernel splits the columns into blocks (:func:`block_size`) and,
+for each block, adds eight rows at a time, so the accumulator block stays in cache, each matrix
+element is read once, and the accumulator is loaded and stored once per eight rows. Blocks are
+independent, so ``prange`` over blocks needs no reduction. Blocks are long (up to 32,768 columns,
+a 256 KiB accumulator block that stays in L2) because each row's piece of a block is a separate
+memory stream for the hardware prefetcher. The target is the speed of one BLAS pass ``w @ X``
+over the same matrix; the measurements behind these choices are in
+``docs/benchmarks-history.md`` ("Weighted sum").
 
 Determinism: for each column the additions happen in row order, one row at a time
 (``((acc + c0*x0) + c1*x1) + ...``); no reassociation (fastmath is off). The bits therefore do not
@@ -151,9 +147,8 @@ def weighted_row_sum(
     ``finite`` a check after it, and ``quotient`` the division of a mean's last block
     (:func:`aggkit.kernels.divide_cast.divide_cast`, with the same bits): each block is zeroed,
     its finiteness read and its quotient written while it is in cache. The fused division also
-    saves the second kernel launch. ``ak.mean`` at K=100 x 431,080, fused against separate, timed
-    alternately after 0.15 s pauses: median per-round ratios of 0.92, 1.03, 1.15 and 1.07 (about
-    5% faster on average; December 2026, a noisy shared machine), and 2% in a hot loop.
+    saves the second kernel launch (a few percent of an ``ak.mean`` round; see
+    ``docs/benchmarks-history.md``, "Fused division of a mean").
 
     Parameters
     ----------
@@ -235,8 +230,8 @@ def weighted_row_sum(
 
 
 #: Sums of at most this many columns (client weights, counts, quantile records) are cheaper in
-#: NumPy: inside a round, launching the parallel kernel for a [100, 1] weight sum took 15-150 us,
-#: and :func:`small_weighted_row_sum` takes 4 us.
+#: NumPy: launching the parallel kernel costs more than such a sum (``docs/benchmarks-history.md``,
+#: "Small sums").
 SMALL_COLUMNS = 16
 
 

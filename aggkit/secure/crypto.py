@@ -12,8 +12,8 @@
 - Mask generator: the AES-256-CTR keystream of a 256-bit seed (:class:`MaskGenerator`),
   expanded into integers that are exactly uniform on ``[0, R)`` (modulo the PRG assumption): for
   ``R = 2**b`` the low ``b`` bits of each 32- or 64-bit word, otherwise rejection sampling
-  (``aggkit/kernels/masking.py``). AES-CTR was 20-30 % faster than ChaCha20 on the development
-  machine (AES-NI, 3.7-4.4 GB/s against 3.0-3.2 GB/s).
+  (``aggkit/kernels/masking.py``). AES-CTR rather than ChaCha20 because CPUs with AES
+  instructions generate its keystream faster (``docs/benchmarks-history.md``, "Masking").
 - Seeded randomness for reproducible simulations: :class:`DeterministicRandom` (a ChaCha20
   keystream). Real deployments use ``os.urandom`` (the default everywhere).
 
@@ -63,9 +63,9 @@ KEY_SIZE = 32
 #: Bytes :func:`seal` adds to a plaintext (the GCM tag).
 SEAL_OVERHEAD = 16
 
-#: Bytes of keystream generated per call when masking. 128 KiB chunks reached 0.76x the raw
-#: keystream speed on the development machine, 64 KiB 0.70x and 16 KiB 0.59x (per-call overhead);
-#: one call for a whole 1.7 MB mask 0.66x (the buffer and the accumulator no longer fit L2).
+#: Bytes of keystream generated per call when masking: large enough to amortize the per-call
+#: overhead, small enough that the keystream buffer and its slice of the accumulator stay in L2
+#: (``docs/benchmarks-history.md``, "Masking").
 CHUNK_BYTES = 1 << 17
 #: Keystreams open at once in :meth:`MaskGenerator.apply_many`.
 _STREAMS_AT_ONCE = 256
@@ -214,7 +214,7 @@ class MaskGenerator:
 
         Same result as calling :meth:`apply` for each, in any order. For power-of-two moduli
         the work is chunk-major: each 128 KiB slice of ``acc`` takes the keystream of every mask
-        while it is in cache (0.80x the raw keystream speed against 0.76x mask by mask).
+        while it is in cache, a little faster than applying the masks one by one.
         """
         if acc.dtype != self.dtype or acc.ndim != 1:
             raise TypeError(f"acc must be a 1-D {self.dtype} array, got {acc.ndim}-D {acc.dtype}")
