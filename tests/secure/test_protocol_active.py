@@ -50,7 +50,7 @@ def authenticated(n: int, **kwargs):
 
 
 def threshold_one_attack(victim: SecAggClient, secret: np.ndarray) -> np.ndarray:
-    """The issue's attack: threshold 1, a key list naming only the victim; returns what the
+    """The threshold-1 attack: threshold 1, a key list naming only the victim; returns what the
     server recovers of the victim's input (its self-mask share *is* the seed)."""
     u = victim.client_id
     keys = victim.handle(AdvertiseKeysRequest(SESSION, u, MODULUS, secret.size, threshold=1))
