@@ -56,9 +56,10 @@ MEDIAN, TRIMMED, CLOSEST = 0, 1, 2
 #: (32 and more did; 8 and 16 did not), and ``k x 64`` values (25 KiB for 100 float32 rows) stay
 #: in L1 while the network runs over them.
 LANES = 64
-#: Bytes of a block's scratch copy (``k`` rows x ``width`` columns, in L2). Copying 64 columns of
-#: each row at a time took 0.09 s at K=100 x 431,080 (the prefetcher does not follow 100 streams
-#: of 256 bytes); long rows are read as fast as the network runs.
+#: Bytes of a block's scratch copy (``k`` rows x ``width`` columns, in L2). Copying only 64 columns
+#: of each row at a time is slow (the prefetcher does not follow 100 streams of 256 bytes; see
+#: ``docs/benchmarks-history.md``, "Order statistics"); long rows are read as fast as the network
+#: runs.
 SCRATCH_BYTES = 1 << 19
 #: Parallel tasks the blocks are dealt to (each allocates one scratch matrix); fixed, so that the
 #: work split never depends on the thread count (the bits would not either: columns are

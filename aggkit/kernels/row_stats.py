@@ -66,9 +66,8 @@ class RowStats:
     tensor_max: np.ndarray | None = None
 
 
-# Each task reads eight rows side by side: concurrent memory streams per thread read faster here
-# than one (one row: 0.45x of BLAS `w @ X` for the whole pass; four rows: 0.9x; eight rows took
-# the K=100 x 431,080 pass from 7.8-8.3 ms to 6.7-6.9 ms on two threads).
+# Each task reads eight rows side by side: several concurrent memory streams per thread read
+# faster than one (docs/benchmarks-history.md, "Statistics pass").
 
 
 @kernel(fastmath_reassoc=True)
