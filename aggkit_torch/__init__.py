@@ -3,7 +3,7 @@
 Submodules load on first use, so ``import aggkit_torch`` does not import torch:
 
 - :mod:`aggkit_torch.data`: MNIST from its IDX files, client partitions;
-- :mod:`aggkit_torch.models`: the seed CNN;
+- :mod:`aggkit_torch.models`: the MNIST CNN;
 - :mod:`aggkit_torch.local_training`: the fast client step and evaluation;
 - :mod:`aggkit_torch.params`: views between model parameters and aggkit structures;
 - :mod:`aggkit_torch.federated`: the federated-averaging trainer;

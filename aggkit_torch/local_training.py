@@ -16,9 +16,9 @@ conversion.
 Examples
 --------
 >>> import torch
->>> from aggkit_torch.models import SeedCNN
+>>> from aggkit_torch.models import MnistCNN
 >>> images, labels = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
->>> model = prepare_model(SeedCNN())
+>>> model = prepare_model(MnistCNN())
 >>> opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
 >>> n, loss = train_local(model, opt, images, labels, range(50),
 ...                       generator=torch.Generator().manual_seed(0))
@@ -104,8 +104,8 @@ def is_channels_last(model: nn.Module) -> bool:
 
     Examples
     --------
-    >>> from aggkit_torch.models import SeedCNN
-    >>> is_channels_last(SeedCNN()), is_channels_last(prepare_model(SeedCNN()))
+    >>> from aggkit_torch.models import MnistCNN
+    >>> is_channels_last(MnistCNN()), is_channels_last(prepare_model(MnistCNN()))
     (False, True)
     """
     for p in model.parameters():

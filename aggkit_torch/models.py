@@ -1,7 +1,7 @@
 """Models used by the federated MNIST examples.
 
-The seed scenario's CNN is the classic MNIST network of the PyTorch examples and of the
-PySyft tutorial it comes from; :class:`SeedCNN` reproduces it layer for layer.
+The CNN of the federated MNIST job is the classic MNIST network of the PyTorch examples and of the
+PySyft tutorial it comes from; :class:`MnistCNN` reproduces it layer for layer.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SeedCNN", "count_parameters"]
+__all__ = ["MnistCNN", "count_parameters"]
 
 
-class SeedCNN(nn.Module):
+class MnistCNN(nn.Module):
     """The classic MNIST CNN (431,080 parameters).
 
     ``conv(1->20, k5) - relu - maxpool 2 - conv(20->50, k5) - relu - maxpool 2 - flatten -
@@ -23,7 +23,7 @@ class SeedCNN(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> model = SeedCNN()
+    >>> model = MnistCNN()
     >>> model(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
     >>> count_parameters(model)

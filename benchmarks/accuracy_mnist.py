@@ -1,6 +1,6 @@
 """Federated MNIST accuracy per preset: rounds to reach 98% and 99% test accuracy.
 
-The seed CNN on real MNIST over 100 IID clients, 10 sampled per round; each preset runs until it
+The MNIST CNN on real MNIST over 100 IID clients, 10 sampled per round; each preset runs until it
 reaches 99% test accuracy or ``--max-rounds``. DP runs report their epsilon (RDP, delta 1e-5,
 population 100; Poisson sampling is assumed by the accountant while the trainer samples exactly
 10 clients, so the figure is approximate).
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     from aggkit_torch.data import find_mnist_root, load_mnist, partition_iid
     from aggkit_torch.federated import FedAvgConfig, FederatedTrainer
     from aggkit_torch.local_training import configure_threads
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     configure_threads(args.threads)
     mnist = load_mnist(find_mnist_root(args.data))
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
             seed=0,
         )
         trainer = FederatedTrainer(
-            SeedCNN(), factory, images, labels, parts, test_images, test_labels, config=config
+            MnistCNN(), factory, images, labels, parts, test_images, test_labels, config=config
         )
         started = time.perf_counter()
         curve, reached = [], {}

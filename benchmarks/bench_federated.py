@@ -1,6 +1,6 @@
 """Federated training throughput against plain PyTorch, in the same process and run.
 
-The setting: the seed CNN on real MNIST, 100 IID clients, 10 per round, one local epoch
+The setting: the MNIST CNN on real MNIST, 100 IID clients, 10 per round, one local epoch
 (6,000 samples a round), batch 64, SGD lr 0.01 momentum 0.5, channels_last, with
 ``robust_aggregator``. The baselines train the same CNN on the same in-memory data with the same
 batch size, optimizer and memory format: ``plain`` (an index-sliced loop over one tensor) and
@@ -39,7 +39,7 @@ import aggkit as ak  # noqa: E402
 from aggkit_torch.data import find_mnist_root, load_mnist, partition_iid  # noqa: E402
 from aggkit_torch.federated import FedAvgConfig, FederatedTrainer  # noqa: E402
 from aggkit_torch.local_training import configure_threads  # noqa: E402
-from aggkit_torch.models import SeedCNN  # noqa: E402
+from aggkit_torch.models import MnistCNN  # noqa: E402
 from benchmarks.bench_torch_plain import (  # noqa: E402
     FULL,
     dataloader_pass,
@@ -66,7 +66,7 @@ def federated_round(
         images, labels = images[:subset], labels[:subset]
     torch.manual_seed(seed)
     trainer = FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         PRESETS[preset](),
         images,
         labels,

@@ -1,4 +1,4 @@
-"""Plain (centralized) PyTorch training throughput of the seed CNN on real MNIST.
+"""Plain (centralized) PyTorch training throughput of the MNIST CNN on real MNIST.
 
 The baseline the federated trainer is compared against, in the same run: samples per second of
 one shuffled pass at batch 64 (SGD, lr 0.01, momentum 0.5), for
@@ -48,7 +48,7 @@ from aggkit_torch.local_training import (  # noqa: E402
     prepare_model,
     train_local,
 )
-from aggkit_torch.models import SeedCNN  # noqa: E402
+from aggkit_torch.models import MnistCNN  # noqa: E402
 
 FULL = os.environ.get("AGGKIT_BENCH_FULL", "") not in ("", "0")
 BATCH_SIZE = 64
@@ -62,7 +62,7 @@ PassFn = Callable[[], int]
 
 def _model_and_optimizer(channels_last: bool, seed: int) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(seed)
-    model = prepare_model(SeedCNN(), channels_last=channels_last)
+    model = prepare_model(MnistCNN(), channels_last=channels_last)
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
             best[key] = max(best[key], best_throughput(one_pass, 1, clock))
         rounds += 1
     print(
-        f"seed CNN, batch {BATCH_SIZE}, {args.samples} samples/pass, best of {rounds} "
+        f"MNIST CNN, batch {BATCH_SIZE}, {args.samples} samples/pass, best of {rounds} "
         f"interleaved rounds, {threads} threads, {args.clock} clock, torch {torch.__version__}"
     )
     for (name, fmt), rate in best.items():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import aggkit as ak
 from aggkit_torch.data import load_mnist
 from aggkit_torch.federated import FedAvgConfig, FederatedTrainer
-from aggkit_torch.models import SeedCNN as Net
+from aggkit_torch.models import MnistCNN as Net
 
 
 def train(model, optimizer, images, labels, batch_size=64):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from aggkit_torch.data import load_mnist
-from aggkit_torch.models import SeedCNN as Net
+from aggkit_torch.models import MnistCNN as Net
 
 
 def train(model, optimizer, images, labels, batch_size=64):

@@ -9,7 +9,7 @@ three messages:
 
 - ``query.partition``: the node's ``partition-id`` and ``num-partitions`` (how
   :class:`~aggkit_torch.flower.strategy.AggkitStrategy` samples partitions);
-- ``train``: load the global arrays into the seed CNN, train with
+- ``train``: load the global arrays into the MNIST CNN, train with
   :func:`~aggkit_torch.local_training.train_local` as the trainer does (a fresh SGD optimizer,
   a generator seeded from ``(seed, round - 1, partition)``), reply with the trained arrays,
   ``num-examples`` and ``train_loss``;
@@ -97,13 +97,13 @@ def _setup(context: Context) -> tuple[Any, Any, int, int]:
 
 
 def _global_model(message: Message, channels_last: bool | None) -> Any:
-    """The seed CNN holding the message's global arrays."""
+    """The MNIST CNN holding the message's global arrays."""
     from aggkit_torch.local_training import prepare_model
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     records = message.content.array_records
     record = records["arrays"] if "arrays" in records else next(iter(records.values()))
-    model = prepare_model(SeedCNN(), channels_last=channels_last)
+    model = prepare_model(MnistCNN(), channels_last=channels_last)
     model.load_state_dict(record.to_torch_state_dict())
     return model
 

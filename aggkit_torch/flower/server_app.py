@@ -1,7 +1,7 @@
 """The Flower ServerApp of federated MNIST: the main job's run, on Flower.
 
 It reads the run config (the options of ``python -m aggkit_torch.mnist``, see
-:mod:`aggkit_torch.flower.run_config`), builds the same seed CNN (``torch.manual_seed(seed)``),
+:mod:`aggkit_torch.flower.run_config`), builds the same MNIST CNN (``torch.manual_seed(seed)``),
 the same aggregator (:func:`aggkit_torch.mnist.make_aggregator`) and the same
 :class:`~aggkit_torch.federated.FedAvgConfig`, and runs :class:`~aggkit_torch.flower.strategy.
 AggkitStrategy` for ``rounds`` rounds. Every ``eval-every`` rounds and after the last one it
@@ -48,14 +48,14 @@ def run(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     from aggkit_torch import mnist as main_job
     from aggkit_torch.flower.strategy import AggkitStrategy
     from aggkit_torch.local_training import configure_threads
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     args = mnist_args(run_config)
     settings = {key: run_config.get(key, RUN_CONFIG[key]) for key in RUN_CONFIG}
     if args.threads is not None:
         configure_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = SeedCNN()
+    model = MnistCNN()
     strategy = AggkitStrategy(
         main_job.make_aggregator(args.aggregator, args),
         fedavg_config(args),

@@ -3,9 +3,9 @@
     python docs/tutorials/federated_mnist.py            # the committed figures (~30 min, 2 cores)
     python docs/tutorials/federated_mnist.py --quick    # a minute; what tests/test_docs.py runs
 
-Part 1 runs the seed scenario: ``examples/mnist_plain.py`` (the PyTorch MNIST example) and
+Part 1 runs the two example scripts: ``examples/mnist_plain.py`` (the PyTorch MNIST example) and
 ``examples/mnist_federated.py`` (the same script trained over the workers "bob" and "alice").
-Part 2 trains the seed CNN over 100 clients with the plain mean and each preset, and records the
+Part 2 trains the MNIST CNN over 100 clients with the plain mean and each preset, and records the
 test accuracy, the aggregators' measurements and their cost per round.
 
 Writes into ``--out`` (default ``docs/tutorials/figures/federated-mnist``): ``seed.diff``,
@@ -88,7 +88,7 @@ def train_presets(settings: Settings) -> dict[str, list[dict]]:
 
     from aggkit_torch.data import partition_iid
     from aggkit_torch.federated import FederatedTrainer
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     train_x, train_y, test_x, test_y = load_data(settings)
     parts = partition_iid(train_y, settings.num_clients, seed=0)
@@ -97,7 +97,7 @@ def train_presets(settings: Settings) -> dict[str, list[dict]]:
         print(f"--- {name}")
         torch.manual_seed(0)  # the same initial model for every aggregator
         trainer = FederatedTrainer(
-            SeedCNN(),
+            MnistCNN(),
             factory,
             train_x,
             train_y,

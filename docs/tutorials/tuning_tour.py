@@ -3,7 +3,7 @@
     python docs/tutorials/tuning_tour.py            # the committed figures (~30 min, 2 cores)
     python docs/tutorials/tuning_tour.py --quick    # a minute; what tests/test_docs.py runs
 
-1. Train the seed CNN with FedAvg and the plain mean over 100 label-skewed clients, keeping every
+1. Train the MNIST CNN with FedAvg and the plain mean over 100 label-skewed clients, keeping every
    round's client updates (the ``[K, n]`` matrix the aggregator saw) and the test accuracy.
 2. Replay those real updates through each technique (quantile estimation, zeroing, clipping,
    Gaussian DP, compression, secure summation) and measure what it does to the aggregate.
@@ -62,13 +62,13 @@ def collect(settings: Settings) -> tuple[Rounds, object]:
 
     from aggkit_torch.data import partition_dirichlet
     from aggkit_torch.federated import FederatedTrainer
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     train_x, train_y, test_x, test_y = load_data(settings)
     parts = partition_dirichlet(train_y, settings.num_clients, alpha=0.3, seed=0)
     torch.manual_seed(0)
     trainer = FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         ak.mean(),
         train_x,
         train_y,
@@ -415,7 +415,7 @@ def accuracy_against_bits(settings: Settings, data, bits_list, rounds: int) -> d
     import torch
 
     from aggkit_torch.federated import FederatedTrainer
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     train_x, train_y, test_x, test_y, parts = data
     accuracy = {}
@@ -423,7 +423,7 @@ def accuracy_against_bits(settings: Settings, data, bits_list, rounds: int) -> d
         for bits in bits_list:
             torch.manual_seed(0)  # the same initial model as the collection run
             trainer = FederatedTrainer(
-                SeedCNN(),
+                MnistCNN(),
                 quantized_mean(bits, rotate),
                 train_x,
                 train_y,

@@ -62,14 +62,14 @@ def trainer_run(
     import aggkit as ak
     from aggkit_torch.data import partition_iid
     from aggkit_torch.federated import FedAvgConfig, FederatedTrainer
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     n, seed = RUN["train-subset"], RUN["seed"]
     images, labels = mnist.train_images[:n], mnist.train_labels[:n]
     with torch_threads(threads):
         torch.manual_seed(seed)
         trainer = FederatedTrainer(
-            SeedCNN(),
+            MnistCNN(),
             ak.robust_aggregator(),
             images,
             labels,

@@ -209,11 +209,11 @@ def test_partition_sampling_matches_the_trainer():
     import torch
 
     from aggkit_torch.federated import FederatedTrainer
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     config = FedAvgConfig(clients_per_round=3, seed=11)
     trainer = FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         ak.mean(),
         torch.zeros(8, 1, 28, 28),
         torch.zeros(8, dtype=torch.int64),
@@ -314,7 +314,7 @@ def test_mnist_apps_in_process_equal_the_trainer(mnist, mnist_root, tmp_path):
 
     from aggkit_torch.flower import client_app, server_app
     from aggkit_torch.local_training import evaluate
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     config = reference.run_config(
         12,
@@ -330,7 +330,7 @@ def test_mnist_apps_in_process_equal_the_trainer(mnist, mnist_root, tmp_path):
     reference.assert_same_run(arrays, summary["history"], (params, history))
     assert summary["train_metrics"][2]["aggregator/zeroing_norm"] > 0
     # The server's test accuracy is the trainer model's; 3 nodes evaluated their test shares.
-    model = SeedCNN()
+    model = MnistCNN()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
     accuracy, _ = evaluate(model, mnist.test_images, mnist.test_labels)
     assert summary["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)

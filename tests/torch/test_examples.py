@@ -1,4 +1,4 @@
-"""The seed scenario: the federated script is the plain one changed in at most ten lines, and
+"""The two example scripts: the federated script is the plain one changed in at most ten lines, and
 both run."""
 
 from __future__ import annotations

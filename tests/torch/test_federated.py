@@ -14,7 +14,7 @@ import torch
 import aggkit as ak
 from aggkit_torch import mnist as mnist_cli
 from aggkit_torch.federated import FedAvgConfig, FederatedTrainer, flatten_measurements
-from aggkit_torch.models import SeedCNN
+from aggkit_torch.models import MnistCNN
 from aggkit_torch.params import (
     model_layout,
     parameters_to_vector,
@@ -27,7 +27,7 @@ from aggkit_torch.params import (
 def test_parameter_views_round_trip(channels_last):
     from aggkit_torch.local_training import prepare_model
 
-    model = prepare_model(SeedCNN(), channels_last=channels_last)
+    model = prepare_model(MnistCNN(), channels_last=channels_last)
     layout = model_layout(model)
     assert layout.size == 431_080 and layout.paths[0] == "['conv1.weight']"
     vector = parameters_to_vector(model)
@@ -62,7 +62,7 @@ def _trainer(mnist, aggregator, **config):
     defaults = {"clients_per_round": 4, "local_steps": 15, "seed": 3}
     torch.manual_seed(0)
     return FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         aggregator,
         x,
         y,
@@ -144,7 +144,7 @@ def test_server_optimizer_sgd_lr_one_is_the_average_of_trained_models():
     torch.manual_seed(0)
     x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
     trainer = FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         ak.mean(),
         x,
         y,
@@ -173,9 +173,9 @@ def test_config_and_trainer_validation():
         FedAvgConfig(server_optimizer="rmsprop")
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     with pytest.raises(ValueError, match="exceeds"):
-        FederatedTrainer(SeedCNN(), ak.mean(), x, y, [range(4)])
+        FederatedTrainer(MnistCNN(), ak.mean(), x, y, [range(4)])
     with pytest.raises(TypeError, match="factory"):
-        FederatedTrainer(SeedCNN(), "mean", x, y, [range(4)])
+        FederatedTrainer(MnistCNN(), "mean", x, y, [range(4)])
 
 
 def test_flatten_measurements():

@@ -17,7 +17,7 @@ from aggkit_torch.local_training import (
     reset_optimizer,
     train_local,
 )
-from aggkit_torch.models import SeedCNN
+from aggkit_torch.models import MnistCNN
 
 
 def _synthetic(n: int = 200, seed: int = 0):
@@ -27,7 +27,7 @@ def _synthetic(n: int = 200, seed: int = 0):
 
 def _fresh(channels_last: bool, seed: int = 0, lr: float = 0.01, momentum: float = 0.5):
     torch.manual_seed(seed)
-    model = prepare_model(SeedCNN(), channels_last=channels_last)
+    model = prepare_model(MnistCNN(), channels_last=channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     return model, opt
 
@@ -154,7 +154,7 @@ def test_evaluate_accuracy_loss_and_mode():
 
 
 def test_prepare_model_and_reset_optimizer():
-    model = SeedCNN()
+    model = MnistCNN()
     assert not is_channels_last(model)
     assert is_channels_last(prepare_model(model, channels_last=True))
     assert not is_channels_last(prepare_model(model, channels_last=False))

@@ -1,15 +1,15 @@
-"""The seed CNN."""
+"""The MNIST CNN."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from aggkit_torch.models import SeedCNN, count_parameters
+from aggkit_torch.models import MnistCNN, count_parameters
 
 
 def test_parameter_count_matches_the_classic_cnn():
-    model = SeedCNN()
+    model = MnistCNN()
     # conv1 20*1*5*5+20, conv2 50*20*5*5+50, fc1 800*500+500, fc2 500*10+10
     expected = (500 + 20) + (25000 + 50) + (400000 + 500) + (5000 + 10)
     assert expected == 431_080
@@ -20,7 +20,7 @@ def test_parameter_count_matches_the_classic_cnn():
 
 
 def test_layers_and_output():
-    model = SeedCNN()
+    model = MnistCNN()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
@@ -36,7 +36,7 @@ def test_layers_and_output():
 
 def test_channels_last_computes_the_same_function():
     torch.manual_seed(0)
-    model = SeedCNN()
+    model = MnistCNN()
     x = torch.randn(8, 1, 28, 28)
     want = model(x)
     got = model.to(memory_format=torch.channels_last)(x)
