@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -84,7 +85,6 @@ MNIST_MIRRORS = (
 )
 
 ENV_VAR = "AGGKIT_DATA"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # IDX type codes (third byte of the magic number) and their big-endian dtypes.
 _IDX_DTYPES = {
@@ -119,7 +119,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     ------
     ValueError
         If the file is not a well-formed IDX file (bad magic number, unknown type code, or a
-        size that does not match its declared shape).
+        size that does not match its declared shape), or a ``.gz`` file is not a valid gzip
+        stream (truncated or corrupt).
 
     Examples
     --------
@@ -132,9 +133,15 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     [7, 8, 9]
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise ValueError(f"{path}: not a valid gzip file ({error})") from error
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     code, ndim = data[2], data[3]
@@ -178,27 +185,22 @@ def _has_mnist(root: Path) -> bool:
 def mnist_search_paths(path: str | os.PathLike[str] | None = None) -> list[Path]:
     """The data roots :func:`find_mnist_root` tries, in order.
 
-    An explicit ``path`` is the only candidate. Otherwise: ``$AGGKIT_DATA`` if set (and then
-    only it), else ``../shared/data`` beside the repository, ``../shared/data`` from the
-    working directory, and the per-user cache ``~/.cache/aggkit`` (``$XDG_CACHE_HOME``
-    respected).
+    Only what the user gave, never a guess from the working directory or the install location:
+    an explicit ``path`` is the only candidate; otherwise ``$AGGKIT_DATA`` if set (and then only
+    it); otherwise the per-user cache ``~/.cache/aggkit`` (``$XDG_CACHE_HOME`` respected), where
+    :func:`download_mnist` saves the files.
+
+    Examples
+    --------
+    >>> [str(p) for p in mnist_search_paths("/data")]
+    ['/data']
     """
     if path is not None:
         return [Path(path).expanduser()]
     env = os.environ.get(ENV_VAR)
     if env:
         return [Path(env).expanduser()]
-    candidates = [
-        _REPO_ROOT.parent / "shared" / "data",
-        Path.cwd().parent / "shared" / "data",
-        _cache_dir(),
-    ]
-    unique: list[Path] = []
-    for c in candidates:
-        c = c.resolve()
-        if c not in unique:
-            unique.append(c)
-    return unique
+    return [_cache_dir()]
 
 
 def _not_found_message(paths: Sequence[Path]) -> str:
@@ -221,9 +223,9 @@ def find_mnist_root(path: str | os.PathLike[str] | None = None) -> Path:
     Parameters
     ----------
     path : path-like, optional
-        An explicit root. It may also name the ``MNIST`` or ``MNIST/raw`` directory itself.
-        Without it: ``$AGGKIT_DATA``, else ``../shared/data`` (beside the repository, then
-        from the working directory), else ``~/.cache/aggkit``.
+        An explicit root (torchvision's layout: ``root/MNIST/raw/``). It may also name the
+        ``MNIST`` or ``MNIST/raw`` directory itself. Without it: ``$AGGKIT_DATA`` if set, else
+        the per-user cache ``~/.cache/aggkit`` (see :func:`mnist_search_paths`).
 
     Returns
     -------
@@ -347,6 +349,14 @@ def _read_split(raw: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{raw}: {prefix} images have shape {images.shape}, {images.dtype}")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"{raw}: {prefix} labels {labels.shape} do not match images")
+    if labels.dtype != np.uint8:
+        raise ValueError(f"{raw}: {prefix} labels are {labels.dtype}; MNIST labels are uint8")
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise ValueError(
+            f"{raw}: {prefix} labels must be digits 0-9; {bad.size} are not "
+            f"(the first: {int(labels[bad[0]])} at index {int(bad[0])})"
+        )
     return images, labels
 
 
@@ -373,6 +383,9 @@ def load_mnist(root: str | os.PathLike[str] | None = None, *, download: bool = F
     FileNotFoundError
         If the files are missing and ``download`` is False; the message says where it
         looked and how to download.
+    ValueError
+        If a file is corrupt (see :func:`read_idx`), the shapes disagree, or a label is not a
+        digit 0-9.
     """
     import torch
 

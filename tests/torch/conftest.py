@@ -18,13 +18,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def mnist_root():
-    """The directory holding MNIST/raw/ (see aggkit_torch.data.find_mnist_root), or skip."""
-    from aggkit_torch.data import find_mnist_root
+    """The directory holding MNIST/raw/, given explicitly by ``$AGGKIT_DATA``, or skip.
 
+    Tests never download and never guess a location: without the variable they skip; with it
+    set to a directory that lacks the files they fail (a misconfigured run must not pass).
+    """
+    import os
+
+    from aggkit_torch.data import ENV_VAR, find_mnist_root
+
+    location = os.environ.get(ENV_VAR)
+    if not location:
+        pytest.skip(
+            f"needs the real MNIST files: set {ENV_VAR} to the directory holding MNIST/raw/"
+        )
     try:
-        return find_mnist_root()
+        return find_mnist_root(location)
     except FileNotFoundError as e:
-        pytest.skip(f"real MNIST files not available: {e}")
+        pytest.fail(f"{ENV_VAR}={location} does not hold MNIST: {e}")
 
 
 @pytest.fixture(scope="session")

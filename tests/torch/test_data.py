@@ -122,6 +122,45 @@ def test_read_idx_rejects_malformed(tmp_path, blob, message):
         data.read_idx(tmp_path / "bad")
 
 
+def test_read_idx_corrupt_gzip_is_a_value_error(tmp_path):
+    blob = gzip.compress(_idx_bytes(np.arange(600, dtype=np.uint8) % 10, 0x08))
+    cases = {
+        "truncated.gz": blob[: len(blob) // 2],  # EOFError from gzip
+        "not-gzip.gz": b"this is not gzip data at all",  # BadGzipFile
+        # A valid header and a corrupted deflate stream: zlib.error.
+        "bad-deflate.gz": blob[:10] + bytes(b ^ 0xFF for b in blob[10:-8]) + blob[-8:],
+    }
+    for name, payload in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=f"{name}: not a valid gzip file"):
+            data.read_idx(tmp_path / name)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_labels_outside_0_9_are_rejected_at_load(tmp_path, split, gz):
+    raw = tmp_path / "MNIST" / "raw"
+    _fake_mnist(raw, gz=gz)
+    name = f"{split}-labels-idx1-ubyte"
+    labels = np.array([3, 12, 0], np.uint8) if split == "t10k" else np.full(7, 200, np.uint8)
+    blob = _idx_bytes(labels, 0x08)
+    if gz:
+        (raw / (name + ".gz")).write_bytes(gzip.compress(blob))
+    else:
+        (raw / name).write_bytes(blob)
+    first = "12 at index 1" if split == "t10k" else "200 at index 0"
+    with pytest.raises(ValueError, match=rf"{split} labels must be digits 0-9.*first: {first}"):
+        data.load_mnist(tmp_path)
+
+
+def test_labels_of_another_type_are_rejected_at_load(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    _fake_mnist(raw)
+    (raw / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(7, dtype=np.int32), 0x0C))
+    with pytest.raises(ValueError, match="train labels are int32"):
+        data.load_mnist(tmp_path)
+
+
 # --------------------------------------------------------------------------------------------
 # Finding the files; the not-found message; offline download machinery
 # --------------------------------------------------------------------------------------------
@@ -178,13 +217,21 @@ def test_partial_files_are_not_found(tmp_path):
         data.find_mnist_root(tmp_path)
 
 
-def test_search_order_without_env(monkeypatch, tmp_path):
+def test_search_order_without_env_is_the_cache_only(monkeypatch, tmp_path):
+    # MNIST beside the working directory and beside the installed package is not looked at:
+    # the library searches only what the user gave (argument, AGGKIT_DATA) and its own cache.
     monkeypatch.delenv("AGGKIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    paths = data.mnist_search_paths()
-    repo = Path(data.__file__).resolve().parent.parent
-    assert paths[0] == (repo.parent / "shared" / "data").resolve()
-    assert paths[-1] == (tmp_path / "cache" / "aggkit").resolve()
+    work = tmp_path / "project" / "repo"
+    work.mkdir(parents=True)
+    _fake_mnist(tmp_path / "project" / "shared" / "data" / "MNIST" / "raw")
+    _fake_mnist(work / "MNIST" / "raw")
+    monkeypatch.chdir(work)
+    assert data.mnist_search_paths() == [tmp_path / "cache" / "aggkit"]
+    with pytest.raises(FileNotFoundError, match="AGGKIT_DATA"):
+        data.find_mnist_root()
+    _fake_mnist(tmp_path / "cache" / "aggkit" / "MNIST" / "raw")
+    assert data.find_mnist_root() == tmp_path / "cache" / "aggkit"
 
 
 def test_download_from_a_local_mirror_checks_md5(tmp_path, monkeypatch):
