@@ -22,9 +22,9 @@ Examples
 >>> import torch, aggkit as ak
 >>> from aggkit_torch.federated import FederatedTrainer, FedAvgConfig
 >>> images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
->>> from aggkit_torch.models import SeedCNN
+>>> from aggkit_torch.models import MnistCNN
 >>> trainer = FederatedTrainer(
-...     SeedCNN(), ak.robust_aggregator(), images, labels, [range(0, 32), range(32, 64)],
+...     MnistCNN(), ak.robust_aggregator(), images, labels, [range(0, 32), range(32, 64)],
 ...     config=FedAvgConfig(clients_per_round=2, seed=0))
 >>> metrics = trainer.run_round()
 >>> metrics["round"], sorted(metrics["measurements"])
@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 import aggkit as ak
+from aggkit_torch import checkpoint
 from aggkit_torch.local_training import evaluate, prepare_model, reset_optimizer, train_local
 from aggkit_torch.params import model_layout, parameters_to_vector, write_delta
 
@@ -78,7 +79,7 @@ class FedAvgConfig:
     batch_size : int
         Local batch size.
     client_lr, client_momentum : float
-        The client's SGD optimizer (the seed tutorial: lr 0.01; momentum 0.5 here).
+        The client's SGD optimizer (the PyTorch MNIST example: lr 0.01; momentum 0.5 here).
     server_optimizer : {"sgd", "adam"}
         How the aggregate updates the global model.
     server_lr, server_momentum : float
@@ -393,14 +394,17 @@ class FederatedTrainer:
         self.round = int(state["round"])
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint (atomically: a crash never leaves half a file)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write a checkpoint (atomically; see :mod:`aggkit_torch.checkpoint`)."""
+        checkpoint.save(path, self.state_dict())
 
     def load(self, path: str | os.PathLike[str]) -> None:
-        """Resume from a checkpoint written by :meth:`save` (a trusted file: it is unpickled)."""
-        self.load_state_dict(torch.load(path, weights_only=False))
+        """Resume from a checkpoint written by :meth:`save`.
+
+        The file is read with ``torch.load(weights_only=True)``: a file that would need to run
+        code to load is refused with :class:`~aggkit_torch.checkpoint.CheckpointError`, and
+        nothing from it runs.
+        """
+        self.load_state_dict(checkpoint.load(path))
 
 
 def format_round(metrics: dict[str, Any]) -> str:

@@ -1,12 +1,12 @@
-"""The main job: federated training of the seed MNIST CNN with an aggkit aggregator.
+"""The main job: federated training of the MNIST CNN with an aggkit aggregator.
 
     python -m aggkit_torch.mnist --aggregator robust
 
-Reads MNIST from ``--data``, ``$AGGKIT_DATA`` or ``../shared/data``, or downloads it once into
-``~/.cache/aggkit`` when none has it (``--no-download`` refuses), splits the training set over
-``--clients`` clients (IID, Dirichlet label skew or shards), and runs federated averaging. Shows a
-progress bar per round and one line of accuracy and aggregator measurements per round; writes
-``metrics.json`` and ``accuracy.png`` into ``--out``; its last line reads
+Reads MNIST from ``--data``, else ``$AGGKIT_DATA``, else the per-user cache ``~/.cache/aggkit``,
+downloading it once into the cache when none has it (``--no-download`` refuses), splits the
+training set over ``--clients`` clients (IID, Dirichlet label skew or shards), and runs federated
+averaging. Shows a progress bar per round and one line of accuracy and aggregator measurements per
+round; writes ``metrics.json`` and ``accuracy.png`` into ``--out``; its last line reads
 ``test accuracy: 0.9876``.
 """
 
@@ -45,7 +45,7 @@ def make_aggregator(name: str, args: argparse.Namespace) -> ak.Factory:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m aggkit_torch.mnist",
-        description="Federated MNIST (the seed CNN) with an aggkit aggregator.",
+        description="Federated MNIST (the MNIST CNN) with an aggkit aggregator.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--aggregator", choices=AGGREGATORS, default="robust")
@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> float:
     import torch
 
     from aggkit_torch import data
+    from aggkit_torch.checkpoint import CheckpointError
     from aggkit_torch.federated import FederatedTrainer
     from aggkit_torch.local_training import configure_threads
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     configure_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> float:
     parts = partitions(args, train_labels)
     config = fedavg_config(args)
     trainer = FederatedTrainer(
-        SeedCNN(),
+        MnistCNN(),
         make_aggregator(args.aggregator, args),
         train_images,
         train_labels,
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> float:
         config=config,
     )
     if args.checkpoint is not None and args.checkpoint.exists():
-        trainer.load(args.checkpoint)
+        try:
+            trainer.load(args.checkpoint)
+        except CheckpointError as error:  # refused without running anything from the file
+            raise SystemExit(f"--checkpoint: {error}") from None
         print(f"resumed from {args.checkpoint} after round {trainer.round}")
     print(
         f"federated MNIST: {args.aggregator} aggregator, {args.clients} clients "
