@@ -44,6 +44,7 @@ from aggkit.secure.modular_sum import secure_modular_sum
 from aggkit.secure.secure_sum import secure_sum
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 from aggkit.sum import sum
+from aggkit.tree import tree_aggregation
 from aggkit.trimmed_mean import trimmed_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,6 +85,7 @@ __all__ = [
     "secure_sum",
     "sum",
     "testing",
+    "tree_aggregation",
     "trimmed_mean",
     "unweighted_mean",
     "zeroing",

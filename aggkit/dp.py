@@ -332,7 +332,9 @@ def extract_dp_event(state: State) -> DpEvent:
     :func:`aggkit.dp_aggregator`'s; several DP layers give their events composed). The event is
     what one round releases, *without* client sampling: for accounting over rounds with Poisson
     sampling, wrap it with :func:`aggkit.privacy.sampled_event` and compose the rounds (or call
-    :func:`aggkit.privacy.epsilon`).
+    :func:`aggkit.privacy.epsilon`). For :func:`aggkit.tree_aggregation` the event is the whole
+    run so far (its trees as ``SingleEpochTreeAggregationDpEvent``; see :mod:`aggkit.tree`),
+    which :func:`aggkit.privacy.epsilon` accepts as it is.
 
     Raises
     ------
@@ -716,6 +718,24 @@ class DPProcess(AggregationProcess):
         return _DPRound(self, state)
 
 
+def clip_factors(norms: np.ndarray, clip: float) -> np.ndarray:
+    """Per-client factors ``min(1, clip / norm)``, and 0 for non-finite norms (a dropped client).
+
+    Scaling a client's coefficient by its factor clips its update to L2 norm ``clip`` without a
+    copy of the client matrix; a dropped client contributes exact zeros, which lie in the clip
+    ball, so the sensitivity is unchanged.
+
+    Example
+    -------
+    >>> clip_factors(np.array([0.5, 4.0, np.inf]), 2.0).tolist()
+    [1.0, 0.5, 0.0]
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factors = np.where(norms > clip, clip / norms, 1.0)
+    factors[~np.isfinite(norms)] = 0.0
+    return factors
+
+
 class _DPRound(Round):
     owns_result = True  # the noised copy
 
@@ -728,12 +748,9 @@ class _DPRound(Round):
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         norms = block.norms(2.0)  # 0 for coefficient-0 rows, inf for rows holding NaN/Inf
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factors = np.where(norms > self.clip, self.clip / norms, 1.0)
-        factors[~np.isfinite(norms)] = 0.0
         if self.process.estimator is not None:
             self.norms.append(norms)
-        self.record.add(block.scaled(factors), None)
+        self.record.add(block.scaled(clip_factors(norms, self.clip)), None)
 
     def finish(self):
         from aggkit import kernels

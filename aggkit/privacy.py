@@ -100,6 +100,11 @@ ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed_size")
 
 
+# The default of epsilon()'s population: required for a noise multiplier (None is a value there:
+# no sampling), absent for an event.
+_REQUIRED: Any = object()
+
+
 class SamplingMismatchError(ValueError):
     """An epsilon was asked for one client-sampling scheme of a run that used another."""
 
@@ -436,6 +441,7 @@ def _sampling_relation(event: DpEvent) -> Any:
     """The neighbouring relation ``event``'s client sampling is accounted under.
 
     Replace-one when ``event`` holds fixed-size (``SampledWithoutReplacementDpEvent``) rounds,
+    ``REPLACE_SPECIAL`` when it holds tree aggregation (``SingleEpochTreeAggregationDpEvent``),
     add-or-remove-one otherwise. Raises :class:`SamplingMismatchError` when it holds both kinds,
     or fixed-size rounds beside a Gaussian stated for add-or-remove-one outside any of them: no
     single relation covers such a run.
@@ -456,8 +462,19 @@ def _sampling_relation(event: DpEvent) -> Any:
                 walk(part, inside_fixed)
         elif isinstance(e, dpa.GaussianDpEvent) and not inside_fixed:
             kinds.add("unsampled")
+        elif isinstance(e, dpa.SingleEpochTreeAggregationDpEvent):
+            kinds.add("tree")
 
     walk(event, False)
+    if "tree" in kinds:
+        # Tree aggregation is analysed for a client replaced by a special (zero) contribution:
+        # dp-accounting accepts the tree event only under REPLACE_SPECIAL.
+        if "fixed_size" in kinds:
+            raise SamplingMismatchError(
+                "the event mixes tree aggregation (REPLACE_SPECIAL neighbours) with fixed_size "
+                "rounds (replace-one): no single guarantee covers both"
+            )
+        return dpa.NeighboringRelation.REPLACE_SPECIAL
     if "fixed_size" not in kinds:
         return dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
     if len(kinds) > 1:
@@ -512,21 +529,27 @@ def epsilon_of_event(event: DpEvent, delta: float, accountant: str = "rdp") -> f
 
 
 def epsilon(
-    noise_multiplier: float,
+    noise_multiplier: float | DpEvent,
     *,
-    clients_per_round: float,
-    population: float | None,
-    rounds: int,
+    clients_per_round: float | None = None,
+    population: float | None = _REQUIRED,
+    rounds: int | None = None,
     delta: float,
     accountant: str = "rdp",
     sampling: str = "poisson",
 ) -> float:
     """Epsilon after ``rounds`` rounds of Gaussian DP aggregation with client sampling.
 
+    Or, given a ``dp_accounting`` DpEvent instead of a noise multiplier (and then only
+    ``delta`` and ``accountant``), the epsilon of that event: :func:`epsilon_of_event`. That is
+    how runs that are not rounds of one Gaussian are accounted, such as the whole-run event of
+    :func:`aggkit.tree_aggregation` from :func:`aggkit.dp.extract_dp_event` (RDP accountant,
+    ``REPLACE_SPECIAL`` neighbouring relation).
+
     Parameters
     ----------
-    noise_multiplier : float
-        Noise standard deviation over the clip, ``z`` (>= 0; 0 gives ``inf``).
+    noise_multiplier : float or dp_accounting.DpEvent
+        Noise standard deviation over the clip, ``z`` (>= 0; 0 gives ``inf``); or an event.
     clients_per_round : float
         Expected clients per round (> 0).
     population : float or None
@@ -559,7 +582,31 @@ def epsilon(
     >>> round(epsilon(1.0, clients_per_round=100, population=1000, rounds=5, delta=1e-5,
     ...               sampling="fixed_size"), 2)
     13.82
+    >>> import dp_accounting
+    >>> tree = dp_accounting.SingleEpochTreeAggregationDpEvent(1.0, 100)  # 100 rounds, no restart
+    >>> round(epsilon(tree, delta=1e-5), 2)
+    15.18
     """
+    dpa = _dp_accounting() if not isinstance(noise_multiplier, numbers.Real) else None
+    if dpa is not None and isinstance(noise_multiplier, dpa.DpEvent):
+        given = {"clients_per_round": clients_per_round, "rounds": rounds}
+        given["population"] = None if population is _REQUIRED else population
+        extra = [name for name, value in given.items() if value is not None]
+        if extra or sampling != "poisson":
+            raise TypeError(
+                "epsilon() of a DpEvent takes only delta and accountant; the event already says "
+                f"how clients were sampled and how many rounds ran (got {extra or ['sampling']})"
+            )
+        return epsilon_of_event(noise_multiplier, delta, accountant)
+    missing = [
+        name
+        for name, value in (("clients_per_round", clients_per_round), ("rounds", rounds))
+        if value is None
+    ]
+    if population is _REQUIRED:
+        missing.append("population (None for no sampling)")
+    if missing:
+        raise TypeError(f"epsilon() of a noise multiplier needs {', '.join(missing)}")
     z = _check_noise_multiplier(noise_multiplier)
     _sampling_rate(clients_per_round, population)  # validate before the slow import
     rounds = _check_rounds(rounds)

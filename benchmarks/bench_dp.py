@@ -18,7 +18,7 @@ import pytest
 
 import aggkit as ak
 from aggkit.dp import adaptive_clip_noise_params
-from benchmarks.conftest import MATRIX_SHAPES, record, shape_id
+from benchmarks.conftest import MATRIX_SHAPES, paired, paired_rounds, record, shape_id
 
 CLIP = 0.1  # gaussian_adaptive's first clip
 
@@ -102,3 +102,34 @@ def test_numpy_vectorized(benchmark, case):
 
     record(benchmark, group=_group(shape), nbytes=matrix.nbytes)
     benchmark(run)
+
+
+@pytest.mark.parametrize("efficient", [True, False], ids=["efficient", "plain"])
+def test_paired_tree_aggregation_vs_gaussian_fixed(benchmark, case, efficient):
+    """``ak.tree_aggregation`` rounds against ``ak.gaussian_fixed`` rounds, alternately.
+
+    The tree's state advances every call, so the timing averages over the rounds that close
+    tree nodes (the efficient tree draws about two noise vectors per round, one per node).
+    Goal: ``ratio >= 1 / 1.2`` (the tree within 1.2x of gaussian_fixed).
+    """
+    shape, matrix = case
+    template = ak.TensorSpec((shape[1],), np.float32)
+    z = _noise_multiplier(shape[0])
+    fixed = ak.gaussian_fixed(z, shape[0], CLIP, seed=0).create(template)
+    tree = ak.tree_aggregation(z, shape[0], CLIP, efficient=efficient, seed=0).create(template)
+    batch = ak.ClientBatch(matrix, fixed.layout)
+    fixed_state = fixed.initialize()
+    tree_state = [tree.initialize()]
+
+    def tree_round():
+        tree_state[0] = tree.next(tree_state[0], batch).state
+
+    paired(
+        benchmark,
+        lambda: fixed.next(fixed_state, batch),
+        tree_round,
+        group=f"dp-tree|{shape_id(shape)}",
+        rounds=paired_rounds(shape),
+        nbytes=matrix.nbytes,
+        reference_name="gaussian_fixed",
+    )

@@ -128,10 +128,14 @@ SCRIPT = textwrap.dedent(
     clients = [{"w": rng.normal(0, 0.01, (400, 300)).astype(np.float32),
                 "b": rng.normal(0, 0.01, 7).astype(np.float32)} for _ in range(6)]
     clients[2]["w"][0, 0] = np.nan
-    for factory in (ak.gaussian_fixed(0.7, 6, 0.5, seed=1), ak.dp_aggregator(0.5, 6, seed=2)):
+    for factory in (
+        ak.gaussian_fixed(0.7, 6, 0.5, seed=1),
+        ak.dp_aggregator(0.5, 6, seed=2),
+        ak.tree_aggregation(0.7, 6, 0.5, seed=3),
+    ):
         process = factory.create(template)
         state = process.initialize()
-        for _ in range(2):
+        for _ in range(4):  # the tree closes nodes at rounds 1 and 3
             out = process.next(state, clients)
             state = out.state
             digest.update(out.result["w"].tobytes() + out.result["b"].tobytes())
