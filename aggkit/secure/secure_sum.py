@@ -95,8 +95,8 @@ class FloatCode:
     ``scale = (2**32 - 1) / span`` (0 when ``span == 0``) and ``shift = sat64(rint(lo * scale))``
     are computed in float64.
 
-    DECISION: the reference computes ``hi - lo`` in the value dtype. In float32 that difference
-    can be off by half a float32 unit of the span, and then the code of ``hi`` exceeds
+    Difference from TFF, on purpose: TFF computes ``hi - lo`` in the value dtype. In float32 that
+    difference can be off by half a float32 unit of the span, and then the code of ``hi`` exceeds
     ``2**32 - 1`` and is clipped, so a client at the upper bound loses up to ``2**-25`` of the
     range, far more than the half step (``2**-33`` of the range) the discretization promises.
     In float64 the difference of two float32 bounds is exact (unless their magnitudes are more
