@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from aggkit.bulyan import bulyan
 from aggkit.centered_clipping import centered_clipping
 from aggkit.compression import quantized_sum
+from aggkit.dft import dft
+from aggkit.discrete import discretization, modular_clipping
 from aggkit.dp import gaussian_adaptive, gaussian_fixed
 from aggkit.errors import EmptyRoundError, InvalidUpdateError
 from aggkit.geometric_median import geometric_median
@@ -67,6 +69,8 @@ __all__ = [
     "centered_clipping",
     "clipping",
     "compression_aggregator",
+    "dft",
+    "discretization",
     "dp_aggregator",
     "gaussian_adaptive",
     "gaussian_fixed",
@@ -75,6 +79,7 @@ __all__ = [
     "krum",
     "mean",
     "median",
+    "modular_clipping",
     "privacy",
     "private_quantile_estimator",
     "quantile_estimator",

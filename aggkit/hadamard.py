@@ -48,6 +48,26 @@ __all__ = ["HadamardFactory", "HadamardProcess", "hadamard"]
 _STREAM = "hadamard"
 
 
+def seed_state(seed: Any) -> np.ndarray:
+    """The ``numpy.uint64[2]`` part of a seeded factory's state: the stream key, counter 0.
+
+    The key comes from ``seed`` (or the operating system for None) through
+    :func:`aggkit.kernels.counter_rng.seed_to_key`; rounds advance the counter.
+    """
+    from aggkit import kernels
+
+    return np.array([kernels.counter_rng.seed_to_key(seed), 0], dtype=np.uint64)
+
+
+def split_seed_state(state: State) -> tuple[State, int, int]:
+    """``(inner_state, key, counter)`` of a state ``(inner_state, uint64[2])``; TypeError else."""
+    inner_state, seed = state
+    seed = np.asarray(seed)
+    if seed.shape != (2,) or seed.dtype != np.uint64:
+        raise TypeError(f"expected the process's state (inner_state, uint64[2]), got {state!r}")
+    return inner_state, int(seed[0]), int(seed[1])
+
+
 def _padded_size(n: int) -> int:
     return n if n <= 1 else 1 << (n - 1).bit_length()
 
@@ -171,17 +191,11 @@ class HadamardProcess(AggregationProcess):
         self._rotated = None
 
     def initialize(self) -> State:
-        from aggkit import kernels
-
-        seed = np.array([kernels.counter_rng.seed_to_key(self.seed), 0], dtype=np.uint64)
-        return (self.inner.initialize(), seed)
+        return (self.inner.initialize(), seed_state(self.seed))
 
     def begin_round(self, state: State) -> Round:
-        inner_state, seed = state
-        seed = np.asarray(seed)
-        if seed.shape != (2,) or seed.dtype != np.uint64:
-            raise TypeError(f"expected the process's state (inner_state, uint64[2]), got {state!r}")
-        return _HadamardRound(self, self.inner.begin_round(inner_state), int(seed[0]), int(seed[1]))
+        inner_state, key, counter = split_seed_state(state)
+        return _HadamardRound(self, self.inner.begin_round(inner_state), key, counter)
 
     def signs(self, key: int, counter: int) -> tuple[np.ndarray, np.ndarray]:
         """The int8 signs of every (tensor, repeat) of a round, and where each one starts."""
