@@ -104,10 +104,12 @@ from typing import Any
 import numpy as np
 from numba import prange
 
+from aggkit.kernels._constants import UINT64_LIMIT
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.limits import TAIL_LEVELS
 
 __all__ = [
+    "check_stream_args",
     "derive_key",
     "fill_rademacher",
     "fill_rademacher_numpy",
@@ -169,7 +171,6 @@ _TWO_M53 = 2.0**-53
 # Counter word c3 of the tail stream of Box-Muller's radius (c2 holds the level, from 1): no other
 # stream uses it (streams have c2 = c3 = 0, key derivation c2 = _FOLD_TAG and c3 in 1..3).
 _TAIL_TAG = np.uint64(0x7461696C)  # "tail"
-_UINT64_LIMIT = 1 << 64
 
 # log(x): the reduction and coefficients of fdlibm's e_log.c, on [sqrt(2)/2, sqrt(2)):
 # f = x - 1, s = f / (2 + f), log(x) = f - (f^2/2 - s (f^2/2 + R(s^2))). Its notice:
@@ -462,11 +463,23 @@ def _fill_rademacher_kernel(out, key, offset):
 # --------------------------------------------------------------------------------------------
 
 
+def check_stream_args(out: Any, key: Any, offset: Any) -> tuple[np.ndarray, np.uint64, int]:
+    """The checks of every ``fill_*``-style entry point that writes stream values into ``out``.
+
+    ``out`` must be a C-contiguous writeable float32/float64 array, ``key`` an integer in
+    ``[0, 2**64)``, ``offset`` an integer with ``offset + out.size <= 2**63``. Returns the flat
+    view of ``out``, the key as ``uint64`` and the offset as ``int``; raises TypeError/ValueError
+    naming the argument otherwise.
+    """
+    flat = _as_float_out(out)
+    return flat, _as_key(key), _as_offset(offset, flat.size)
+
+
 def _as_key(key: Any, name: str = "key") -> np.uint64:
     if isinstance(key, bool) or not isinstance(key, numbers.Integral):
         raise TypeError(f"{name} must be an integer in [0, 2**64), got {type(key).__name__}")
     key = int(key)
-    if not 0 <= key < _UINT64_LIMIT:
+    if not 0 <= key < UINT64_LIMIT:
         raise ValueError(f"{name} must be in [0, 2**64), got {key}")
     return np.uint64(key)
 
@@ -523,7 +536,7 @@ def seed_to_key(seed: int | np.random.Generator | None = None) -> int:
     if seed is None:
         return secrets.randbits(64)
     if isinstance(seed, np.random.Generator):
-        return int(seed.integers(0, _UINT64_LIMIT, dtype=np.uint64))
+        return int(seed.integers(0, UINT64_LIMIT, dtype=np.uint64))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(
             f"seed must be None, a non-negative int or a numpy Generator, got {type(seed).__name__}"
@@ -534,7 +547,7 @@ def seed_to_key(seed: int | np.random.Generator | None = None) -> int:
     key = _SEED_ROOT
     chunks = 0
     while True:  # absorb 64 bits at a time, position-tagged, then the number of chunks
-        key = _fold(key, seed & (_UINT64_LIMIT - 1), _FOLD_SEED_CHUNK + np.uint64(chunks))
+        key = _fold(key, seed & (UINT64_LIMIT - 1), _FOLD_SEED_CHUNK + np.uint64(chunks))
         chunks += 1
         seed >>= 64
         if seed == 0:
@@ -572,9 +585,7 @@ def fill_uniform01(out: np.ndarray, key: int, offset: int = 0) -> np.ndarray:
     float64 values are :func:`uniform01`'s; float32 values are the same numbers rounded *down*
     to multiples of 2**-24 (so they stay below 1). Returns ``out``.
     """
-    flat = _as_float_out(out)
-    key = _as_key(key)
-    offset = _as_offset(offset, flat.size)
+    flat, key, offset = check_stream_args(out, key, offset)
     bits = 53 if flat.dtype == np.float64 else 24
     _fill_uniform01_kernel(flat, key, offset, bits)
     return out
@@ -582,9 +593,7 @@ def fill_uniform01(out: np.ndarray, key: int, offset: int = 0) -> np.ndarray:
 
 def fill_rademacher(out: np.ndarray, key: int, offset: int = 0) -> np.ndarray:
     """Fill ``out`` with random signs: ``out.flat[i] = rademacher(key, offset + i)``."""
-    flat = _as_float_out(out)
-    key = _as_key(key)
-    offset = _as_offset(offset, flat.size)
+    flat, key, offset = check_stream_args(out, key, offset)
     _fill_rademacher_kernel(flat, key, offset)
     return out
 

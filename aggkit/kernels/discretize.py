@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from aggkit.kernels._constants import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
@@ -66,13 +67,6 @@ __all__ = [
 
 #: Columns per parallel block: 4096 int64 accumulators (32 KiB) stay in L1.
 BLOCK = 4096
-#: The largest code a client sends: every float is discretized to ``[0, 2**32 - 1]``.
-MAX_CODE = 2**32 - 1
-#: The largest modulus :func:`modular_sum` accepts (``acc + r`` must not overflow int64).
-MAX_MODULUS = 2**62
-
-_INT64_MAX = np.iinfo(np.int64).max
-_INT64_MIN = np.iinfo(np.int64).min
 _TWO_63 = 9223372036854775808.0
 #: Rows per call of the float kernel, so that its float64 sums of codes stay exact.
 _ROWS_PER_CALL = 2**20
@@ -102,11 +96,11 @@ def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - co
     v = min(max(v, lo), hi)
     t = np.rint(v * scale)
     if t >= _TWO_63:
-        a = np.int64(_INT64_MAX)
+        a = np.int64(INT64_MAX)
     elif t >= -_TWO_63:
         a = np.int64(t)
     else:  # below the int64 range, or NaN
-        a = np.int64(_INT64_MIN)
+        a = np.int64(INT64_MIN)
     u = np.uint64(a) - shift
     if u > np.uint64(MAX_CODE):
         u = np.uint64(MAX_CODE)
@@ -331,8 +325,8 @@ def encode_float_numpy(
     with np.errstate(invalid="ignore"):
         t = np.rint(v * scale)
         inside = (t >= -_TWO_63) & (t < _TWO_63)
-        a = np.where(inside, np.where(inside, t, 0.0).astype(np.int64), _INT64_MIN)
-    a = np.where(t >= _TWO_63, _INT64_MAX, a)
+        a = np.where(inside, np.where(inside, t, 0.0).astype(np.int64), INT64_MIN)
+    a = np.where(t >= _TWO_63, INT64_MAX, a)
     d = a.view(np.uint64) - np.int64(shift).view(np.uint64)
     return np.minimum(d, np.uint64(MAX_CODE)).astype(np.int64)
 
@@ -432,12 +426,12 @@ def _check_int_args(
         raise ValueError(f"coef must have one entry per row ({matrix.shape[0]}), got {coef.shape}")
     if not np.isin(coef, (0, 1)).all():
         raise ValueError("integer rows take coefficients 0 or 1 only")
-    if not _INT64_MIN <= lo <= hi <= _INT64_MAX:
+    if not INT64_MIN <= lo <= hi <= INT64_MAX:
         raise ValueError(f"need int64 bounds with lo <= hi, got lo={lo}, hi={hi}")
     if divisor < 1:
         raise ValueError(f"divisor must be >= 1, got {divisor}")
     max_code = (hi - lo) // divisor
-    if matrix.shape[0] * max_code > _INT64_MAX:
+    if matrix.shape[0] * max_code > INT64_MAX:
         raise ValueError(
             f"{matrix.shape[0]} rows of codes up to {max_code} could overflow the int64 "
             "accumulator; add fewer rows per call"

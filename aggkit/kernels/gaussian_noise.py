@@ -132,10 +132,8 @@ def add_gaussian_noise(out: np.ndarray, sigma: float, key: int, offset: int = 0)
     >>> add_gaussian_noise(x, 0.5, key=12345).shape
     (4,)
     """
-    flat = counter_rng._as_float_out(out)
+    flat, key, offset = counter_rng.check_stream_args(out, key, offset)
     sigma = _as_sigma(sigma)
-    key = counter_rng._as_key(key)
-    offset = counter_rng._as_offset(offset, flat.size)
     with threads_for(-(-(flat.size // 2 + 1) // _PIECE_PAIRS)):
         _add_gaussian_noise_kernel(flat, sigma, key, offset)
     return out

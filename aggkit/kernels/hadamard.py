@@ -47,12 +47,6 @@ BLOCK = 2048
 _SIGN_PIECE = 1 << 16
 
 
-def _inline(dispatcher):
-    """Inline a small device function into its callers (no call per butterfly group)."""
-    dispatcher.targetoptions["inline"] = "always"
-    return dispatcher
-
-
 def padded_size(n: int) -> int:
     """The next power of two ``>= n`` (``n`` itself for 0 and 1)."""
     n = int(n)
@@ -64,8 +58,7 @@ def padded_size(n: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _radix8_contiguous(v):  # pragma: no cover - compiled
     """Stages with strides 1, 2 and 4 over groups of eight neighbours (``v.size % 8 == 0``)."""
     for i in range(0, v.shape[0], 8):
@@ -106,8 +99,7 @@ def _radix8_contiguous(v):  # pragma: no cover - compiled
         v[i + 7] = b3 - b7
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _radix2_pass(a, b):  # pragma: no cover - compiled
     """One butterfly stage between two halves."""
     for j in range(a.shape[0]):
@@ -117,8 +109,7 @@ def _radix2_pass(a, b):  # pragma: no cover - compiled
         b[j] = s - d
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _radix4_pass(a, b, c, e):  # pragma: no cover - compiled
     """Two stages (strides h and 2h) over four quarters ``a, b, c, e`` of length h."""
     for j in range(a.shape[0]):

@@ -55,6 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from aggkit.kernels._constants import WORD_BITS
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 
@@ -85,17 +86,9 @@ SHORT_UNIFORM_BITS = 8
 TASK = 8192
 _M16 = np.uint64(0xFFFF)
 _S16 = np.uint64(16)
-#: Payload bits per packed int32 word.
-WORD_BITS = 28
 _WORD_MASK = np.uint64((1 << WORD_BITS) - 1)
 _WORD_BITS_U = np.uint64(WORD_BITS)
 _ZERO = np.uint64(0)
-
-
-def _inline(dispatcher):
-    """Inline a small device function into its callers (so their loops vectorize)."""
-    dispatcher.targetoptions["inline"] = "always"
-    return dispatcher
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,8 +96,7 @@ def _inline(dispatcher):
 # --------------------------------------------------------------------------------------------
 
 
-@_inline
-@kernel
+@kernel(inline=True)
 def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
     """The stochastic level of ``v >= lo`` in ``[0, top]`` for the uniform ``word * inv``."""
     return min(np.floor((v - lo) * scale + np.float64(word) * inv), top)
