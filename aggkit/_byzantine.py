@@ -5,8 +5,8 @@ Median, trimmed mean, Krum and Bulyan need every client's value of a coordinate 
 geometric median and centered clipping iterate over the clients several times, so none of them can
 fold clients into an accumulator as they arrive. :class:`WholeRound` gathers the round's blocks
 into one ``[K, n]`` client matrix with one coefficient per client: a :class:`~aggkit.ClientBatch`
-(or a stacked array, or a list that fits one block) is used as is; blocks of a stream are copied,
-since the stream reuses its packing buffer.
+(or a stacked array, or a list that fits one block: a block that comes through ``add_last``) is
+used as is; earlier blocks of a stream are copied, since the stream reuses its packing buffer.
 
 Contributions. As everywhere in aggkit, client ``i`` contributes ``coef[i] * matrix[i]``: an outer
 ``ak.clipping`` scales it, an outer ``ak.zeroing`` makes it the zero vector (a zeroed client still
@@ -15,10 +15,9 @@ takes part, as a client whose update is zeros, as it keeps its weight in ``ak.me
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from aggkit import _checks
 from aggkit.errors import EmptyRoundError
 from aggkit.process import Contributions, Round
 from aggkit.structure import ClientBatch, Layout
@@ -28,12 +27,8 @@ __all__ = ["WholeRound", "check_floating", "check_int", "require_clients"]
 
 def check_int(value, name: str, low: int) -> int:
     """``value`` as an int ``>= low``; TypeError for a non-integer (bools included), ValueError
-    below ``low``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
+    below ``low`` (the rule of :func:`aggkit._checks.integer`)."""
+    return _checks.integer(value, name, low=low)
 
 
 def check_floating(layout: Layout, who: str) -> None:
@@ -69,8 +64,12 @@ class WholeRound(Round):
         self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        matrix = block.matrix if block.whole_round else block.matrix.copy()
-        self.blocks.append((matrix, block.coef, weights))
+        # More blocks follow, and a stream packs the next one into the same buffer: copy.
+        self.blocks.append((block.matrix.copy(), block.coef, weights))
+
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        # Nothing overwrites the last block before finish: keep it as it is.
+        self.blocks.append((block.matrix, block.coef, weights))
 
     def gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The round's ``(matrix [K, n], coef [K], weights [K] or None)``."""
@@ -130,7 +129,7 @@ class Sums:
     def rows(self, batch: ClientBatch, coef: np.ndarray) -> np.ndarray:
         """``sum_i coef[i] * batch.matrix[i]`` as float64."""
         round_ = self.value_process.begin_round(self.value_state)
-        round_.add(Contributions(batch, coef, whole_round=True), None)
+        round_.add_last(Contributions(batch, coef), None)
         self.value_state, total, self.measurements["value_sum"] = round_.finish()
         return np.asarray(total, dtype=np.float64)
 

@@ -50,7 +50,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import _buffers
+from aggkit import _buffers, _checks
+from aggkit.kernels._constants import INT64_MAX, MAX_BITWIDTH, MAX_MODULUS
 
 __all__ = [
     "PLAIN",
@@ -73,11 +74,9 @@ PLAIN = "plain"
 SECURE_BITWIDTH = "secure_bitwidth"
 SECURE_MODULAR = "secure_modular"
 
-#: Bit widths of the secure channel: values up to ``2**62 - 1`` keep int64 sums of 2 clients exact.
-MAX_BITWIDTH = 62
-#: Moduli of the secure modular channel (``acc + value`` must fit int64).
-MAX_MODULUS = 2**62
-_INT64_MAX = 2**63 - 1
+# MAX_BITWIDTH (bit widths of the secure channel: values up to ``2**62 - 1`` keep int64 sums of 2
+# clients exact) and MAX_MODULUS (moduli of the secure modular channel: ``acc + value`` must fit
+# int64) are the kernels' limits, imported above and exported under these names.
 
 
 @dataclass(frozen=True)
@@ -216,14 +215,6 @@ def using_backend(backend: SumBackend) -> Iterator[SumBackend]:
 # -- secure sums ---------------------------------------------------------------------------------
 
 
-def _check_int(value: int, name: str, low: int, high: int, high_text: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high_text}], got {value}")
-    return int(value)
-
-
 class SecureChannelSum:
     """One sum on a secure channel over a round's clients, fed block by block.
 
@@ -272,9 +263,9 @@ class SecureChannelSum:
             raise TypeError("give exactly one of bitwidth and modulus")
         self.length = int(length)
         if bitwidth is not None:
-            bitwidth = _check_int(bitwidth, "bitwidth", 1, MAX_BITWIDTH, str(MAX_BITWIDTH))
+            bitwidth = _checks.integer(bitwidth, "bitwidth", low=1, high=MAX_BITWIDTH)
         if modulus is not None:
-            modulus = _check_int(modulus, "modulus", 1, MAX_MODULUS, "2**62")
+            modulus = _checks.integer(modulus, "modulus", low=1, high=MAX_MODULUS)
         self.bitwidth = bitwidth
         self.modulus = modulus
         self.owner = owner
@@ -294,7 +285,7 @@ class SecureChannelSum:
         if self._finished:
             raise RuntimeError(f"{self.owner or 'this sum'} is already finished")
         total = self.clients + int(clients)
-        if self.bitwidth is not None and total * self.max_input > _INT64_MAX:
+        if self.bitwidth is not None and total * self.max_input > INT64_MAX:
             raise ValueError(
                 f"{self.owner or 'a secure sum'}: {total} clients of {self.bitwidth}-bit values "
                 "could overflow an exact int64 sum"
@@ -333,7 +324,7 @@ class SecureChannelSum:
             self.accumulator += vectors.sum(axis=0, dtype=np.int64)
         else:
             # Partial sums of `chunk` rows below m each stay below 2**63.
-            chunk = max(1, _INT64_MAX // self.modulus - 1)
+            chunk = max(1, INT64_MAX // self.modulus - 1)
             for start in range(0, len(vectors), chunk):
                 part = vectors[start : start + chunk].sum(axis=0, dtype=np.int64)
                 self.accumulator[:] = (self.accumulator + part % self.modulus) % self.modulus

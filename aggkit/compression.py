@@ -53,14 +53,15 @@ count and however clients are split into blocks.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from aggkit import _buffers
+from aggkit import _buffers, _checks, kernels
 from aggkit.errors import InvalidUpdateError
+from aggkit.kernels._constants import WORD_BITS
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 from aggkit.sum import SumRound
@@ -68,23 +69,12 @@ from aggkit.sum import SumRound
 __all__ = ["QuantizedSumFactory", "QuantizedSumProcess", "quantized_sum"]
 
 _STREAM = "quantized_sum"
-_WORD_BITS = 28
 
 
 def check_seed(seed: Any) -> None:
-    """Raise TypeError/ValueError unless ``seed`` is None, an int >= 0 or a NumPy Generator."""
-    if seed is None or isinstance(seed, np.random.Generator):
-        return
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be None, a non-negative int or a numpy Generator, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-
-
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    return int(value)
+    """Raise TypeError/ValueError unless ``seed`` is None or an int >= 0 (kept for callers of
+    this name; the rule is :func:`aggkit._checks.seed`)."""
+    _checks.seed(seed)
 
 
 @dataclass(frozen=True)
@@ -93,27 +83,21 @@ class QuantizedSumFactory(Factory):
 
     bits: int = 8
     threshold: int = 20000
-    seed: int | np.random.Generator | None = None
+    seed: int | None = None
 
     is_weighted = False
 
     def __post_init__(self) -> None:
-        bits = _check_int(self.bits, "bits")
-        if not 1 <= bits <= 16:
-            raise ValueError(f"bits must be in [1, 16], got {bits}")
-        threshold = _check_int(self.threshold, "threshold")
-        if threshold < 0:
-            raise ValueError(f"threshold must be non-negative, got {threshold}")
-        check_seed(self.seed)
-        object.__setattr__(self, "bits", bits)
-        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "bits", _checks.integer(self.bits, "bits", low=1, high=16))
+        object.__setattr__(self, "threshold", _checks.integer(self.threshold, "threshold", low=0))
+        object.__setattr__(self, "seed", _checks.seed(self.seed))
 
     def _create(self, layout: Layout) -> QuantizedSumProcess:
         return QuantizedSumProcess(layout, self.bits, self.threshold, self.seed)
 
 
 def quantized_sum(
-    bits: int = 8, threshold: int = 20000, seed: int | np.random.Generator | None = None
+    bits: int = 8, threshold: int = 20000, seed: int | None = None
 ) -> QuantizedSumFactory:
     """An unweighted sum that quantizes large tensors with stochastic rounding.
 
@@ -128,8 +112,9 @@ def quantized_sum(
         Bits per quantized value, in [1, 16].
     threshold : int
         Tensors with more than ``threshold`` elements are quantized (``>= 0``).
-    seed : int, numpy.random.Generator or None
-        Seeds the rounding noise; None draws a key from the operating system at ``initialize``.
+    seed : int or None
+        Seeds the rounding noise (an int >= 0); None draws a key from the operating system at
+        ``initialize``.
 
     Returns
     -------
@@ -201,17 +186,14 @@ class QuantizedSumProcess(AggregationProcess):
         self.uncompressed_bytes = int(sum(s.size * s.dtype.itemsize for s in layout.specs))
         self.payload_bytes = int(
             sum(
-                4 * (-(-s.size * bits // _WORD_BITS)) + 2 * s.dtype.itemsize
+                4 * (-(-s.size * bits // WORD_BITS)) + 2 * s.dtype.itemsize
                 if q
                 else s.size * s.dtype.itemsize
                 for s, q in zip(layout.specs, self.quantized, strict=True)
             )
         )
-        self._tasks = None
 
     def initialize(self) -> State:
-        from aggkit import kernels
-
         return np.array([kernels.counter_rng.seed_to_key(self.seed), 0], dtype=np.uint64)
 
     def begin_round(self, state: State) -> Round:
@@ -262,10 +244,14 @@ class QuantizedSumProcess(AggregationProcess):
         step = span / self.top
         return lo, hi, scale, step
 
-    def _round_key(self, key: int, round_index: int) -> int:
-        from aggkit import kernels
-
+    def round_key(self, key: int, round_index: int) -> int:
+        """The stream key of round ``round_index`` (clients and tensors are derived from it)."""
         return kernels.counter_rng.derive_key(key, _STREAM, round_index)
+
+    @cached_property
+    def tasks(self) -> np.ndarray:
+        """The kernel's parallel task list for this layout (computed once, on first use)."""
+        return kernels.quantize.stream_tasks(self.layout.offsets)
 
     # -- payloads ---------------------------------------------------------------------------------
 
@@ -308,12 +294,7 @@ class QuantizedSumProcess(AggregationProcess):
         >>> bool(np.abs(decoded - np.arange(100)).max() < 99 / 15)  # one step
         True
         """
-        from aggkit import kernels
-
-        if isinstance(coef, bool) or not isinstance(coef, numbers.Real):
-            raise TypeError(f"coef must be a number, got {coef!r}")
-        if not (np.isfinite(coef) and coef >= 0):
-            raise ValueError(f"coef must be finite and non-negative, got {coef!r}")
+        coef = _checks.real(coef, "coef", low=0.0)
         row = self.layout.flatten(value, client=client)
         layout = self.layout
         offsets = layout.offsets
@@ -329,7 +310,7 @@ class QuantizedSumProcess(AggregationProcess):
                 tmax[0, t] = segment.max()
         lo, hi, scale, _ = self.ranges(coef_vector, tmin, tmax, client)
         key, round_index = _unpack_state(state)
-        round_key = self._round_key(key, round_index)
+        round_key = self.round_key(key, round_index)
         parts = []
         for t, spec in enumerate(layout.specs):
             segment = row[offsets[t] : offsets[t + 1]]
@@ -354,8 +335,6 @@ class QuantizedSumProcess(AggregationProcess):
 
         For quantized tensors ``lo + q * (hi - lo) / (2**bits - 1)``; other tensors as sent.
         """
-        from aggkit import kernels
-
         if len(payload) != self.payload_bytes:
             raise ValueError(
                 f"expected a payload of {self.payload_bytes} bytes, got {len(payload)}"
@@ -403,8 +382,6 @@ class _QuantizedSumRound(Round):
         if self.plain is not None:
             self.plain.add(block, None)
             return
-        from aggkit import kernels
-
         process = self.process
         block.check_finite()
         stats = block.raw_stats("minmax")
@@ -412,9 +389,7 @@ class _QuantizedSumRound(Round):
             block.coef, stats.tensor_min, stats.tensor_max, block.first_client
         )
         if self.round_key is None:
-            self.round_key = process._round_key(self.key, self.round_index)
-        if process._tasks is None:
-            process._tasks = kernels.quantize.stream_tasks(process.layout.offsets)
+            self.round_key = process.round_key(self.key, self.round_index)
         kernels.quantize.quantized_row_sum(
             block.matrix,
             block.coef,
@@ -427,7 +402,7 @@ class _QuantizedSumRound(Round):
             self.round_key,
             block.first_client,
             self.acc,
-            tasks=process._tasks,
+            tasks=process.tasks,
         )
 
     def finish(self) -> tuple[State, np.ndarray, dict]:

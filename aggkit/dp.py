@@ -80,18 +80,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aggkit.mean import _check_floating
+from aggkit import _checks, kernels
+from aggkit._checks import clip_factors  # one implementation, also for dp.clip_factors
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
-from aggkit.sum import SumFactory
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dp_accounting import DpEvent
@@ -122,27 +120,12 @@ class ExtractingDpEventFromInitialStateError(ValueError):
 # -- argument checks -----------------------------------------------------------------------------
 
 
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
+def _positive(value: Any, name: str) -> float:
+    return _checks.real(value, name, low=0.0, low_open=True)
 
 
 def _non_negative(value: Any, name: str) -> float:
-    value = _real(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _positive(value: Any, name: str) -> float:
-    value = _real(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
+    return _checks.real(value, name, low=0.0)
 
 
 def _noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
@@ -161,24 +144,6 @@ def _noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
     return value
 
 
-def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    return int(seed)
-
-
-def _check_record_sum(factory: Any) -> Factory:
-    if factory is None:
-        return SumFactory()
-    if not isinstance(factory, Factory) or factory.is_weighted:
-        raise TypeError(f"record_sum must be an unweighted aggregation factory, got {factory!r}")
-    return factory
-
-
 def _check_accounting(
     population: Any, delta: Any, clients_per_round: float
 ) -> tuple[float | None, float | None]:
@@ -195,9 +160,7 @@ def _check_accounting(
         )
     if delta is None:
         delta = min(DEFAULT_DELTA, 1.0 / population)
-    delta = _real(delta, "delta")
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    delta = _checks.real(delta, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
     return population, delta
 
 
@@ -540,7 +503,13 @@ def gaussian_fixed(
     clip = _positive(clip, "clip")
     population, delta = _check_accounting(population, delta, clients)
     return GaussianFixedFactory(
-        z, clients, clip, _check_record_sum(record_sum), population, delta, _check_seed(seed)
+        z,
+        clients,
+        clip,
+        _checks.unweighted_factory(record_sum, "record_sum"),
+        population,
+        delta,
+        _checks.seed(seed),
     )
 
 
@@ -579,7 +548,8 @@ def gaussian_adaptive(
     target_unclipped_quantile : float
         The fraction of clients the clip should leave unclipped, in [0, 1].
     learning_rate : float
-        The clip's learning rate (>= 0).
+        The clip's learning rate (>= 0; at most 10 with the geometric update, see
+        :func:`aggkit.quantile_estimator`).
     clipped_count_stddev : float, optional
         Noise ``sigma_b`` on the unclipped count (>= 0); default ``0.05 * clients_per_round``
         (0 when ``z == 0``). Must exceed ``z / 2``.
@@ -623,12 +593,11 @@ def gaussian_adaptive(
     """
     clients = _positive(clients_per_round, "clients_per_round")
     initial = _positive(initial_l2_norm_clip, "initial_l2_norm_clip")
-    target = _real(target_unclipped_quantile, "target_unclipped_quantile")
-    if not 0.0 <= target <= 1.0:
-        raise ValueError(f"target_unclipped_quantile must be in [0, 1], got {target}")
-    rate = _non_negative(learning_rate, "learning_rate")
-    if not isinstance(geometric_update, bool):
-        raise TypeError(f"geometric_update must be a bool, got {geometric_update!r}")
+    target = _checks.real(target_unclipped_quantile, "target_unclipped_quantile", low=0.0, high=1.0)
+    geometric_update = _checks.boolean(geometric_update, "geometric_update")
+    rate = _checks.learning_rate(
+        learning_rate, "learning_rate", geometric=geometric_update, allow_zero=True
+    )
     z = _noise_multiplier(noise_multiplier)
     value_z, sigma_b = adaptive_clip_noise_params(z, clients, clipped_count_stddev)
     population, delta = _check_accounting(population, delta, clients)
@@ -640,11 +609,11 @@ def gaussian_adaptive(
         rate,
         sigma_b,
         value_z,
-        _check_record_sum(record_sum),
+        _checks.unweighted_factory(record_sum, "record_sum"),
         geometric_update,
         population,
         delta,
-        _check_seed(seed),
+        _checks.seed(seed),
     )
 
 
@@ -670,7 +639,7 @@ class DPProcess(AggregationProcess):
         delta: float | None,
         seed: int | None,
     ):
-        _check_floating(layout, "DP aggregation")
+        _checks.floating_layout(layout, "DP aggregation")
         super().__init__(layout)
         self.record = record
         self.noise_multiplier = noise_multiplier
@@ -693,8 +662,6 @@ class DPProcess(AggregationProcess):
             )
 
     def initialize(self) -> State:
-        from aggkit import kernels
-
         clip = self.initial_clip
         query: dict[str, Any] = {
             "l2_norm_clip": np.float64(clip),
@@ -718,24 +685,6 @@ class DPProcess(AggregationProcess):
         return _DPRound(self, state)
 
 
-def clip_factors(norms: np.ndarray, clip: float) -> np.ndarray:
-    """Per-client factors ``min(1, clip / norm)``, and 0 for non-finite norms (a dropped client).
-
-    Scaling a client's coefficient by its factor clips its update to L2 norm ``clip`` without a
-    copy of the client matrix; a dropped client contributes exact zeros, which lie in the clip
-    ball, so the sensitivity is unchanged.
-
-    Example
-    -------
-    >>> clip_factors(np.array([0.5, 4.0, np.inf]), 2.0).tolist()
-    [1.0, 0.5, 0.0]
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        factors = np.where(norms > clip, clip / norms, 1.0)
-    factors[~np.isfinite(norms)] = 0.0
-    return factors
-
-
 class _DPRound(Round):
     owns_result = True  # the noised copy
 
@@ -753,15 +702,10 @@ class _DPRound(Round):
         self.record.add(block.scaled(clip_factors(norms, self.clip)), None)
 
     def finish(self):
-        from aggkit import kernels
-
         process = self.process
         query = self.query
-        agg_state, total, agg_measurements = self.record.finish()
-        if self.record.owns_result and total.dtype == np.float64 and total.flags.writeable:
-            result = total  # the inner round handed it over: noise it in place
-        else:
-            result = np.array(total, dtype=np.float64)  # a copy: the inner's array stays untouched
+        # Noised in place: the inner round's own array, or a copy when it does not own it.
+        agg_state, result, agg_measurements = self.record.finish_owned()
         sigma = float(query["stddev"])
         round_index = int(query["round"])
         if sigma > 0.0:

@@ -32,16 +32,14 @@ Details
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from aggkit.compression import check_seed
+from aggkit import _checks, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
-from aggkit.sum import SumFactory
 
 __all__ = ["HadamardFactory", "HadamardProcess", "hadamard"]
 
@@ -54,8 +52,6 @@ def seed_state(seed: Any) -> np.ndarray:
     The key comes from ``seed`` (or the operating system for None) through
     :func:`aggkit.kernels.counter_rng.seed_to_key`; rounds advance the counter.
     """
-    from aggkit import kernels
-
     return np.array([kernels.counter_rng.seed_to_key(seed), 0], dtype=np.uint64)
 
 
@@ -68,34 +64,21 @@ def split_seed_state(state: State) -> tuple[State, int, int]:
     return inner_state, int(seed[0]), int(seed[1])
 
 
-def _padded_size(n: int) -> int:
-    return n if n <= 1 else 1 << (n - 1).bit_length()
-
-
 @dataclass(frozen=True)
 class HadamardFactory(Factory):
     """Unweighted factory of :class:`HadamardProcess`; build it with :func:`hadamard`."""
 
     inner: Factory | None = None
     num_repeats: int = 1
-    seed: int | np.random.Generator | None = None
+    seed: int | None = None
 
     is_weighted = False
 
     def __post_init__(self) -> None:
-        inner = SumFactory() if self.inner is None else self.inner
-        if not isinstance(inner, Factory):
-            raise TypeError(f"inner must be an aggregation factory, got {inner!r}")
-        if inner.is_weighted:
-            raise TypeError(f"inner must be an unweighted factory, got the weighted {inner!r}")
-        repeats = self.num_repeats
-        if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral):
-            raise TypeError(f"num_repeats must be an int, got {repeats!r}")
-        if repeats < 1:
-            raise ValueError(f"num_repeats must be positive, got {repeats}")
-        check_seed(self.seed)
-        object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "num_repeats", int(repeats))
+        object.__setattr__(self, "inner", _checks.unweighted_factory(self.inner, "inner"))
+        repeats = _checks.integer(self.num_repeats, "num_repeats", low=1)
+        object.__setattr__(self, "num_repeats", repeats)
+        object.__setattr__(self, "seed", _checks.seed(self.seed))
 
     def _create(self, layout: Layout) -> HadamardProcess:
         kinds = {s.dtype.kind in "iu" for s in layout.specs}
@@ -109,7 +92,7 @@ class HadamardFactory(Factory):
 
         def padded_spec(spec: TensorSpec) -> TensorSpec:
             dtype = np.float64 if spec.dtype == np.float64 else np.float32
-            return TensorSpec((_padded_size(spec.size),), dtype)
+            return TensorSpec((kernels.hadamard.padded_size(spec.size),), dtype)
 
         padded = layout.map_specs(padded_spec)
         return HadamardProcess(
@@ -120,7 +103,7 @@ class HadamardFactory(Factory):
 def hadamard(
     inner: Factory | None = None,
     num_repeats: int = 1,
-    seed: int | np.random.Generator | None = None,
+    seed: int | None = None,
 ) -> HadamardFactory:
     """Rotate client values by a randomized Walsh-Hadamard transform around ``inner``.
 
@@ -130,8 +113,9 @@ def hadamard(
         Aggregates the rotated (padded, flattened, float) values; :func:`aggkit.sum` by default.
     num_repeats : int
         How many sign-and-transform rotations to apply (``>= 1``).
-    seed : int, numpy.random.Generator or None
-        Seeds the signs; None draws a key from the operating system at ``initialize``.
+    seed : int or None
+        Seeds the signs (an int >= 0); None draws a key from the operating system at
+        ``initialize``.
 
     Returns
     -------
@@ -199,8 +183,6 @@ class HadamardProcess(AggregationProcess):
 
     def signs(self, key: int, counter: int) -> tuple[np.ndarray, np.ndarray]:
         """The int8 signs of every (tensor, repeat) of a round, and where each one starts."""
-        from aggkit import kernels
-
         sizes = np.diff(self.padded_layout.offsets)
         num_tensors = len(sizes)
         starts = np.zeros((num_tensors, self.num_repeats), dtype=np.int64)
@@ -216,19 +198,6 @@ class HadamardProcess(AggregationProcess):
                     kernels.hadamard.fill_signs(signs[position : position + d], stream)
                 position += d
         return signs, starts
-
-    def _buffer_for(self, rows: int) -> np.ndarray:
-        """The rotated-rows buffer, reused across blocks and rounds (fresh pages cost a lot).
-
-        Rounds consume a block inside ``add``, so the next block may overwrite it.
-        """
-        layout = self.padded_layout
-        need = rows * layout.size
-        buffer = getattr(self._scratch, "rotated", None)
-        if buffer is None or buffer.size < need:
-            buffer = np.empty(max(need, 1), dtype=layout.dtype)
-            self._scratch.rotated = buffer
-        return buffer[:need].reshape(rows, layout.size)
 
 
 class _HadamardRound(Round):
@@ -247,11 +216,10 @@ class _HadamardRound(Round):
         return self._signs
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        from aggkit import kernels
-
         process = self.process
         signs, starts = self._get_signs()
-        rotated = process._buffer_for(block.num_clients)
+        # Rounds consume a block inside ``add``, so the next block may overwrite the buffer.
+        rotated = process.scratch_rows(block.num_clients, process.padded_layout, name="rotated")
         kernels.hadamard.rotate_rows(
             block.matrix,
             block.coef,
@@ -270,14 +238,12 @@ class _HadamardRound(Round):
         self.inner_round.add(inner_block, None)
 
     def finish(self) -> tuple[State, np.ndarray, dict]:
-        from aggkit import kernels
-
         process = self.process
-        inner_state, total, inner_measurements = self.inner_round.finish()
+        inner_state, total, inner_measurements = self.inner_round.finish_owned()
         signs, starts = self._get_signs()
         result = np.empty(process.layout.size)
         kernels.hadamard.unrotate(
-            np.array(total, dtype=np.float64),
+            total,
             process.layout.offsets,
             process.padded_layout.offsets,
             signs,

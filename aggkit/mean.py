@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import _buffers
+from aggkit import _checks
 from aggkit.errors import EmptyRoundError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout, TensorSpec
-from aggkit.sum import SumFactory, SumRound
 
 __all__ = [
     "MeanFactory",
@@ -31,26 +30,6 @@ WEIGHT_LAYOUT = Layout(TensorSpec((), np.float64))
 COUNT_LAYOUT = Layout(TensorSpec((), np.int32))
 
 
-def _check_unweighted(factory: Factory | None, name: str) -> Factory:
-    if factory is None:
-        return SumFactory()
-    if not isinstance(factory, Factory):
-        raise TypeError(f"{name} must be an aggregation factory, got {factory!r}")
-    if factory.is_weighted:
-        raise TypeError(f"{name} must be an unweighted factory, got the weighted {factory!r}")
-    return factory
-
-
-def _check_floating(layout: Layout, who: str) -> None:
-    if not layout.is_floating:
-        bad = [
-            f"{p}: {s.dtype}"
-            for p, s in zip(layout.paths, layout.specs, strict=True)
-            if s.dtype.kind != "f"
-        ]
-        raise TypeError(f"{who} needs floating-point tensors; got {', '.join(bad)}")
-
-
 @dataclass(frozen=True)
 class MeanFactory(Factory):
     """Weighted mean; build it with :func:`aggkit.mean`."""
@@ -62,13 +41,16 @@ class MeanFactory(Factory):
     is_weighted = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
-        object.__setattr__(self, "weight_sum", _check_unweighted(self.weight_sum, "weight_sum"))
-        if not isinstance(self.no_nan_division, bool):
-            raise TypeError(f"no_nan_division must be a bool, got {self.no_nan_division!r}")
+        object.__setattr__(
+            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
+        )
+        object.__setattr__(
+            self, "weight_sum", _checks.unweighted_factory(self.weight_sum, "weight_sum")
+        )
+        _checks.boolean(self.no_nan_division, "no_nan_division")
 
     def _create(self, layout: Layout) -> MeanProcess:
-        _check_floating(layout, "ak.mean")
+        _checks.floating_layout(layout, "ak.mean")
         return MeanProcess(
             layout,
             self.value_sum.create(layout),
@@ -117,37 +99,6 @@ def mean(
     return MeanFactory(value_sum, weight_sum, no_nan_division)
 
 
-def _divide(
-    total: np.ndarray,
-    denominator: float,
-    no_nan_division: bool,
-    in_place: bool,
-    dtype: np.dtype,
-) -> np.ndarray:
-    """``total / denominator`` (a float64 division) as a vector of the layout's ``dtype``.
-
-    When the caller owns ``total`` (``in_place``) the quotient is written in one fused pass, into
-    ``total`` itself for float64 or into a reused buffer for float32 (see
-    :mod:`aggkit.kernels.divide_cast`); otherwise a fresh array is returned.
-    """
-    if no_nan_division and denominator == 0:
-        return np.zeros(total.shape, dtype=dtype)
-    if (
-        in_place
-        and total.dtype == np.float64
-        and total.ndim == 1
-        and total.flags.writeable
-        and total.flags.c_contiguous
-        and dtype in (np.float32, np.float64)
-    ):
-        from aggkit import kernels
-
-        out = total if dtype == np.float64 else _buffers.empty(total.size, dtype)
-        return kernels.divide_cast.divide_cast(total, denominator, out)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.divide(total, np.float64(denominator)).astype(dtype, copy=False)
-
-
 class MeanProcess(AggregationProcess):
     """Process of :func:`aggkit.mean`."""
 
@@ -182,7 +133,7 @@ class MeanProcess(AggregationProcess):
 
 
 class _MeanRound(Round):
-    owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
+    owns_result = True  # the quotient belongs to the caller (see Round.finish_divided)
 
     def __init__(
         self, value_round: Round, weight_round: Round, no_nan_division: bool, dtype: np.dtype
@@ -191,57 +142,39 @@ class _MeanRound(Round):
         self.weight_round = weight_round
         self.no_nan_division = no_nan_division
         self.dtype = dtype
-        self.quotient: np.ndarray | None = None
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        if self.quotient is not None:
-            raise RuntimeError("a block came after the block marked as the whole round")
-        weight_block = Contributions.of_scalars(
-            weights, WEIGHT_LAYOUT, first_client=block.first_client
-        )
-        if (
-            block.whole_round
-            and type(self.value_round) is SumRound
-            and type(self.weight_round) is SumRound
-        ):
-            # Plain sums of the round's only block: the weight total is known before the values
-            # are read, so the value sum's pass divides as well (no second pass, no second
-            # kernel launch; the same bits as dividing in finish). The total is computed as the
-            # weight sum will compute it, so that the values are still summed first.
-            from aggkit import kernels
-
-            denominator = float(
-                kernels.weighted_sum.small_weighted_row_sum(
-                    weight_block.matrix, weight_block.coef, np.zeros(1), fresh=True
-                )[0]
-            )
-            if not (self.no_nan_division and denominator == 0):
-                self.quotient = self.value_round.add_divided(
-                    block.scaled(weights), denominator, self.dtype
-                )
-            else:
-                self.value_round.add(block.scaled(weights), None)
-            self.weight_round.add(weight_block, None)
-            return
         self.value_round.add(block.scaled(weights), None)
-        self.weight_round.add(weight_block, None)
+        self.weight_round.add(_weight_block(block, weights), None)
+
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        # The value sum may keep its last block and divide in the same pass (finish_divided).
+        self.value_round.add_last(block.scaled(weights), None)
+        self.weight_round.add_last(_weight_block(block, weights), None)
 
     def finish(self):
-        value_state, total, value_measurements = self.value_round.finish()
+        # The weight total first: it is the value sum's denominator.
         weight_state, weight_total, weight_measurements = self.weight_round.finish()
+        denominator = float(weight_total[0])
+        value_state, result, value_measurements = _finish_mean(
+            self.value_round, denominator, self.dtype, zero_if_empty=self.no_nan_division
+        )
         state = {"value_sum_process": value_state, "weight_sum_process": weight_state}
-        if self.quotient is not None:
-            result = self.quotient
-        else:
-            result = _divide(
-                total,
-                float(weight_total[0]),
-                self.no_nan_division,
-                self.value_round.owns_result,
-                self.dtype,
-            )
         measurements = {"mean_value": value_measurements, "mean_weight": weight_measurements}
         return state, result, measurements
+
+
+def _weight_block(block: Contributions, weights: np.ndarray) -> Contributions:
+    return Contributions.of_scalars(weights, WEIGHT_LAYOUT, first_client=block.first_client)
+
+
+def _finish_mean(value_round: Round, denominator: float, dtype: np.dtype, *, zero_if_empty: bool):
+    """The value round finished and divided by ``denominator`` (zeros when it is 0 and
+    ``zero_if_empty``)."""
+    if zero_if_empty and denominator == 0:
+        state, total, measurements = value_round.finish()
+        return state, np.zeros(total.shape, dtype=dtype), measurements
+    return value_round.finish_divided(denominator, dtype)
 
 
 @dataclass(frozen=True)
@@ -255,13 +188,16 @@ class UnweightedMeanFactory(Factory):
     is_weighted = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
-        object.__setattr__(self, "count_sum", _check_unweighted(self.count_sum, "count_sum"))
-        if not isinstance(self.strict_empty, bool):
-            raise TypeError(f"strict_empty must be a bool, got {self.strict_empty!r}")
+        object.__setattr__(
+            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
+        )
+        object.__setattr__(
+            self, "count_sum", _checks.unweighted_factory(self.count_sum, "count_sum")
+        )
+        _checks.boolean(self.strict_empty, "strict_empty")
 
     def _create(self, layout: Layout) -> UnweightedMeanProcess:
-        _check_floating(layout, "ak.unweighted_mean")
+        _checks.floating_layout(layout, "ak.unweighted_mean")
         return UnweightedMeanProcess(
             layout,
             self.value_sum.create(layout),
@@ -335,7 +271,7 @@ class UnweightedMeanProcess(AggregationProcess):
 
 
 class _UnweightedMeanRound(Round):
-    owns_result = True  # a fresh quotient, or the inner sum divided in its own memory
+    owns_result = True  # the quotient belongs to the caller (see Round.finish_divided)
 
     def __init__(self, value_round: Round, count_round: Round, strict_empty: bool, dtype: np.dtype):
         self.value_round = value_round
@@ -346,23 +282,23 @@ class _UnweightedMeanRound(Round):
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         self.value_round.add(block, None)
-        ones = np.ones(block.num_clients, dtype=COUNT_LAYOUT.dtype)
-        self.count_round.add(
-            Contributions.of_scalars(ones, COUNT_LAYOUT, first_client=block.first_client), None
-        )
+        self.count_round.add(self._count_block(block), None)
+
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self.value_round.add_last(block, None)
+        self.count_round.add_last(self._count_block(block), None)
+
+    def _count_block(self, block: Contributions) -> Contributions:
         self.clients += block.num_clients
+        ones = np.ones(block.num_clients, dtype=COUNT_LAYOUT.dtype)
+        return Contributions.of_scalars(ones, COUNT_LAYOUT, first_client=block.first_client)
 
     def finish(self):
         if self.strict_empty and self.clients == 0:
             raise EmptyRoundError("unweighted_mean over zero clients (strict_empty=True)")
-        value_state, total, value_measurements = self.value_round.finish()
         count_state, count, count_measurements = self.count_round.finish()
-        result = _divide(
-            total,
-            float(count[0]),
-            no_nan_division=False,
-            in_place=self.value_round.owns_result,
-            dtype=self.dtype,
+        value_state, result, value_measurements = _finish_mean(
+            self.value_round, float(count[0]), self.dtype, zero_if_empty=False
         )
         return (
             (value_state, count_state),

@@ -74,6 +74,8 @@ import numbers
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from aggkit import _checks
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from dp_accounting import DpEvent
 
@@ -163,36 +165,16 @@ def _dp_accounting() -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN")
-    return value
-
-
 def _check_noise_multiplier(value: Any) -> float:
-    value = _real(value, "noise_multiplier")
-    if not (0.0 <= value < math.inf):
-        raise ValueError(f"noise_multiplier must be finite and >= 0, got {value}")
-    return value
+    return _checks.real(value, "noise_multiplier", low=0.0)
 
 
 def _check_delta(value: Any) -> float:
-    value = _real(value, "delta")
-    if not (0.0 < value < 1.0):
-        raise ValueError(f"delta must be in (0, 1), got {value}")
-    return value
+    return _checks.real(value, "delta", low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def _check_rounds(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"rounds must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < 0:
-        raise ValueError(f"rounds must be >= 0, got {value}")
-    return value
+    return _checks.integer(value, "rounds", low=0)
 
 
 def _check_accountant(value: Any) -> str:
@@ -243,14 +225,10 @@ def _fixed_size(clients_per_round: Any, population: Any) -> tuple[int, int]:
 
 def _sampling_rate(clients_per_round: Any, population: Any) -> float:
     """The Poisson sampling rate ``clients_per_round / population`` (1.0 without a population)."""
-    clients = _real(clients_per_round, "clients_per_round")
-    if not (0.0 < clients < math.inf):
-        raise ValueError(f"clients_per_round must be finite and > 0, got {clients}")
+    clients = _checks.real(clients_per_round, "clients_per_round", low=0.0, low_open=True)
     if population is None:
         return 1.0
-    pop = _real(population, "population")
-    if not (0.0 < pop < math.inf):
-        raise ValueError(f"population must be finite and > 0, got {pop}")
+    pop = _checks.real(population, "population", low=0.0, low_open=True)
     if pop < clients:
         raise ValueError(
             f"population ({pop}) must be at least clients_per_round ({clients}), or None"
@@ -700,9 +678,7 @@ def noise_multiplier(
     >>> round(z, 3)
     1.014
     """
-    target = _real(epsilon, "epsilon")
-    if not (0.0 < target < math.inf):
-        raise ValueError(f"epsilon must be finite and > 0, got {target}")
+    target = _checks.real(epsilon, "epsilon", low=0.0, low_open=True)
     delta = _check_delta(delta)
     _sampling_rate(clients_per_round, population)
     rounds = _check_rounds(rounds)

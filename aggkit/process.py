@@ -32,6 +32,7 @@ on the state and the client, so streaming gives the same bits as one batch.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +40,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from aggkit import _buffers, kernels
 from aggkit.errors import InvalidUpdateError
 from aggkit.structure import ClientBatch, Layout
 
@@ -58,8 +60,6 @@ Measurements = Any
 
 #: Streaming block size in bytes of client matrix (``next`` with an iterator of clients).
 STREAM_BLOCK_BYTES = 64 * 2**20
-
-_STATS_ALL = frozenset({"l1", "l2", "linf", "minmax"})
 
 
 class Output(NamedTuple):
@@ -185,12 +185,9 @@ class Contributions:
     needs : frozenset of str
         Statistics to compute in the one pass (subset of ``{"l1", "l2", "linf", "minmax"}``); a
         composition declares the union of its layers' needs so the pass runs once.
-    whole_round : bool
-        This block holds every client of the round (no other block comes), so a mean may divide
-        in its sum's pass.
     """
 
-    __slots__ = ("_cache", "batch", "coef", "first_client", "whole_round")
+    __slots__ = ("_cache", "batch", "coef", "first_client")
 
     def __init__(
         self,
@@ -199,7 +196,6 @@ class Contributions:
         *,
         first_client: int = 0,
         needs: frozenset = frozenset(),
-        whole_round: bool = False,
         _cache: _StatsCache | None = None,
     ):
         self.batch = batch
@@ -207,7 +203,6 @@ class Contributions:
             coef = np.ones(batch.num_clients)
         self.coef = coef
         self.first_client = first_client
-        self.whole_round = whole_round
         self._cache = _cache if _cache is not None else _StatsCache(frozenset(needs))
 
     @classmethod
@@ -242,18 +237,7 @@ class Contributions:
             self.batch,
             self.coef * factors,
             first_client=self.first_client,
-            whole_round=self.whole_round,
             _cache=self._cache,
-        )
-
-    def with_batch(self, batch: ClientBatch, coef: np.ndarray | None = None) -> Contributions:
-        """A new block of transformed rows (same clients, fresh statistics)."""
-        return Contributions(
-            batch,
-            self.coef if coef is None else coef,
-            first_client=self.first_client,
-            needs=self._cache.needs,
-            whole_round=self.whole_round,
         )
 
     # statistics of the raw rows ----------------------------------------------------------------
@@ -271,8 +255,6 @@ class Contributions:
                 raise TypeError(
                     f"statistics need a floating-point client matrix, not {self.matrix.dtype}"
                 )
-            from aggkit import kernels
-
             cache.value = kernels.row_stats.row_stats(
                 self.matrix,
                 self.layout.offsets,
@@ -318,15 +300,6 @@ class Contributions:
 
     # values ------------------------------------------------------------------------------------
 
-    def materialize(self) -> np.ndarray:
-        """The contributions as a fresh ``[K, n]`` matrix (``coef[i] * matrix[i]``; exact zeros for
-        coefficient 0). For layers that cannot work with coefficients; costs a copy."""
-        out = np.zeros(self.matrix.shape, dtype=self.matrix.dtype)
-        for i in np.flatnonzero(self.active):
-            c = self.coef[i]
-            out[i] = self.matrix[i] if c == 1.0 else (c * self.matrix[i]).astype(out.dtype)
-        return out
-
     def check_finite(self) -> None:
         """Raise :class:`InvalidUpdateError` naming the first contributing client and tensor
         holding NaN or Inf."""
@@ -355,7 +328,17 @@ class Contributions:
 
 
 class Round(ABC):
-    """One round of an aggregation process in progress (see the module docstring)."""
+    """One round of an aggregation process in progress (see the module docstring).
+
+    Required: :meth:`add` and :meth:`finish`. Optional capabilities, with working defaults that a
+    round overrides when it can do better:
+
+    * :meth:`add_last`: the caller knows no block follows (the round may keep the block and
+      finish its work in the same pass over it);
+    * :meth:`finish_divided`: finish with the result divided by a denominator (a mean's last
+      step), which a plain sum does in its own pass or memory;
+    * :attr:`owns_result`: the result array may be overwritten by the caller.
+    """
 
     #: True when :meth:`finish` hands over a result array that nothing else references, so the
     #: caller (an outer round) may overwrite it instead of allocating another ``n``-vector.
@@ -365,9 +348,63 @@ class Round(ABC):
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         """Take a block of clients (``weights`` is ``float64[K]`` for weighted processes)."""
 
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        """Take the round's last block: no :meth:`add` follows, :meth:`finish` (or
+        :meth:`finish_divided`) comes next. The default is :meth:`add`; a wrapper forwards it to
+        its inner round so that the capability survives composition."""
+        self.add(block, weights)
+
     @abstractmethod
     def finish(self) -> tuple[State, np.ndarray, Measurements]:
         """``(new_state, flat_result, measurements)``; ``flat_result`` has the layout's size."""
+
+    def finish_divided(
+        self, denominator: float, dtype: np.dtype
+    ) -> tuple[State, np.ndarray, Measurements]:
+        """Like :meth:`finish`, with the result divided by ``denominator`` (a float64 division)
+        and rounded to ``dtype``: what a mean asks of its value sum.
+
+        The default divides :meth:`finish`'s result, in its own memory when the round owns it
+        (:func:`divide`). The quotient is owned by the caller.
+        """
+        state, total, measurements = self.finish()
+        return state, divide(total, denominator, dtype, in_place=self.owns_result), measurements
+
+    def finish_owned(self) -> tuple[State, np.ndarray, Measurements]:
+        """Like :meth:`finish`, with a float64 result the caller may overwrite: the round's own
+        array when it owns it, else a copy (so another round's array is never modified)."""
+        state, total, measurements = self.finish()
+        if not (
+            self.owns_result
+            and total.dtype == np.float64
+            and total.flags.writeable
+            and total.flags.c_contiguous
+        ):
+            total = np.array(total, dtype=np.float64)
+        return state, total, measurements
+
+
+def divide(total: np.ndarray, denominator: float, dtype: np.dtype, *, in_place: bool) -> np.ndarray:
+    """``total / denominator`` (a float64 division) as a vector of ``dtype``.
+
+    With ``in_place`` the caller owns ``total``: the quotient is written in one pass, into
+    ``total`` itself for float64 or into a pooled buffer for float32
+    (:func:`aggkit.kernels.divide_cast.divide_cast`, whose bits are ``np.divide``'s). Otherwise a
+    fresh array is returned.
+    """
+    dtype = np.dtype(dtype)
+    if (
+        in_place
+        and total.dtype == np.float64
+        and total.ndim == 1
+        and total.flags.writeable
+        and total.flags.c_contiguous
+        and dtype in (np.float32, np.float64)
+    ):
+        out = total if dtype == np.float64 else _buffers.empty(total.size, dtype)
+        return kernels.divide_cast.divide_cast(total, denominator, out)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.divide(total, np.float64(denominator)).astype(dtype, copy=False)
 
 
 class AggregationProcess(ABC):
@@ -437,16 +474,26 @@ class AggregationProcess(ABC):
         if not self.is_weighted and weights is not None:
             raise TypeError(f"{type(self).__name__} is unweighted: next() takes no weights")
         round_ = self.begin_round(state)
-        for block, block_weights in self._blocks(values, weights):
-            round_.add(block, block_weights)
+        if not isinstance(round_, Round):
+            raise TypeError(
+                f"{type(self).__name__}.begin_round must return an aggkit.process.Round, got "
+                f"{type(round_).__name__} (subclass Round: it supplies add_last, finish_divided "
+                "and owns_result)"
+            )
+        for block, block_weights, last in self._blocks(values, weights):
+            if last:
+                round_.add_last(block, block_weights)
+            else:
+                round_.add(block, block_weights)
         new_state, flat, measurements = round_.finish()
         # An owned result is referenced by nothing else, so its tensors can be views of it.
-        result = self.layout.unflatten(flat, copy=not getattr(round_, "owns_result", False))
+        result = self.layout.unflatten(flat, copy=not round_.owns_result)
         return Output(new_state, result, measurements)
 
     # -- input handling -----------------------------------------------------------------------
 
-    def _blocks(self, values: Any, weights: Any) -> Iterator[tuple[Contributions, Any]]:
+    def _blocks(self, values: Any, weights: Any) -> Iterator[tuple[Contributions, Any, bool]]:
+        """``(block, weights, last)`` per block; ``last`` when no block follows for sure."""
         needs = self.stats_needed
         if isinstance(values, ClientBatch):
             if values.layout != self.layout:
@@ -455,13 +502,13 @@ class AggregationProcess(ABC):
                     f"{self.layout!r}"
                 )
             checked = _check_weights(weights, values.num_clients)
-            yield Contributions(values, needs=needs, whole_round=True), checked
+            yield Contributions(values, needs=needs), checked, True
             return
         if isinstance(values, np.ndarray) and self.layout.num_tensors == 1:
             batch = self._stacked_array(values)
             if batch is not None:
                 checked = _check_weights(weights, len(batch))
-                yield Contributions(batch, needs=needs, whole_round=True), checked
+                yield Contributions(batch, needs=needs), checked, True
                 return
         if isinstance(values, Sequence | np.ndarray):
             count = len(values)
@@ -471,10 +518,9 @@ class AggregationProcess(ABC):
                 stop = min(start + block, count)
                 batch = self._pack(values, start, stop)
                 yield (
-                    Contributions(
-                        batch, first_client=start, needs=needs, whole_round=block >= count
-                    ),
+                    Contributions(batch, first_client=start, needs=needs),
                     None if all_weights is None else all_weights[start:stop],
+                    stop == count,
                 )
             return
         yield from self._stream(iter(values), weights, needs)
@@ -492,33 +538,36 @@ class AggregationProcess(ABC):
         row_bytes = max(1, self.layout.size * self.layout.dtype.itemsize)
         return max(1, min(count, STREAM_BLOCK_BYTES // row_bytes))
 
-    def _buffer(self, rows: int) -> np.ndarray:
-        """A per-thread packing buffer reused across rounds (fresh pages cost more than the copy).
+    def scratch_rows(self, rows: int, layout: Layout | None = None, *, name: str = "packing"):
+        """A per-thread ``[rows, layout.size]`` buffer of ``layout.dtype`` (``layout`` defaults to
+        the process's), reused across blocks and rounds (fresh pages cost more than the copy).
 
-        It is only handed to this process's own round, which finishes before the next ``next``
-        on the same thread packs again; it is freed with the process.
+        Each ``name`` is one buffer. It is only handed to this process's own rounds, which consume
+        a block inside ``add`` and finish before the next ``next`` on the same thread packs again;
+        it is freed with the process.
         """
-        need = rows * self.layout.size
-        buffer = getattr(self._scratch, "buffer", None)
-        if buffer is None or buffer.size < need:
-            buffer = np.empty(max(need, 1), dtype=self.layout.dtype)
-            self._scratch.buffer = buffer
-        return buffer[:need].reshape(rows, self.layout.size)
+        layout = self.layout if layout is None else layout
+        need = rows * layout.size
+        buffer = getattr(self._scratch, name, None)
+        if buffer is None or buffer.size < need or buffer.dtype != layout.dtype:
+            buffer = np.empty(max(need, 1), dtype=layout.dtype)
+            setattr(self._scratch, name, buffer)
+        return buffer[:need].reshape(rows, layout.size)
 
     def _pack(self, values: Sequence, start: int, stop: int) -> ClientBatch:
-        out = self._buffer(stop - start)
+        out = self.scratch_rows(stop - start)
         for i in range(start, stop):
             self.layout.flatten(values[i], out=out[i - start], client=i)
         return ClientBatch(out, self.layout)
 
     def _stream(
         self, values: Iterator, weights: Any, needs: frozenset
-    ) -> Iterator[tuple[Contributions, Any]]:
+    ) -> Iterator[tuple[Contributions, Any, bool]]:
         block = self._block_size(1 << 62)
         weight_iter = None if weights is None else iter(weights)
         start = 0
         while True:
-            out = self._buffer(block)
+            out = self.scratch_rows(block)
             count = 0
             block_weights = []
             for structure in values:
@@ -540,6 +589,7 @@ class AggregationProcess(ABC):
                     yield (
                         Contributions(self.layout.empty_batch(0), needs=needs),
                         None if weight_iter is None else np.zeros(0),
+                        False,
                     )
                 if weight_iter is not None and next(weight_iter, None) is not None:
                     raise InvalidUpdateError("more weights than client values", path="weight")
@@ -548,7 +598,8 @@ class AggregationProcess(ABC):
             checked = None
             if weight_iter is not None:
                 checked = _check_weights(block_weights, count, first_client=start)
-            yield Contributions(batch, first_client=start, needs=needs), checked
+            # A short block means the iterator ran out: no block follows.
+            yield Contributions(batch, first_client=start, needs=needs), checked, count < block
             start += count
             if count < block:
                 if weight_iter is not None and next(weight_iter, None) is not None:
@@ -560,6 +611,9 @@ def _check_weights(weights: Any, count: int, *, first_client: int = 0) -> np.nda
     """Weights as ``float64[count]``; InvalidUpdateError naming a negative or non-finite one."""
     if weights is None:
         return None
+    if isinstance(weights, Iterator):
+        # One more than needed, so that a longer iterator is reported, not silently cut.
+        weights = list(itertools.islice(weights, count + 1))
     try:
         array = np.asarray(weights, dtype=np.float64)
     except (TypeError, ValueError) as error:

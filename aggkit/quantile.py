@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from aggkit import _checks
 from aggkit.process import Contributions, EstimationProcess, Factory, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 
@@ -37,15 +38,6 @@ _F32 = TensorSpec((), np.float32)
 _PAIR_LAYOUT = Layout((_F32, _F32))
 #: Records of the private estimator: ``1[v <= C] - 0.5`` per client.
 _SINGLE_LAYOUT = Layout((_F32,))
-
-
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -72,14 +64,8 @@ class QuantileEstimator(EstimationProcess):
     _record_process: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from aggkit.sum import SumFactory
-
-        if self.record_sum is None:
-            object.__setattr__(self, "record_sum", SumFactory())
-        if not isinstance(self.record_sum, Factory) or self.record_sum.is_weighted:
-            raise TypeError(
-                f"record_sum must be an unweighted aggregation factory, got {self.record_sum!r}"
-            )
+        record_sum = _checks.unweighted_factory(self.record_sum, "record_sum")
+        object.__setattr__(self, "record_sum", record_sum)
         layout = _PAIR_LAYOUT if self.below_estimate_stddev is None else _SINGLE_LAYOUT
         object.__setattr__(self, "_record_process", self.record_sum.create(layout))
 
@@ -147,23 +133,20 @@ class QuantileEstimator(EstimationProcess):
         return self.multiplier * float(state[0][0]) + self.increment
 
 
-def _check_common(initial_estimate, target_quantile, learning_rate) -> tuple[float, float, float]:
-    initial_estimate = _real(initial_estimate, "initial_estimate")
-    target_quantile = _real(target_quantile, "target_quantile")
-    learning_rate = _real(learning_rate, "learning_rate")
-    if initial_estimate <= 0:
-        raise ValueError(f"initial_estimate must be positive, got {initial_estimate}")
-    if not 0.0 <= target_quantile <= 1.0:
-        raise ValueError(f"target_quantile must be in [0, 1], got {target_quantile}")
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    return initial_estimate, target_quantile, learning_rate
+def _check_common(
+    initial_estimate, target_quantile, learning_rate, geometric_update
+) -> tuple[float, float, float, bool]:
+    geometric_update = _checks.boolean(geometric_update, "geometric_update")
+    return (
+        _checks.real(initial_estimate, "initial_estimate", low=0.0, low_open=True),
+        _checks.real(target_quantile, "target_quantile", low=0.0, high=1.0),
+        _checks.learning_rate(learning_rate, "learning_rate", geometric=geometric_update),
+        geometric_update,
+    )
 
 
 def _record_sum(secure_estimation: bool, record_sum: Factory | None) -> Factory | None:
-    if not isinstance(secure_estimation, bool):
-        raise TypeError(f"secure_estimation must be a bool, got {secure_estimation!r}")
-    if secure_estimation:
+    if _checks.boolean(secure_estimation, "secure_estimation"):
         if record_sum is not None:
             raise ValueError("give either secure_estimation=True or record_sum, not both")
         from aggkit.secure.secure_sum import secure_sum
@@ -196,7 +179,8 @@ def quantile_estimator(
     target_quantile : float
         The quantile to track, in [0, 1].
     learning_rate : float
-        > 0; with the geometric update the estimate moves by at most ``exp(lr * q)`` per round.
+        > 0; with the geometric update the estimate moves by at most ``exp(lr * q)`` per round,
+        and ``lr`` is at most 10 (:data:`aggkit._checks.MAX_GEOMETRIC_LEARNING_RATE`).
     multiplier, increment : float
         ``report`` returns ``multiplier * estimate + increment`` (multiplier > 0, increment >= 0).
     secure_estimation : bool
@@ -223,17 +207,11 @@ def quantile_estimator(
     >>> round(estimator.report(state), 4)  # exp(0.2 * 0.5)
     1.1052
     """
-    initial_estimate, target_quantile, learning_rate = _check_common(
-        initial_estimate, target_quantile, learning_rate
+    initial_estimate, target_quantile, learning_rate, geometric_update = _check_common(
+        initial_estimate, target_quantile, learning_rate, geometric_update
     )
-    multiplier = _real(multiplier, "multiplier")
-    increment = _real(increment, "increment")
-    if multiplier <= 0:
-        raise ValueError(f"multiplier must be positive, got {multiplier}")
-    if increment < 0:
-        raise ValueError(f"increment must be non-negative, got {increment}")
-    if not isinstance(geometric_update, bool):
-        raise TypeError(f"geometric_update must be a bool, got {geometric_update!r}")
+    multiplier = _checks.real(multiplier, "multiplier", low=0.0, low_open=True)
+    increment = _checks.real(increment, "increment", low=0.0)
     return QuantileEstimator(
         initial_estimate,
         target_quantile,
@@ -289,17 +267,14 @@ def private_quantile_estimator(
     >>> round(estimator.report(estimator.next(estimator.initialize(), [0.1, 0.2])), 4)
     0.9048
     """
-    initial_estimate, target_quantile, learning_rate = _check_common(
-        initial_estimate, target_quantile, learning_rate
+    initial_estimate, target_quantile, learning_rate, geometric_update = _check_common(
+        initial_estimate, target_quantile, learning_rate, geometric_update
     )
-    below_estimate_stddev = _real(below_estimate_stddev, "below_estimate_stddev")
-    expected_num_records = _real(expected_num_records, "expected_num_records")
-    if below_estimate_stddev < 0:
-        raise ValueError(f"below_estimate_stddev must be >= 0, got {below_estimate_stddev}")
-    if expected_num_records <= 0:
-        raise ValueError(f"expected_num_records must be positive, got {expected_num_records}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    below_estimate_stddev = _checks.real(below_estimate_stddev, "below_estimate_stddev", low=0.0)
+    expected_num_records = _checks.real(
+        expected_num_records, "expected_num_records", low=0.0, low_open=True
+    )
+    seed = _checks.seed(seed)
     return QuantileEstimator(
         initial_estimate,
         target_quantile,
@@ -308,5 +283,5 @@ def private_quantile_estimator(
         record_sum=record_sum,
         below_estimate_stddev=below_estimate_stddev,
         expected_num_records=expected_num_records,
-        seed=None if seed is None else int(seed),
+        seed=seed,
     )

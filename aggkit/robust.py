@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from aggkit import _checks
 from aggkit.mean import COUNT_LAYOUT
 from aggkit.process import (
     AggregationProcess,
@@ -46,7 +47,6 @@ from aggkit.process import (
     as_estimation_process,
 )
 from aggkit.structure import Layout
-from aggkit.sum import SumFactory
 
 __all__ = ["ClippingFactory", "ZeroingFactory", "clipping", "zeroing"]
 
@@ -55,25 +55,9 @@ _NORM_KEYS = {1.0: "l1", 2.0: "l2", math.inf: "linf"}
 
 def _threshold(norm: Any, name: str) -> EstimationProcess:
     process = as_estimation_process(norm, name)
-    if not isinstance(norm, EstimationProcess) and (
-        not math.isfinite(process.report(())) or process.report(()) <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {norm!r}")
+    if not isinstance(norm, EstimationProcess):
+        _checks.real(norm, name, low=0.0, low_open=True)
     return process
-
-
-def _count_sum(factory: Factory | None, name: str) -> Factory:
-    if factory is None:
-        return SumFactory()
-    if not isinstance(factory, Factory) or factory.is_weighted:
-        raise TypeError(f"{name} must be an unweighted aggregation factory, got {factory!r}")
-    return factory
-
-
-def _inner(factory: Any) -> Factory:
-    if not isinstance(factory, Factory):
-        raise TypeError(f"inner must be an aggregation factory, got {factory!r}")
-    return factory
 
 
 @dataclass(frozen=True)
@@ -87,7 +71,9 @@ class ZeroingFactory(Factory):
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "zeroed_count_sum", _count_sum(self.zeroed_count_sum, "zeroed_count_sum")
+            self,
+            "zeroed_count_sum",
+            _checks.unweighted_factory(self.zeroed_count_sum, "zeroed_count_sum"),
         )
 
     @property
@@ -116,7 +102,9 @@ class ClippingFactory(Factory):
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "clipped_count_sum", _count_sum(self.clipped_count_sum, "clipped_count_sum")
+            self,
+            "clipped_count_sum",
+            _checks.unweighted_factory(self.clipped_count_sum, "clipped_count_sum"),
         )
 
     @property
@@ -184,9 +172,9 @@ def zeroing(
         raise ValueError(f"norm_order must be 1.0, 2.0 or math.inf, got {norm_order!r}")
     return ZeroingFactory(
         _threshold(norm, "norm"),
-        _inner(inner),
+        _checks.factory(inner, "inner"),
         order,
-        _count_sum(zeroed_count_sum, "zeroed_count_sum"),
+        _checks.unweighted_factory(zeroed_count_sum, "zeroed_count_sum"),
     )
 
 
@@ -229,7 +217,9 @@ def clipping(
     5.0 2
     """
     return ClippingFactory(
-        _threshold(norm, "norm"), _inner(inner), _count_sum(clipped_count_sum, "clipped_count_sum")
+        _threshold(norm, "norm"),
+        _checks.factory(inner, "inner"),
+        _checks.unweighted_factory(clipped_count_sum, "clipped_count_sum"),
     )
 
 
@@ -246,11 +236,7 @@ class _NormWrapperProcess(AggregationProcess):
         inner: AggregationProcess,
         count: AggregationProcess,
     ):
-        if not layout.is_floating:
-            bad = [
-                p for p, s in zip(layout.paths, layout.specs, strict=True) if s.dtype.kind != "f"
-            ]
-            raise TypeError(f"ak.{kind} needs floating-point tensors; {', '.join(bad)} are not")
+        _checks.floating_layout(layout, f"ak.{kind}")
         super().__init__(layout)
         self.kind = kind
         self.counted = counted
@@ -286,20 +272,24 @@ class _NormWrapperRound(Round):
         self.norms: list[np.ndarray] = []
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self.inner.add(*self._scale(block, weights))
+
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        self.inner.add_last(*self._scale(block, weights))
+
+    def _scale(self, block: Contributions, weights: np.ndarray | None) -> tuple:
+        """The block for the inner round (and the count of changed clients, summed here)."""
         norms = block.norms(self.process.order)
-        finite = np.isfinite(norms)
         over = norms > self.limit  # non-finite norms are inf, so they are "over" too
         if self.process.kind == "zeroing":
             factors = np.where(over, 0.0, 1.0)
         else:
-            with np.errstate(divide="ignore"):
-                factors = np.where(over, self.limit / norms, 1.0)
-            factors[~finite] = 0.0
+            factors = _checks.clip_factors(norms, self.limit)
         self.norms.append(norms)
-        self.inner.add(block.scaled(factors), weights)
         self.count.add(
             Contributions.of_scalars(over, COUNT_LAYOUT, first_client=block.first_client), None
         )
+        return block.scaled(factors), weights
 
     def finish(self):
         process = self.process

@@ -27,13 +27,16 @@ array([[1., 1.],
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from aggkit import _checks
 from aggkit.errors import InvalidUpdateError
+from aggkit.kernels._constants import INT64_MAX
 
 __all__ = ["ClientBatch", "Layout", "TensorSpec"]
 
@@ -62,24 +65,16 @@ class TensorSpec:
     dtype: np.dtype
 
     def __post_init__(self) -> None:
-        shape = (self.shape,) if isinstance(self.shape, (int, np.integer)) else self.shape
-        try:
-            shape = tuple(int(d) for d in shape)
-        except TypeError:
-            raise TypeError(
-                f"TensorSpec shape must be a tuple of ints, got {self.shape!r}"
-            ) from None
-        if any(d < 0 for d in shape):
-            raise ValueError(f"TensorSpec shape must have non-negative dimensions, got {shape}")
         dtype = np.dtype(self.dtype)
         _check_dtype(dtype)
+        shape = _checks.shape(self.shape, dtype.itemsize)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", dtype)
 
     @property
     def size(self) -> int:
         """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @classmethod
     def of(cls, leaf: Any) -> TensorSpec:
@@ -273,10 +268,15 @@ class Layout:
         self.specs = tuple(specs)
         self.paths = tuple(paths)
         sizes = [s.size for s in specs]
+        self.dtype = _matrix_dtype(self.specs)
+        if sum(sizes) * self.dtype.itemsize > INT64_MAX:
+            raise ValueError(
+                f"the template holds {sum(sizes)} values of {self.dtype.itemsize} bytes; a flat "
+                "client vector is at most 2**63 - 1 bytes"
+            )
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         self.offsets.flags.writeable = False
         self.size = int(self.offsets[-1])
-        self.dtype = _matrix_dtype(self.specs)
 
     # -- description ------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import _buffers, channels
+from aggkit import _buffers, channels, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -59,7 +59,10 @@ class SumProcess(AggregationProcess):
 class SumRound(Round):
     """Accumulates contributions in float64 (int64 for integer layouts).
 
-    Also used by other aggregators that end in a plain sum.
+    Also used by other aggregators that end in a plain sum. When the round's only block comes
+    through :meth:`add_last`, it is kept and summed by :meth:`finish`, or by
+    :meth:`finish_divided` in the same pass that divides (one kernel launch and no second pass
+    over the accumulator; the bits of :func:`aggkit.kernels.divide_cast.divide_cast`).
     """
 
     owns_result = True  # ``acc`` belongs to this round only
@@ -70,39 +73,31 @@ class SumRound(Round):
         self.acc = _buffers.empty(layout.size, np.int64 if self.integer else np.float64)
         self.fresh = True
         self._finite = np.ones(1, dtype=bool)
+        self._last: Contributions | None = None
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        if self._last is not None:
+            raise RuntimeError("a block came after the round's last block")
         self._add(block, None, 1.0)
 
-    def add_divided(
-        self, block: Contributions, denominator: float, dtype: np.dtype
-    ) -> np.ndarray | None:
-        """Add the round's only block, and return ``sum / denominator`` as ``dtype``.
-
-        The division happens in the sum's own pass (the bits of
-        :func:`aggkit.kernels.divide_cast.divide_cast`) when it can: the first block, a float
-        accumulator of more than ``SMALL_COLUMNS`` values, a float32/float64 ``dtype``. Otherwise
-        the block is added as by :meth:`add` and None is returned (the caller divides). A float64
-        quotient is written into the accumulator, which :meth:`finish` then returns.
-        """
-        from aggkit import kernels
-
-        dtype = np.dtype(dtype)
-        if (
-            self.integer
-            or not self.fresh
-            or self.acc.size <= kernels.weighted_sum.SMALL_COLUMNS
-            or dtype not in (np.float32, np.float64)
-        ):
+    def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        if self.fresh and not self.integer and self.acc.size > kernels.weighted_sum.SMALL_COLUMNS:
+            self._last = block  # the only block: summed by finish or finish_divided
+        else:
             self._add(block, None, 1.0)
-            return None
+
+    def finish_divided(
+        self, denominator: float, dtype: np.dtype
+    ) -> tuple[State, np.ndarray, tuple]:
+        dtype = np.dtype(dtype)
+        if self._last is None or dtype not in (np.float32, np.float64):
+            return super().finish_divided(denominator, dtype)
+        block, self._last = self._last, None
         quotient = self.acc if dtype == np.float64 else _buffers.empty(self.acc.size, dtype)
         self._add(block, quotient, denominator)
-        return quotient
+        return (), quotient, ()
 
     def _add(self, block: Contributions, quotient: np.ndarray | None, denominator: float) -> None:
-        from aggkit import kernels
-
         channels.record_plain(self.acc.size, block.num_clients, owner="sum")
         coef = block.coef
         if self.integer:
@@ -137,6 +132,9 @@ class SumRound(Round):
                     raise block.nonfinite_error(int(row))
 
     def finish(self) -> tuple[State, np.ndarray, tuple]:
+        if self._last is not None:
+            block, self._last = self._last, None
+            self._add(block, None, 1.0)
         if self.fresh:  # no block came (a round of zero clients): the sum is zeros
             self.acc.fill(0)
             self.fresh = False

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import aggkit as ak
 from aggkit import channels
 from aggkit.channels import SecureChannelSum, SumBackend
+from aggkit.process import Round
 from aggkit.testing import assert_only_secure, channel_uses
 
 
@@ -155,7 +156,7 @@ def test_assert_only_secure_fails_for_plain_sums_and_for_rounds_that_sum_nothing
             return ()
 
         def begin_round(self, state):
-            class R:
+            class R(Round):
                 def add(self, block, weights):
                     pass
 

@@ -202,3 +202,94 @@ def test_constant_and_mapped_estimation_processes():
     for bad in ("1.0", None, True, [1.0]):
         with pytest.raises(TypeError, match="norm"):
             process_module.as_estimation_process(bad, "norm")
+
+
+# -- the round protocol's optional capabilities --------------------------------------------------
+
+
+class _PlainRound(process_module.Round):
+    """A round that offers nothing optional: it sums into a fresh array it does not own."""
+
+    def __init__(self, layout):
+        self.total = np.zeros(layout.size)
+        self.blocks = 0
+
+    def add(self, block, weights):
+        self.blocks += 1
+        self.total += block.coef @ block.matrix.astype(np.float64)
+
+    def finish(self):
+        return (), self.total, ()
+
+
+class _PlainSum(ak.Factory):
+    is_weighted = False
+
+    def _create(self, layout):
+        class Process(ak.AggregationProcess):
+            def initialize(self):
+                return ()
+
+            def begin_round(self, state):
+                return _PlainRound(self.layout)
+
+        return Process(layout)
+
+
+def test_a_round_without_capabilities_gets_the_defaults_and_keeps_its_array():
+    layout = ak.Layout(ak.TensorSpec((3,), np.float32))
+    round_ = _PlainRound(layout)
+    round_.add_last(process_module.Contributions(layout.pack([np.ones(3, np.float32)])), None)
+    assert round_.blocks == 1  # add_last defaults to add
+    kept = round_.total
+    _, quotient, _ = round_.finish_divided(4.0, np.float32)
+    assert quotient.dtype == np.float32 and quotient is not kept
+    np.testing.assert_array_equal(kept, [1.0, 1.0, 1.0])  # not divided in place: not owned
+    np.testing.assert_array_equal(quotient, [0.25, 0.25, 0.25])
+    _, owned, _ = round_.finish_owned()
+    assert owned is not kept
+
+
+def test_a_mean_over_a_sum_without_capabilities_agrees_with_the_fused_mean():
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((6, 5000)).astype(np.float32)
+    weights = rng.random(6)
+    template = ak.TensorSpec((5000,), np.float32)
+    fused = ak.mean().create(template)
+    plain = ak.mean(_PlainSum()).create(template)
+    a = fused.next(fused.initialize(), ak.ClientBatch(matrix, fused.layout), weights).result
+    b = plain.next(plain.initialize(), ak.ClientBatch(matrix, plain.layout), weights).result
+    np.testing.assert_allclose(a, b, rtol=1e-6)  # the plain round sums in another order
+
+
+def test_begin_round_must_return_a_round():
+    class Duck(ak.AggregationProcess):
+        def initialize(self):
+            return ()
+
+        def begin_round(self, state):
+            return object()
+
+    process = Duck(ak.Layout(ak.TensorSpec((1,), np.float32)))
+    with pytest.raises(TypeError, match=r"begin_round must return an aggkit\.process\.Round"):
+        process.next((), [np.ones(1, np.float32)])
+
+
+def test_invalid_update_errors_carry_client_path_and_detail():
+    process = ak.mean().create({"w": ak.TensorSpec((2,), np.float32)})
+    with pytest.raises(ak.InvalidUpdateError) as info:
+        process.next(
+            process.initialize(),
+            [{"w": np.ones(2, np.float32)}, {"w": np.array([1.0, np.nan], np.float32)}],
+            [1, 1],
+        )
+    error = info.value
+    assert (error.client, error.path) == (1, "['w']")
+    assert str(error) == f"client 1, tensor ['w']: {error.detail}" and "NaN" in error.detail
+    copy_ = pickle.loads(pickle.dumps(error))
+    assert (copy_.client, copy_.path, copy_.detail, str(copy_)) == (
+        1,
+        "['w']",
+        error.detail,
+        str(error),
+    )

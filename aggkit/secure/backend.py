@@ -89,7 +89,8 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import _checks, channels
+from aggkit.kernels._constants import INT64_MAX, UINT64_LIMIT
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.errors import ProtocolAbort
 from aggkit.secure.graph import complete_graph, harary_graph
@@ -99,8 +100,7 @@ from aggkit.secure.simulation import StageCost, simulate_round
 __all__ = ["MAX_PROTOCOL_MODULUS", "MaskingBackend", "RoundReport", "SumReport"]
 
 #: The largest modulus the protocol works with (``uint64`` words).
-MAX_PROTOCOL_MODULUS = 2**64
-_INT64_LIMIT = 2**63
+MAX_PROTOCOL_MODULUS = UINT64_LIMIT
 
 Dropouts = Mapping[str, Collection[int] | float]
 
@@ -283,37 +283,15 @@ class MaskingBackend(channels.SumBackend):
         if graph not in ("secagg+", "secagg"):
             raise ValueError(f"graph must be 'secagg+' or 'secagg', got {graph!r}")
         if degree is not None:
-            if isinstance(degree, bool) or not isinstance(degree, int | np.integer):
-                raise TypeError(f"degree must be an int, got {degree!r}")
-            if degree < 0:
-                raise ValueError(f"degree must be non-negative, got {degree}")
-            degree = int(degree)
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(
-                threshold, int | float | np.integer | np.floating
-            ):
-                raise TypeError(f"threshold must be an int or a float, got {threshold!r}")
-            if isinstance(threshold, float | np.floating):
-                if not 0.0 < threshold <= 1.0:
-                    raise ValueError(f"a fractional threshold must be in (0, 1], got {threshold}")
-                threshold = float(threshold)
-            else:
-                if threshold < 1:
-                    raise ValueError(f"threshold must be at least 1, got {threshold}")
-                threshold = int(threshold)
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-                raise TypeError(f"seed must be an int, got {seed!r}")
-            if seed < 0:
-                raise ValueError(f"seed must be non-negative, got {seed}")
-            seed = int(seed)
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"history must be a positive int, got {history!r}")
+            degree = _checks.integer(degree, "degree", low=0)
+        threshold = _checks.sharing_threshold(threshold)
+        seed = _checks.seed(seed)
+        history = _checks.integer(history, "history", low=1)
         self.graph = graph
         self.degree = degree
         self.threshold = threshold
         self.seed = seed
-        self.dropouts = _check_dropouts(dropouts, "dropouts")
+        self.dropouts = _checks.dropouts(dropouts, STAGES)
         self.reports: deque[RoundReport] = deque(maxlen=history)
         self._rounds = 0
         self._open: RoundReport | None = None
@@ -351,7 +329,7 @@ class MaskingBackend(channels.SumBackend):
         """
         if self._open is not None:
             raise RuntimeError("a round of this backend is already open; rounds do not nest")
-        plan = self.dropouts if dropouts is None else _check_dropouts(dropouts, "dropouts")
+        plan = self.dropouts if dropouts is None else _checks.dropouts(dropouts, STAGES)
         report = self._new_round()
         self._open, self._open_plan = report, plan
         try:
@@ -470,7 +448,7 @@ class MaskingBackend(channels.SumBackend):
             )
         )
         total = result.sum
-        if modulus <= _INT64_LIMIT or not total.size or int(total.max()) < _INT64_LIMIT:
+        if modulus <= INT64_MAX + 1 or not total.size or int(total.max()) <= INT64_MAX:
             return total.astype(np.int64)
         return total
 
@@ -536,38 +514,6 @@ def _modulus_message(modulus: int, num_clients: int) -> str:
             "sum fewer clients)"
         )
     return message
-
-
-def _check_dropouts(dropouts: Dropouts | None, name: str) -> dict[str, Any]:
-    if dropouts is None:
-        return {}
-    if not isinstance(dropouts, Mapping):
-        raise TypeError(f"{name} must be a mapping {{stage: client indices or fraction}}")
-    unknown = set(dropouts) - set(STAGES)
-    if unknown:
-        raise ValueError(f"{name}: unknown stage(s) {sorted(map(str, unknown))}; stages: {STAGES}")
-    plan: dict[str, Any] = {}
-    for stage, spec in dropouts.items():
-        if isinstance(spec, float | np.floating):
-            if not 0.0 <= spec <= 1.0:
-                raise ValueError(
-                    f"{name}: the fraction for {stage!r} must be in [0, 1], got {spec}"
-                )
-            plan[stage] = float(spec)
-            continue
-        if isinstance(spec, str | bytes) or not isinstance(spec, Collection):
-            raise TypeError(
-                f"{name}: stage {stage!r} takes client indices or a float fraction, got {spec!r}"
-            )
-        clients = []
-        for u in spec:
-            if isinstance(u, bool) or not isinstance(u, int | np.integer):
-                raise TypeError(f"{name}: client indices must be ints, got {u!r} at {stage!r}")
-            if u < 0:
-                raise ValueError(f"{name}: client indices must be non-negative, got {u}")
-            clients.append(int(u))
-        plan[stage] = frozenset(clients)
-    return plan
 
 
 def _derive(seed: int, *labels: object) -> int:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from aggkit import kernels
 from aggkit.secure.errors import AuthenticationError
 
 __all__ = [
@@ -201,8 +202,6 @@ class MaskGenerator:
         self._zeros = bytes(CHUNK_BYTES)
         self._out = bytearray(CHUNK_BYTES + 16)  # update_into wants block_size - 1 spare bytes
         self._view = np.frombuffer(self._out, self.dtype, count=self._words)
-        from aggkit import kernels
-
         self._kernels = kernels.masking
 
     def apply(self, acc: np.ndarray, seed: bytes, subtract: bool = False) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import channels, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -122,8 +122,6 @@ class _ModularRound(Round):
         )
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        from aggkit import kernels
-
         coef = block.coef
         if not np.isin(coef, (0.0, 1.0)).all():
             raise TypeError(

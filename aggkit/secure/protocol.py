@@ -104,6 +104,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aggkit import kernels
 from aggkit.secure import crypto, shamir
 from aggkit.secure.errors import (
     AuthenticationError,
@@ -1002,8 +1003,6 @@ class SecAggServer:
         if self.modulus < full and y.size and int(y.max()) >= self.modulus:
             raise ProtocolViolation(f"client {r.client_id}: masked values not in [0, modulus)")
         self._verify(r)
-        from aggkit import kernels
-
         kernels.masking.add_mod(self._sum, y, self.modulus)
 
     def _check_holders(self, alive: frozenset[int], stage: str) -> None:

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import channels, kernels
+from aggkit.kernels._constants import CODE_BITS, INT64_MAX, INT64_MIN, MAX_BITWIDTH, MAX_CODE
 from aggkit.process import (
     AggregationProcess,
     Contributions,
@@ -61,15 +62,10 @@ __all__ = [
     "secure_sum",
 ]
 
-#: The largest value a client sends on the 32-bit channel.
-MAX_CODE = 2**32 - 1
-#: The bit width of discretized values.
-CODE_BITS = 32
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _PRIMITIVE_DTYPES = (np.dtype(np.int32), np.dtype(np.int64), *_FLOAT_DTYPES)
-_MAX_INT_RANGE_BITS = channels.MAX_BITWIDTH
+#: The smallest float range ``hi - lo`` whose code scale ``MAX_CODE / (hi - lo)`` is finite.
+MIN_FLOAT_SPAN = MAX_CODE / float(np.finfo(np.float64).max)
 
 Bound = int | float | np.integer | np.floating | EstimationProcess
 
@@ -81,9 +77,9 @@ def _sat64(value: float) -> int:
     """``value`` rounded half to even and saturated to int64 (TF's ``saturate_cast(round(.))``)."""
     rounded = float(np.rint(value))
     if rounded >= 2.0**63:
-        return _INT64_MAX
+        return INT64_MAX
     if rounded < -(2.0**63):
-        return _INT64_MIN
+        return INT64_MIN
     return int(rounded)
 
 
@@ -131,13 +127,16 @@ class FloatCode:
             raise ValueError(
                 f"the lower bound {float(lo_d)} is above the upper bound {float(hi_d)}"
             )
+        if 0 < span < MIN_FLOAT_SPAN:
+            raise ValueError(
+                f"the bounds [{lo}, {hi}] are too close: upper - lower must be 0 or at least "
+                f"{MIN_FLOAT_SPAN:.3g} (else the 32-bit code's scale overflows)"
+            )
         scale = MAX_CODE / span if span else 0.0
         return cls(float(lo_d), float(hi_d), span, scale, _sat64(float(lo_d) * scale))
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The ``int64`` codes of float ``values`` (clipped into ``[lo, hi]`` first)."""
-        from aggkit import kernels
-
         return kernels.discretize.encode_float_numpy(
             values, self.lo, self.hi, self.scale, self.shift
         )
@@ -148,7 +147,7 @@ class FloatCode:
         if not self.span:
             return np.full(total.shape, num_summands * self.lo)
         offset = num_summands * self.shift
-        if abs(offset) + MAX_CODE * num_summands <= _INT64_MAX:
+        if abs(offset) + MAX_CODE * num_summands <= INT64_MAX:
             exact = total + np.int64(offset)
         else:  # only for ranges tiny next to their offset: Python integers
             exact = (total.astype(object) + offset).astype(np.float64)
@@ -218,8 +217,6 @@ def quantize(values: Any, lower_bound: Any, upper_bound: Any) -> np.ndarray:
         raise ValueError(f"lower_bound {lower_bound} must not exceed upper_bound {upper_bound}")
     if dtype.kind == "f":
         return FloatCode.of(lo, hi, dtype).encode(values)
-    from aggkit import kernels
-
     return kernels.discretize.encode_int_numpy(values, lo, hi, _int_divisor(lo, hi, dtype))
 
 
@@ -326,6 +323,13 @@ class SecureSumFactory(Factory):
             math.isfinite(upper) and (lower is None or math.isfinite(lower))
         ):
             raise ValueError(f"bounds must be finite, got {upper!r} and {lower!r}")
+        if kind == "float":
+            span = upper - (-upper if lower is None else lower)
+            if not MIN_FLOAT_SPAN <= span <= np.finfo(np.float64).max:
+                raise ValueError(
+                    f"upper_bound - lower_bound must be in [{MIN_FLOAT_SPAN:.3g}, "
+                    f"{np.finfo(np.float64).max:.3g}] (the range of the 32-bit code), got {span}"
+                )
         if lower is None:
             if upper <= 0:
                 raise ValueError(
@@ -336,12 +340,11 @@ class SecureSumFactory(Factory):
             raise ValueError(f"upper_bound {upper!r} must be larger than lower_bound {lower!r}")
         if kind == "int":
             lo = -upper if lower is None else lower
-            if not _INT64_MIN <= lo <= upper <= _INT64_MAX:
+            if not INT64_MIN <= lo <= upper <= INT64_MAX:
                 raise ValueError(f"integer bounds must fit int64, got [{lo}, {upper}]")
-            if (upper - lo).bit_length() > _MAX_INT_RANGE_BITS:
+            if (upper - lo).bit_length() > MAX_BITWIDTH:
                 raise ValueError(
-                    f"upper_bound - lower_bound must be below 2**{_MAX_INT_RANGE_BITS}, "
-                    f"got {upper - lo}"
+                    f"upper_bound - lower_bound must be below 2**{MAX_BITWIDTH}, got {upper - lo}"
                 )
         object.__setattr__(self, "upper_bound", upper)
         object.__setattr__(self, "lower_bound", lower)
@@ -437,7 +440,8 @@ class SecureSumProcess(AggregationProcess):
         self.adaptive = isinstance(self.upper, EstimationProcess)
         if self.adaptive:
             self.stats_needed = frozenset({"linf"} if self.lower is None else {"minmax"})
-        self._nonempty = np.array([s.size > 0 for s in layout.specs])
+        #: ``bool[T]``: which tensors hold values (the others have no minimum or maximum).
+        self.nonempty_tensors = np.array([s.size > 0 for s in layout.specs])
 
     def initialize(self) -> State:
         if not self.adaptive:
@@ -501,8 +505,6 @@ class _SecureSumRound(Round):
         self.maximum: list[np.ndarray] = []
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        from aggkit import kernels
-
         k = block.num_clients
         discretize = kernels.discretize
         matrix, coef = block.matrix, block.coef
@@ -545,7 +547,7 @@ class _SecureSumRound(Round):
             self.maximum.append(linf)
             return
         low, high = block.tensor_min_max()
-        nonempty = self.process._nonempty
+        nonempty = self.process.nonempty_tensors
         if not nonempty.any():
             self.minimum.append(np.zeros(block.num_clients))
             self.maximum.append(np.zeros(block.num_clients))

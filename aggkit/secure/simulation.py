@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aggkit import _checks
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.graph import complete_graph, harary_graph
 from aggkit.secure.messages import STAGES, decode
@@ -113,11 +114,6 @@ class SimulationResult:
     threshold: int
     graph: dict[int, frozenset[int]]
     costs: dict[str, StageCost] = field(default_factory=dict)
-
-    @property
-    def total_seconds(self) -> float:
-        """Client plus server time over all stages."""
-        return sum(c.client_seconds + c.server_seconds for c in self.costs.values())
 
 
 def default_threshold(holders: int) -> int:
@@ -211,7 +207,7 @@ def simulate_round(
         masking_graph = graph
     holders = min(len(vs) for vs in masking_graph.values()) + 1 if masking_graph else 1
     t = _resolve_threshold(threshold, holders)
-    plan = _check_dropouts(dropouts)
+    plan = _checks.dropouts(dropouts, STAGES)
     rng = np.random.default_rng(None if seed is None else [seed, 0x5EC])
 
     costs = {stage: StageCost() for stage in STAGES}
@@ -344,36 +340,12 @@ def _modes(ids: list[int], authenticated: bool, randomness) -> _Modes:
 
 
 def _resolve_threshold(threshold: int | float | None, holders: int) -> int:
+    threshold = _checks.sharing_threshold(threshold)
     if threshold is None:
         return default_threshold(holders)
-    if isinstance(threshold, bool):
-        raise TypeError("threshold must be an int or a float")
     if isinstance(threshold, float):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"a fractional threshold must be in (0, 1], got {threshold}")
         return max(1, math.ceil(threshold * holders - 1e-9))
-    if isinstance(threshold, int | np.integer):
-        return int(threshold)
-    raise TypeError(f"threshold must be an int or a float, got {type(threshold).__name__}")
-
-
-def _check_dropouts(dropouts) -> dict[str, object]:
-    if dropouts is None:
-        return {}
-    if not isinstance(dropouts, Mapping):
-        raise TypeError("dropouts must be a mapping {stage: clients or fraction}")
-    unknown = set(dropouts) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) in dropouts: {sorted(unknown)}; stages: {STAGES}")
-    plan: dict[str, object] = {}
-    for stage, spec in dropouts.items():
-        if isinstance(spec, float):
-            if not 0.0 <= spec <= 1.0:
-                raise ValueError(f"dropout fraction for {stage!r} must be in [0, 1], got {spec}")
-            plan[stage] = spec
-        else:
-            plan[stage] = frozenset(int(u) for u in spec)
-    return plan
+    return threshold
 
 
 def _vanishing(spec, requests, rng: np.random.Generator) -> frozenset[int]:
