@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aggkit.kernels._constants import INT64_MAX
+from aggkit.kernels.limits import INT64_MAX
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from aggkit.process import Factory

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggkit import _buffers, _checks
-from aggkit.kernels._constants import INT64_MAX, MAX_BITWIDTH, MAX_MODULUS
+from aggkit.kernels.limits import INT64_MAX, MAX_BITWIDTH, MAX_MODULUS
 
 __all__ = [
     "PLAIN",

@@ -61,7 +61,7 @@ import numpy as np
 
 from aggkit import _buffers, _checks, kernels
 from aggkit.errors import InvalidUpdateError
-from aggkit.kernels._constants import WORD_BITS
+from aggkit.kernels.limits import WORD_BITS
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 from aggkit.sum import SumRound

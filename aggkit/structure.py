@@ -36,7 +36,7 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.errors import InvalidUpdateError
-from aggkit.kernels._constants import INT64_MAX
+from aggkit.kernels.limits import INT64_MAX
 
 __all__ = ["ClientBatch", "Layout", "TensorSpec"]
 

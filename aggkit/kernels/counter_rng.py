@@ -104,9 +104,8 @@ from typing import Any
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._constants import UINT64_LIMIT
 from aggkit.kernels._jit import kernel
-from aggkit.kernels.limits import TAIL_LEVELS
+from aggkit.kernels.limits import TAIL_LEVELS, UINT64_LIMIT
 
 __all__ = [
     "check_stream_args",

@@ -45,8 +45,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._constants import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 
 __all__ = [
     "BLOCK",

@@ -1,4 +1,7 @@
-"""Limits of the kernels' samplers that Python-side checks need, without importing numba.
+"""Limits of the kernels that Python-side checks need, without importing numba.
+
+Integer ranges, code widths and word sizes the kernels rely on (and the checks that guard them
+import from here, so the two cannot drift apart), and the bounds of the samplers.
 
 The Gaussian sampler (:func:`aggkit.kernels.counter_rng.normal_pair`) is Box-Muller on a radius
 uniform ``u`` that may reach down to ``2**(-53 * (TAIL_LEVELS + 1))``, so no standard normal it
@@ -27,7 +30,41 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MAX_ABS_NORMAL", "MIN_NOISE_MULTIPLIER", "TAIL_LEVELS", "infinite_loss_bound"]
+__all__ = [
+    "CODE_BITS",
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_ABS_NORMAL",
+    "MAX_BITWIDTH",
+    "MAX_CODE",
+    "MAX_MODULUS",
+    "MIN_NOISE_MULTIPLIER",
+    "TAIL_LEVELS",
+    "UINT64_LIMIT",
+    "WORD_BITS",
+    "infinite_loss_bound",
+]
+
+# -- integer ranges and codes (each defined once: kernels and their callers import them here) ---
+
+#: The int64 range (the exact accumulators of integer sums and of secure-sum codes).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: One past the largest uint64 (stream keys are in ``[0, UINT64_LIMIT)``).
+UINT64_LIMIT = 2**64
+
+#: Bits of a discretized float on the secure channel, and the largest such code.
+CODE_BITS = 32
+MAX_CODE = 2**CODE_BITS - 1
+
+#: The widest secure-channel input and the largest channel modulus: a modular accumulator
+#: ``acc + r`` with ``acc, r < 2**62`` cannot overflow int64.
+MAX_BITWIDTH = 62
+MAX_MODULUS = 2**MAX_BITWIDTH
+
+#: Payload bits per packed int32 word of a quantized tensor (the sign bit and 3 more stay clear).
+WORD_BITS = 28
+
 
 #: Extra levels of 53 random bits Box-Muller's radius uniform may use after its first 53 bits
 #: (each needed with probability 2**-53): ``u >= 2**(-53 * (TAIL_LEVELS + 1))``.

@@ -55,9 +55,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._constants import WORD_BITS
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
+from aggkit.kernels.limits import WORD_BITS
 
 __all__ = [
     "BLOCKS",

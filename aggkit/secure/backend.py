@@ -90,7 +90,7 @@ from typing import Any
 import numpy as np
 
 from aggkit import _checks, channels
-from aggkit.kernels._constants import INT64_MAX, UINT64_LIMIT
+from aggkit.kernels.limits import INT64_MAX, UINT64_LIMIT
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.errors import ProtocolAbort
 from aggkit.secure.graph import complete_graph, harary_graph

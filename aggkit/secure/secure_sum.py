@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from aggkit import channels, kernels
-from aggkit.kernels._constants import CODE_BITS, INT64_MAX, INT64_MIN, MAX_BITWIDTH, MAX_CODE
+from aggkit.kernels.limits import CODE_BITS, INT64_MAX, INT64_MIN, MAX_BITWIDTH, MAX_CODE
 from aggkit.process import (
     AggregationProcess,
     Contributions,
