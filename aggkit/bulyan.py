@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import channels, kernels
 from aggkit._byzantine import WholeRound, check_floating, check_int, require_clients
 from aggkit.krum import krum_scores, lowest, pairwise_distances
 from aggkit.median import order_statistic_result
@@ -124,8 +124,6 @@ class _BulyanRound(WholeRound):
         self.f = num_byzantine
 
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         k, n = matrix.shape
         f = self.f
         require_clients(k, 4 * f + 3, f"ak.bulyan(num_byzantine={f})", "4 * num_byzantine + 3")

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import _checks, kernels
 from aggkit._byzantine import Sums, WholeRound, check_floating, check_int, require_clients
-from aggkit.mean import WEIGHT_LAYOUT, _check_unweighted
+from aggkit.mean import WEIGHT_LAYOUT
 from aggkit.process import AggregationProcess, EstimationProcess, Factory, Round, State
 from aggkit.robust import _threshold
 from aggkit.structure import ClientBatch, Layout
@@ -54,8 +55,12 @@ class CenteredClippingFactory(Factory):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "iterations", check_int(self.iterations, "iterations", 1))
-        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
-        object.__setattr__(self, "weight_sum", _check_unweighted(self.weight_sum, "weight_sum"))
+        object.__setattr__(
+            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
+        )
+        object.__setattr__(
+            self, "weight_sum", _checks.unweighted_factory(self.weight_sum, "weight_sum")
+        )
 
     def _create(self, layout: Layout) -> CenteredClippingProcess:
         check_floating(layout, "ak.centered_clipping")
@@ -146,8 +151,6 @@ class _CenteredClippingRound(WholeRound):
         self.sums = Sums(process.value_sum, process.weight_sum, state)
 
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         k = matrix.shape[0]
         require_clients(k, 1, "ak.centered_clipping", "an average of nothing is undefined")
         batch = ClientBatch(matrix, self.layout)

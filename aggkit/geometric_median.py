@@ -31,14 +31,13 @@ through every sum). Measurements: ``{"iterations": int, "objective": float, "val
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import _checks, kernels
 from aggkit._byzantine import Sums, WholeRound, check_floating, check_int, require_clients
-from aggkit.mean import WEIGHT_LAYOUT, _check_unweighted
+from aggkit.mean import WEIGHT_LAYOUT
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
 
@@ -46,13 +45,7 @@ __all__ = ["GeometricMedianFactory", "GeometricMedianProcess", "geometric_median
 
 
 def _positive(value, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return value
+    return _checks.real(value, name, low=0.0, low_open=not allow_zero)
 
 
 @dataclass(frozen=True)
@@ -77,8 +70,12 @@ class GeometricMedianFactory(Factory):
         object.__setattr__(
             self, "smoothing", _positive(self.smoothing, "smoothing", allow_zero=False)
         )
-        object.__setattr__(self, "value_sum", _check_unweighted(self.value_sum, "value_sum"))
-        object.__setattr__(self, "weight_sum", _check_unweighted(self.weight_sum, "weight_sum"))
+        object.__setattr__(
+            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
+        )
+        object.__setattr__(
+            self, "weight_sum", _checks.unweighted_factory(self.weight_sum, "weight_sum")
+        )
 
     def _create(self, layout: Layout) -> GeometricMedianProcess:
         check_floating(layout, "ak.geometric_median")
@@ -163,8 +160,6 @@ class _GeometricMedianRound(WholeRound):
         self.sums = Sums(process.value_sum, process.weight_sum, state)
 
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         factory = self.process.factory
         k = matrix.shape[0]
         require_clients(k, 1, "ak.geometric_median", "the median of nothing is undefined")

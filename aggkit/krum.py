@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import channels, kernels
 from aggkit._byzantine import WholeRound, check_floating, check_int, require_clients
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import Layout
@@ -64,8 +64,6 @@ def lowest(scores: np.ndarray, count: int) -> np.ndarray:
 def pairwise_distances(round_: WholeRound, matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """Squared distances between the round's contributions, with non-finite clients named
     (InvalidUpdateError) and overflowing distances made ``inf``."""
-    from aggkit import kernels
-
     distances = kernels.distances.pairwise_sq_distances(matrix, coef)
     if not np.isfinite(distances).all():
         round_.raise_nonfinite(matrix, coef)
@@ -151,8 +149,6 @@ class _KrumRound(WholeRound):
         self.m = num_selected
 
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         k, n = matrix.shape
         who = f"ak.krum(num_byzantine={self.f}, num_selected={self.m})"
         require_clients(k, 2 * self.f + 3, who, "2 * num_byzantine + 3")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels
+from aggkit import channels, kernels
 from aggkit._byzantine import WholeRound, check_floating, require_clients
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import Layout
@@ -42,8 +42,6 @@ def order_statistic_result(
 ) -> np.ndarray:
     """The coordinate-wise statistic of the clients ``rows`` as a fresh vector of the layout's
     dtype; records the plaintext read and raises InvalidUpdateError for a non-finite client."""
-    from aggkit import kernels
-
     channels.record_plain(matrix.shape[1], len(rows), owner=owner)
     out = np.empty(matrix.shape[1], dtype=round_.layout.dtype)
     finite = kernels.order_stats.order_statistic(
@@ -109,8 +107,6 @@ class MedianProcess(AggregationProcess):
 
 class _MedianRound(WholeRound):
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         k = matrix.shape[0]
         require_clients(k, 1, "ak.median", "a median of nothing is undefined")
         rows = np.arange(k, dtype=np.int64)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import kernels
 from aggkit._byzantine import WholeRound, check_floating, require_clients
 from aggkit.median import order_statistic_result
 from aggkit.process import AggregationProcess, Factory, Round, State
@@ -102,8 +103,6 @@ class _TrimmedMeanRound(WholeRound):
         self.trim_fraction = trim_fraction
 
     def compute(self, matrix, coef, weights):
-        from aggkit import kernels
-
         k = matrix.shape[0]
         require_clients(k, 1, "ak.trimmed_mean", "a mean of nothing is undefined")
         cut = int(self.trim_fraction * k)
