@@ -56,6 +56,7 @@ __all__ = [
     "floating_layout",
     "integer",
     "learning_rate",
+    "noise_multiplier",
     "real",
     "seed",
     "shape",
@@ -224,6 +225,23 @@ def learning_rate(value: Any, name: str, *, geometric: bool, allow_zero: bool = 
         low_open=not allow_zero,
         high=MAX_GEOMETRIC_LEARNING_RATE if geometric else None,
     )
+
+
+def noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
+    """A Gaussian DP noise multiplier: 0 (no privacy) or at least the sampler's floor
+    (:data:`aggkit.kernels.limits.MIN_NOISE_MULTIPLIER`)."""
+    from aggkit.kernels.limits import MIN_NOISE_MULTIPLIER
+
+    value = real(value, name, low=0.0)
+    if 0.0 < value < MIN_NOISE_MULTIPLIER:
+        raise ValueError(
+            f"{name} must be 0 (no privacy) or at least {MIN_NOISE_MULTIPLIER}, got {value}: "
+            "below that the Gaussian sampler's bounded tails would let a release fall outside "
+            "the neighbouring dataset's support with non-negligible probability "
+            "(aggkit.kernels.limits.infinite_loss_bound); such a multiplier gives almost no "
+            "privacy anyway"
+        )
+    return value
 
 
 def factory(value: Any, name: str) -> Factory:

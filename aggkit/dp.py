@@ -128,22 +128,6 @@ def _non_negative(value: Any, name: str) -> float:
     return _checks.real(value, name, low=0.0)
 
 
-def _noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
-    """A noise multiplier: 0 (no privacy) or at least the sampler's floor (see the module notes)."""
-    from aggkit.kernels.limits import MIN_NOISE_MULTIPLIER
-
-    value = _non_negative(value, name)
-    if 0.0 < value < MIN_NOISE_MULTIPLIER:
-        raise ValueError(
-            f"{name} must be 0 (no privacy) or at least {MIN_NOISE_MULTIPLIER}, got {value}: "
-            "below that the Gaussian sampler's bounded tails would let a release fall outside "
-            "the neighbouring dataset's support with non-negligible probability "
-            "(aggkit.kernels.limits.infinite_loss_bound); such a multiplier gives almost no "
-            "privacy anyway"
-        )
-    return value
-
-
 def _check_accounting(
     population: Any, delta: Any, clients_per_round: float
 ) -> tuple[float | None, float | None]:
@@ -498,7 +482,7 @@ def gaussian_fixed(
     >>> round(out.measurements["privacy"]["epsilon"], 2), out.measurements["privacy"]["rounds"]
     (0.96, 1)
     """
-    z = _noise_multiplier(noise_multiplier)
+    z = _checks.noise_multiplier(noise_multiplier)
     clients = _positive(clients_per_round, "clients_per_round")
     clip = _positive(clip, "clip")
     population, delta = _check_accounting(population, delta, clients)
@@ -598,7 +582,7 @@ def gaussian_adaptive(
     rate = _checks.learning_rate(
         learning_rate, "learning_rate", geometric=geometric_update, allow_zero=True
     )
-    z = _noise_multiplier(noise_multiplier)
+    z = _checks.noise_multiplier(noise_multiplier)
     value_z, sigma_b = adaptive_clip_noise_params(z, clients, clipped_count_stddev)
     population, delta = _check_accounting(population, delta, clients)
     return GaussianAdaptiveFactory(

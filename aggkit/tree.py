@@ -74,8 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import dp
-from aggkit.mean import _check_floating
+from aggkit import _checks, dp, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -132,7 +131,7 @@ def tree_dp_event(noise_multiplier: float, rounds: int, restart_rounds: int | No
     >>> partial
     SingleEpochTreeAggregationDpEvent(noise_multiplier=1.0, step_counts=2)
     """
-    z = dp._non_negative(noise_multiplier, "noise_multiplier")
+    z = _checks.real(noise_multiplier, "noise_multiplier", low=0.0)
     if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     return dp._event_from_data(_run_event_data(z, int(rounds), _check_restart(restart_rounds)))
@@ -227,19 +226,18 @@ def tree_aggregation(
     >>> round(ak.privacy.epsilon(event, delta=1e-5), 2)
     10.73
     """
-    z = dp._noise_multiplier(noise_multiplier)
-    clients = dp._positive(clients_per_round, "clients_per_round")
-    clip = dp._positive(clip, "clip")
-    if not isinstance(efficient, bool):
-        raise TypeError(f"efficient must be a bool, got {efficient!r}")
+    z = _checks.noise_multiplier(noise_multiplier)
+    clients = _checks.real(clients_per_round, "clients_per_round", low=0.0, low_open=True)
+    clip = _checks.real(clip, "clip", low=0.0, low_open=True)
+    efficient = _checks.boolean(efficient, "efficient")
     return TreeAggregationFactory(
         z,
         clients,
         clip,
         efficient,
         _check_restart(restart_rounds),
-        dp._check_record_sum(record_sum),
-        dp._check_seed(seed),
+        _checks.unweighted_factory(record_sum, "record_sum"),
+        _checks.seed(seed),
     )
 
 
@@ -262,15 +260,13 @@ class TreeProcess(AggregationProcess):
     is_weighted = False
 
     def __init__(self, layout: Layout, record: AggregationProcess, factory: TreeAggregationFactory):
-        _check_floating(layout, "tree aggregation")
+        _checks.floating_layout(layout, "tree aggregation")
         super().__init__(layout)
         self.record = record
         self.factory = factory
         self.stats_needed = record.stats_needed | {"l2"}
 
     def initialize(self) -> State:
-        from aggkit import kernels
-
         f = self.factory
         key = 0 if f.seed is None else kernels.counter_rng.seed_to_key(f.seed)
         query = {
@@ -306,11 +302,8 @@ class _TreeRound(Round):
 
     def finish(self):
         f, query = self.process.factory, self.query
-        agg_state, total, agg_measurements = self.record.finish()
-        if self.record.owns_result and total.dtype == np.float64 and total.flags.writeable:
-            result = total
-        else:
-            result = np.array(total, dtype=np.float64)
+        # Noised in place: the inner round's own array, or a copy when it does not own it.
+        agg_state, result, agg_measurements = self.record.finish_owned()
         round_index = int(query["round"])
         levels = [int(v) for v in query["tree_levels"]]
         nodes = list(query["tree_nodes"])
@@ -346,8 +339,6 @@ class _TreeRound(Round):
         level ``k``. ``N_{t-1}`` is the weighted sum of the pending nodes and ``N_t`` that of the
         new list, so the residual is the new node's term minus the closed nodes' terms.
         """
-        from aggkit import kernels
-
         rng = kernels.counter_rng
         f = self.process.factory
         if f.seed is None:  # fresh entropy for every release, even from one saved state
