@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggkit import kernels
 from aggkit.hadamard import HadamardFactory, HadamardProcess, split_seed_state
 from aggkit.process import Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
@@ -76,7 +77,7 @@ class DftFactory(HadamardFactory):
 def dft(
     inner: Factory | None = None,
     num_repeats: int = 1,
-    seed: int | np.random.Generator | None = None,
+    seed: int | None = None,
 ) -> DftFactory:
     """Rotate client values by a randomized discrete Fourier transform around ``inner``.
 
@@ -87,7 +88,7 @@ def dft(
         default.
     num_repeats : int
         How many phase-and-FFT rotations to apply (``>= 1``).
-    seed : int, numpy.random.Generator or None
+    seed : int or None
         Seeds the phases; None draws a key from the operating system at ``initialize``.
 
     Returns
@@ -122,8 +123,6 @@ class DftProcess(HadamardProcess):
 
     def phases(self, key: int, counter: int) -> list[list[np.ndarray]]:
         """``exp(i theta)`` per (tensor, repeat) of a round: complex128 vectors of ``d / 2``."""
-        from aggkit import kernels
-
         sizes = np.diff(self.padded_layout.offsets)
         out = []
         for t, d in enumerate(sizes):

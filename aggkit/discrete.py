@@ -41,17 +41,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from aggkit.compression import check_seed
-from aggkit.dp import _real
+from aggkit import _checks, kernels
 from aggkit.errors import InvalidUpdateError
 from aggkit.hadamard import seed_state, split_seed_state
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
-from aggkit.sum import SumFactory
 
 __all__ = [
     "DiscretizationFactory",
@@ -106,8 +103,6 @@ def stochastic_round(
     >>> q[1], tries
     (np.float64(2.0), 1)
     """
-    from aggkit import kernels
-
     floor = np.floor(values)
     fraction = values - floor
     u = np.empty(values.size)
@@ -122,13 +117,6 @@ def stochastic_round(
     )
 
 
-def _check_inner(inner: Any) -> Factory:
-    inner = SumFactory() if inner is None else inner
-    if not isinstance(inner, Factory) or inner.is_weighted:
-        raise TypeError(f"inner must be an unweighted aggregation factory, got {inner!r}")
-    return inner
-
-
 @dataclass(frozen=True)
 class DiscretizationFactory(Factory):
     """Unweighted factory of :func:`discretization`."""
@@ -138,7 +126,7 @@ class DiscretizationFactory(Factory):
     stochastic: bool = True
     beta: float = 0.0
     prior_norm_bound: float | None = None
-    seed: int | np.random.Generator | None = None
+    seed: int | None = None
 
     is_weighted = False
 
@@ -157,7 +145,7 @@ def discretization(
     beta: float = 0.0,
     *,
     prior_norm_bound: float | None = None,
-    seed: int | np.random.Generator | None = None,
+    seed: int | None = None,
 ) -> DiscretizationFactory:
     """Scale client values and round them to integers around an inner (integer) sum.
 
@@ -174,7 +162,7 @@ def discretization(
     prior_norm_bound : float, optional
         A known L2 bound of the client values (e.g. a clip), used for the conditional rounding's
         threshold instead of each client's own norm.
-    seed : int, numpy.random.Generator or None
+    seed : int or None
         Seeds the rounding; None draws a key from the operating system at ``initialize``.
 
     Returns
@@ -189,21 +177,16 @@ def discretization(
     >>> out.result.tolist(), out.measurements  # multiples of 1/4 round exactly
     ([0.5, 1.0, 2.0], {'discretize': ()})
     """
-    scale = _real(scale, "scale")
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    if not isinstance(stochastic, bool):
-        raise TypeError(f"stochastic must be a bool, got {stochastic!r}")
-    beta = _real(beta, "beta")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    scale = _checks.real(scale, "scale", low=0.0, low_open=True)
+    stochastic = _checks.boolean(stochastic, "stochastic")
+    beta = _checks.real(beta, "beta", low=0.0, high=1.0, high_open=True)
     if prior_norm_bound is not None:
-        prior_norm_bound = _real(prior_norm_bound, "prior_norm_bound")
-        if prior_norm_bound <= 0:
-            raise ValueError(f"prior_norm_bound must be > 0, got {prior_norm_bound}")
-    check_seed(seed)
+        prior_norm_bound = _checks.real(
+            prior_norm_bound, "prior_norm_bound", low=0.0, low_open=True
+        )
+    seed = _checks.seed(seed)
     return DiscretizationFactory(
-        _check_inner(inner), scale, stochastic, beta, prior_norm_bound, seed
+        _checks.unweighted_factory(inner, "inner"), scale, stochastic, beta, prior_norm_bound, seed
     )
 
 
@@ -242,8 +225,6 @@ class DiscretizationProcess(AggregationProcess):
 
     def discretize(self, block: Contributions, round_key: int) -> np.ndarray:
         """The int32 rows of a block (inactive rows are zeros)."""
-        from aggkit import kernels
-
         f = self.factory
         out = np.zeros((block.num_clients, self.layout.size), self.int_layout.dtype)
         for i in np.flatnonzero(block.active):
@@ -271,8 +252,6 @@ class _DiscretizationRound(Round):
     owns_result = True
 
     def __init__(self, process: DiscretizationProcess, inner_round: Round, key: int, counter: int):
-        from aggkit import kernels
-
         self.process = process
         self.inner_round = inner_round
         self.key, self.counter = key, counter
@@ -349,7 +328,7 @@ def modular_clipping(
         raise ValueError(f"clip_range_lower ({lo}) must be below clip_range_upper ({hi})")
     if hi - lo > 2**62:
         raise ValueError(f"the range width {hi - lo} must be at most 2**62")
-    return ModularClippingFactory(_check_inner(inner), lo, hi)
+    return ModularClippingFactory(_checks.unweighted_factory(inner, "inner"), lo, hi)
 
 
 class ModularClippingProcess(AggregationProcess):
