@@ -25,9 +25,11 @@ the bottom reads the matrix once more.
 
 A process implements :meth:`AggregationProcess.begin_round`, which reads what it needs from the
 state and returns a :class:`Round`; ``Round.add(block, weights)`` is called once per block of
-clients (once for a :class:`ClientBatch`, several times when ``next`` streams an iterator), and
-``Round.finish()`` returns ``(new_state, flat_result, measurements)``. Per-client work depends only
-on the state and the client, so streaming gives the same bits as one batch.
+clients (once for a :class:`ClientBatch`, several times when ``next`` streams an iterator; a block
+known to be the last goes through ``Round.add_last`` instead), and ``Round.finish()`` returns
+``(new_state, flat_result, measurements)``. Per-client work depends only
+on the state and the client, so streaming gives the same bits as one batch. ``docs/design.md``
+("Contributions: a composition as coefficients", "Rounds") explains the protocol at length.
 """
 
 from __future__ import annotations
