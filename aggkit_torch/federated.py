@@ -206,6 +206,11 @@ class FederatedTrainer:
         is. Torch's global random generator is seeded per (seed, round, client) before each call,
         so runs stay reproducible. By default :func:`~aggkit_torch.local_training.train_local`
         with the config's epochs, steps and batch size.
+    update_transform : callable, optional
+        ``update_transform(trainer, clients, weights)`` is called once per round after local
+        training and before aggregation; it may change rows of ``trainer.batch.matrix`` (the
+        round's updates, one row per client of ``clients``). For experiments: the attacks of
+        :mod:`aggkit_torch.attacks` plug in here.
     """
 
     def __init__(
@@ -220,6 +225,7 @@ class FederatedTrainer:
         *,
         config: FedAvgConfig | None = None,
         local_update: Callable[..., int] | None = None,
+        update_transform: Callable[..., Any] | None = None,
     ):
         self.config = config or FedAvgConfig()
         if not isinstance(aggregator, ak.Factory):
@@ -230,6 +236,7 @@ class FederatedTrainer:
         else:
             self.client_names = [str(i) for i in range(len(partitions))]
         self.local_update = local_update
+        self.update_transform = update_transform
         self.partitions = [np.asarray(p, dtype=np.int64) for p in partitions]
         if not self.partitions or any(len(p) == 0 for p in self.partitions):
             raise ValueError("partitions must be a non-empty list of non-empty index arrays")
@@ -311,6 +318,8 @@ class FederatedTrainer:
                 nonfinite += 1
             if progress is not None:
                 progress(1)
+        if self.update_transform is not None:
+            self.update_transform(self, clients, weights)
         trained = time.perf_counter()
         if self.process.is_weighted:
             output = self.process.next(self.aggregator_state, self.batch, weights)

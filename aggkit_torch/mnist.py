@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aggkit as ak
+from aggkit_torch.attacks import ATTACKS, RULES
 
-AGGREGATORS = ("mean", "robust", "dp", "compression", "secure")
+AGGREGATORS = ("mean", "robust", "dp", "compression", "secure", *RULES)
 
 
 def make_aggregator(name: str, args: argparse.Namespace) -> ak.Factory:
@@ -30,6 +31,13 @@ def make_aggregator(name: str, args: argparse.Namespace) -> ak.Factory:
         return ak.mean()
     if name == "robust":
         return ak.robust_aggregator()
+    if name in RULES:
+        from aggkit_torch.attacks import attacker_count, robust_rule
+
+        f = args.num_byzantine
+        if f is None:
+            f = attacker_count(args.clients_per_round, args.malicious)
+        return robust_rule(name, args.clients_per_round, f, trim_fraction=args.trim_fraction)
     preset = {
         "dp": "dp_aggregator",
         "compression": "compression_aggregator",
@@ -79,6 +87,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="client weights (default: num_examples; uniform for dp)",
     )
     parser.add_argument("--noise-multiplier", type=float, default=0.1, help="for --aggregator dp")
+    parser.add_argument("--attack", choices=ATTACKS, default="none", help="client-side attack")
+    parser.add_argument(
+        "--malicious", type=float, default=0.0, help="fraction of each round's clients attacking"
+    )
+    parser.add_argument(
+        "--num-byzantine",
+        type=int,
+        default=None,
+        help="f of krum/bulyan (default: the attackers per round)",
+    )
+    parser.add_argument("--trim-fraction", type=float, default=None, help="for trimmed_mean")
     parser.add_argument("--data", type=str, default=None, help="directory holding MNIST/raw")
     parser.add_argument(
         "--no-download",
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> float:
     import torch
 
     from aggkit_torch import data
+    from aggkit_torch.attacks import Attack
     from aggkit_torch.checkpoint import CheckpointError
     from aggkit_torch.federated import FederatedTrainer
     from aggkit_torch.local_training import configure_threads
@@ -185,6 +205,7 @@ def main(argv: list[str] | None = None) -> float:
         train_labels = train_labels[: args.train_subset]
     parts = partitions(args, train_labels)
     config = fedavg_config(args)
+    attack = Attack(args.attack, args.malicious, seed=args.seed)
     trainer = FederatedTrainer(
         MnistCNN(),
         make_aggregator(args.aggregator, args),
@@ -194,6 +215,7 @@ def main(argv: list[str] | None = None) -> float:
         mnist.test_images,
         mnist.test_labels,
         config=config,
+        update_transform=None if args.attack == "none" else attack,
     )
     if args.checkpoint is not None and args.checkpoint.exists():
         try:
