@@ -148,7 +148,7 @@ def test_accuracy_attacks_script_quick(mnist_root, tmp_path):
         ]
     )
     assert "| median |" in text and "sign_flip 20%" in text
-    assert "Command: `python benchmarks/accuracy_attacks.py --rounds 1 " in text
+    assert "Command: `python benchmarks/accuracy_attacks.py --model cnn --rounds 1 " in text
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4  # 2 rules x (no attack, sign_flip at 20%)
     assert (tmp_path / "accuracy_attacks.png").read_bytes()[:4] == b"\x89PNG"
