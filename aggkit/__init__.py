@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aggkit.bulyan import bulyan
 from aggkit.centered_clipping import centered_clipping
 from aggkit.compression import quantized_sum
+from aggkit.ddp import distributed_dp
 from aggkit.dft import dft
 from aggkit.discrete import discretization, modular_clipping
 from aggkit.dp import gaussian_adaptive, gaussian_fixed
@@ -71,6 +72,7 @@ __all__ = [
     "compression_aggregator",
     "dft",
     "discretization",
+    "distributed_dp",
     "dp_aggregator",
     "gaussian_adaptive",
     "gaussian_fixed",

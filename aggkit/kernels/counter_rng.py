@@ -104,10 +104,11 @@ from typing import Any
 import numpy as np
 from numba import prange
 
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.limits import TAIL_LEVELS, UINT64_LIMIT
 
 __all__ = [
+    "check_key_and_offset",
     "check_stream_args",
     "derive_key",
     "fill_rademacher",
@@ -471,7 +472,15 @@ def check_stream_args(out: Any, key: Any, offset: Any) -> tuple[np.ndarray, np.u
     naming the argument otherwise.
     """
     flat = _as_float_out(out)
-    return flat, _as_key(key), _as_offset(offset, flat.size)
+    key, offset = check_key_and_offset(key, offset, flat.size)
+    return flat, key, offset
+
+
+def check_key_and_offset(key: Any, offset: Any, size: int) -> tuple[np.uint64, int]:
+    """``key`` as ``uint64`` (an integer in ``[0, 2**64)``) and ``offset`` as ``int`` (an integer
+    with ``offset + size <= 2**63``): the stream arguments of every noise entry point, whatever
+    its output dtype. Raises TypeError/ValueError naming the argument otherwise."""
+    return _as_key(key), _as_offset(offset, size)
 
 
 def _as_key(key: Any, name: str = "key") -> np.uint64:
@@ -586,7 +595,8 @@ def fill_uniform01(out: np.ndarray, key: int, offset: int = 0) -> np.ndarray:
     """
     flat, key, offset = check_stream_args(out, key, offset)
     bits = 53 if flat.dtype == np.float64 else 24
-    _fill_uniform01_kernel(flat, key, offset, bits)
+    with threads_for(-(-flat.size // _PIECE)):  # a tiny fill should not wake every thread
+        _fill_uniform01_kernel(flat, key, offset, bits)
     return out
 
 

@@ -249,8 +249,7 @@ def add_discrete_gaussian(out: np.ndarray, sigma: float, key: int, offset: int =
     """
     flat = _as_int_out(out)
     sigma = _as_scale(sigma, "sigma")
-    key = counter_rng._as_key(key)
-    offset = counter_rng._as_offset(offset, flat.size)
+    key, offset = counter_rng.check_key_and_offset(key, offset, flat.size)
     if sigma == 0.0 or flat.size == 0:
         return out
     failures = np.zeros((flat.size + _PIECE - 1) // _PIECE, np.int64)
@@ -273,8 +272,7 @@ def add_skellam(out: np.ndarray, mean: float, key: int, offset: int = 0) -> np.n
     """
     flat = _as_int_out(out)
     mean = _as_scale(mean, "mean")
-    key = counter_rng._as_key(key)
-    offset = counter_rng._as_offset(offset, flat.size)
+    key, offset = counter_rng.check_key_and_offset(key, offset, flat.size)
     if offset + flat.size > 2**62:  # the Poissons use indices up to 2 (offset + size)
         raise ValueError(f"offset must be in [0, 2**62 - size], got {offset}")
     if mean == 0.0 or flat.size == 0:
