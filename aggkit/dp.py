@@ -72,8 +72,8 @@ Floating-point caveat
     outputs depends on the magnitude of the sum, and floating-point samplers are known to leak
     through their low-order bits (Mironov 2012 for Laplace; Holohan and Braghin 2021 for Gaussian
     samplers). The guarantee is that of the continuous Gaussian mechanism, up to that caveat. The
-    exact alternative is discrete noise on integers: distributed DP samples the discrete
-    Gaussian or Skellam distribution exactly and adds it to an integer secure sum.
+    exact alternative is discrete noise on integers: :func:`aggkit.distributed_dp` samples the
+    discrete Gaussian or Skellam distribution exactly and adds it to an integer secure sum.
 """
 
 from __future__ import annotations

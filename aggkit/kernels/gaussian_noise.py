@@ -15,7 +15,8 @@ float32 vectors receive ``float32(x + sigma * z)`` computed in float64: one roun
 The sampler reaches 38.33 standard deviations (:mod:`aggkit.kernels.limits`). Seeded noise is
 predictable by whoever knows the seed, and floating-point Gaussian samplers leak through their
 low-order bits (Mironov 2012 for Laplace; Holohan and Braghin 2021 for Gaussian samplers): the
-exact alternative is discrete noise sampled exactly and added to integers.
+exact alternative is discrete noise sampled exactly and added to integers
+(:mod:`aggkit.kernels.discrete_noise`, used by :func:`aggkit.distributed_dp`).
 
 Example
 -------
