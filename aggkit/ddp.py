@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import statistics
 import warnings
 from collections.abc import Callable
@@ -87,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import dp
+from aggkit import _checks, dp
 from aggkit.discrete import inflated_l2_norm_bound, stochastic_round
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
@@ -280,12 +279,6 @@ def _round_rdp(mechanism, l2, l1, local_stddev, clients, dim, sampling_rate) -> 
 # -- the factory ----------------------------------------------------------------------------------
 
 
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class DistributedDpFactory(Factory):
     """Distributed DP mean over secure sums; build it with :func:`aggkit.distributed_dp`."""
@@ -378,24 +371,18 @@ def distributed_dp(
     >>> out.measurements["padded_dim"], round(out.measurements["privacy"]["epsilon"], 2)
     (1024, 1.01)
     """
-    z = dp._noise_multiplier(noise_multiplier)
-    clients = _int(expected_clients_per_round, "expected_clients_per_round")
-    if clients < 1:
-        raise ValueError(f"expected_clients_per_round must be >= 1, got {clients}")
-    bits = _int(bits, "bits")
-    if not 1 <= bits <= 22:
-        raise ValueError(f"bits must be in [1, 22], got {bits}")
-    clip = dp._positive(clip, "clip")
+    z = _checks.noise_multiplier(noise_multiplier)
+    clients = _checks.integer(expected_clients_per_round, "expected_clients_per_round", low=1)
+    bits = _checks.integer(bits, "bits", low=1, high=22)
+    clip = _checks.real(clip, "clip", low=0.0, low_open=True)
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}")
     if rotation not in ROTATIONS:
         raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
-    modclip_prob = dp._real(modclip_prob, "modclip_prob")
-    if not 0.0 < modclip_prob < 1.0:
-        raise ValueError(f"modclip_prob must be in (0, 1), got {modclip_prob}")
-    beta = dp._real(beta, "beta")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    modclip_prob = _checks.real(
+        modclip_prob, "modclip_prob", low=0.0, high=1.0, low_open=True, high_open=True
+    )
+    beta = _checks.real(beta, "beta", low=0.0, high=1.0, high_open=True)
     if bits < math.log2(clients):
         raise ValueError(f"bits ({bits}) must be at least log2(expected_clients_per_round)")
     k = modclip_num_stddevs(modclip_prob)
@@ -404,7 +391,7 @@ def distributed_dp(
             f"bits={bits} is too small for {clients} clients at modclip_prob={modclip_prob}: "
             "raise bits or modclip_prob, or lower expected_clients_per_round"
         )
-    population, delta = dp._check_accounting(population, delta, float(clients))
+    population, delta = dp.check_accounting(population, delta, float(clients))
     return DistributedDpFactory(
         z,
         clients,
@@ -416,7 +403,7 @@ def distributed_dp(
         beta,
         population,
         delta,
-        dp._check_seed(seed),
+        _checks.seed(seed),
     )
 
 
@@ -594,7 +581,7 @@ class _CoreRound(Round):
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
         process = self.process
-        factors = dp.clip_factors(block.norms(2.0), process.p.clip) * block.coef
+        factors = _checks.clip_factors(block.norms(2.0), process.p.clip) * block.coef
         active = np.flatnonzero(block.active)
         for start in range(0, active.size, _CHUNK_ROWS):
             rows = active[start : start + _CHUNK_ROWS]

@@ -128,10 +128,11 @@ def _non_negative(value: Any, name: str) -> float:
     return _checks.real(value, name, low=0.0)
 
 
-def _check_accounting(
+def check_accounting(
     population: Any, delta: Any, clients_per_round: float
 ) -> tuple[float | None, float | None]:
-    """``(population, delta)`` validated; delta defaults to ``min(1e-5, 1 / population)``."""
+    """``(population, delta)`` of a running epsilon, validated; delta defaults to ``min(1e-5, 1 /
+    population)``. Shared by the DP factories that report ``"privacy"`` measurements."""
     if population is None:
         if delta is not None:
             raise ValueError("delta is only used with population (the running epsilon needs both)")
@@ -232,7 +233,12 @@ def _composed_event_data(*events: dict) -> dict:
     return {"module_name": _DP_EVENT_MODULE, "class_name": "ComposedDpEvent", "events": events}
 
 
-def _event_from_data(data: Any) -> DpEvent:
+def event_from_data(data: Any) -> DpEvent:
+    """The ``dp_accounting`` DpEvent described by the plain data kept in DP states.
+
+    ``data`` is a dict with ``module_name`` (a ``dp_accounting`` module), ``class_name`` and the
+    event's fields (nested events the same way), as TFF keeps events in states.
+    """
     if isinstance(data, dict) and "class_name" in data:
         module_name = data["module_name"]
         if module_name.split(".")[0] != "dp_accounting":
@@ -245,13 +251,11 @@ def _event_from_data(data: Any) -> DpEvent:
             ) from error
         cls = getattr(module, data["class_name"])
         fields = {
-            k: _event_from_data(v)
-            for k, v in data.items()
-            if k not in ("module_name", "class_name")
+            k: event_from_data(v) for k, v in data.items() if k not in ("module_name", "class_name")
         }
         return cls(**fields)
     if isinstance(data, tuple | list):
-        return [_event_from_data(v) for v in data]
+        return [event_from_data(v) for v in data]
     if isinstance(data, np.generic):
         return data.item()
     return data
@@ -307,7 +311,7 @@ def extract_dp_event(state: State) -> DpEvent:
         raise ExtractingDpEventFromInitialStateError(
             "cannot extract a DpEvent from an initial state: run a round with next() first"
         )
-    events = [_event_from_data(s["dp_event"]) for s in found]
+    events = [event_from_data(s["dp_event"]) for s in found]
     if len(events) == 1:
         return events[0]
     from aggkit import privacy
@@ -485,7 +489,7 @@ def gaussian_fixed(
     z = _checks.noise_multiplier(noise_multiplier)
     clients = _positive(clients_per_round, "clients_per_round")
     clip = _positive(clip, "clip")
-    population, delta = _check_accounting(population, delta, clients)
+    population, delta = check_accounting(population, delta, clients)
     return GaussianFixedFactory(
         z,
         clients,
@@ -584,7 +588,7 @@ def gaussian_adaptive(
     )
     z = _checks.noise_multiplier(noise_multiplier)
     value_z, sigma_b = adaptive_clip_noise_params(z, clients, clipped_count_stddev)
-    population, delta = _check_accounting(population, delta, clients)
+    population, delta = check_accounting(population, delta, clients)
     return GaussianAdaptiveFactory(
         z,
         clients,

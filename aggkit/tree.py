@@ -68,7 +68,6 @@ Example
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,19 +131,12 @@ def tree_dp_event(noise_multiplier: float, rounds: int, restart_rounds: int | No
     SingleEpochTreeAggregationDpEvent(noise_multiplier=1.0, step_counts=2)
     """
     z = _checks.real(noise_multiplier, "noise_multiplier", low=0.0)
-    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
-    return dp._event_from_data(_run_event_data(z, int(rounds), _check_restart(restart_rounds)))
+    rounds = _checks.integer(rounds, "rounds", low=1)
+    return dp.event_from_data(_run_event_data(z, rounds, _check_restart(restart_rounds)))
 
 
 def _check_restart(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"restart_rounds must be a positive int or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"restart_rounds must be >= 1, got {value}")
-    return int(value)
+    return None if value is None else _checks.integer(value, "restart_rounds", low=1)
 
 
 @dataclass(frozen=True)
