@@ -95,12 +95,13 @@ array([ 10, 100], dtype=uint64)
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -357,6 +358,80 @@ class SecAggClient:
     def stage(self) -> str:
         """The stage whose request the client expects next, ``"done"`` or ``"aborted"``."""
         return "aborted" if self._aborted else _stage_name(self._stage)
+
+    # Saved by to_state(): everything a client learns or draws during a round.
+    _SAVED: ClassVar[dict[str, str]] = {
+        "_stage": "int",
+        "_aborted": "bool",
+        "_session": "bytes",
+        "_modulus": "int",
+        "_length": "int",
+        "_threshold": "int",
+        "_channel_sk": "bytes",
+        "_mask_sk": "bytes",
+        "_own_keys": "bytes_list",
+        "_own_signature": "bytes",
+        "_peer_mask_keys": "bytes_map",
+        "_seed": "bytes",
+        "_held": "pair_map",
+        "_channel_keys": "bytes_map",
+        "_masked_with": "ids",
+        "_u3": "ids",
+    }
+
+    def to_state(self) -> bytes:
+        """The client's round state as bytes (JSON), secrets included: keep it on the client.
+
+        A transport whose client side is a fresh process per message (Flower's ClientApp)
+        stores it between stages and rebuilds the client with :meth:`from_state`.
+        """
+        out: dict[str, object] = {"client_id": self.client_id}
+        for name, kind in self._SAVED.items():
+            if name not in self.__dict__:
+                continue
+            value = self.__dict__[name]
+            if kind == "bytes":
+                value = None if value is None else value.hex()
+            elif kind == "bytes_list":
+                value = [v.hex() for v in value]
+            elif kind == "bytes_map":
+                value = {str(k): v.hex() for k, v in value.items()}
+            elif kind == "pair_map":
+                value = {str(k): [a.hex(), b.hex()] for k, (a, b) in value.items()}
+            elif kind == "ids":
+                value = sorted(value)
+            out[name] = value
+        return json.dumps(out, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_state(cls, data: bytes, **kwargs) -> SecAggClient:
+        """Rebuild a client from :meth:`to_state`; ``kwargs`` as for the constructor (the mode,
+        identity, registry and policy are configuration, not state)."""
+        try:
+            saved = json.loads(data)
+            client = cls(int(saved.pop("client_id")), **kwargs)
+            for name, value in saved.items():
+                kind = cls._SAVED[name]
+                if kind == "bytes":
+                    value = None if value is None else bytes.fromhex(value)
+                elif kind == "bytes_list":
+                    value = tuple(bytes.fromhex(v) for v in value)
+                elif kind == "bytes_map":
+                    value = {int(k): bytes.fromhex(v) for k, v in value.items()}
+                elif kind == "pair_map":
+                    value = {
+                        int(k): (bytes.fromhex(a), bytes.fromhex(b)) for k, (a, b) in value.items()
+                    }
+                elif kind == "ids":
+                    value = frozenset(int(v) for v in value)
+                elif kind == "int":
+                    value = int(value)
+                elif kind == "bool":
+                    value = bool(value)
+                setattr(client, name, value)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"not a saved SecAggClient state: {error!r}") from None
+        return client
 
     def handle(self, request: Message, value: np.ndarray | None = None) -> Message:
         """Answer one server request.
