@@ -40,8 +40,12 @@ def main(grid: Grid, context: Context) -> None:
     run(grid, context.run_config)
 
 
-def run(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Run federated MNIST on ``grid``; returns what ``metrics.json`` holds."""
+def run(grid: Grid, run_config: dict[str, Any], strategy_class: Any = None) -> dict[str, Any]:
+    """Run federated MNIST on ``grid``; returns what ``metrics.json`` holds.
+
+    ``strategy_class`` replaces :class:`AggkitStrategy` (same arguments), e.g. the secure
+    strategy of :mod:`aggkit_torch.flower.secure_apps`.
+    """
     import numpy as np
     import torch
 
@@ -56,7 +60,7 @@ def run(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
         configure_threads(args.threads)
     torch.manual_seed(args.seed)
     model = MnistCNN()
-    strategy = AggkitStrategy(
+    strategy = (strategy_class or AggkitStrategy)(
         main_job.make_aggregator(args.aggregator, args),
         fedavg_config(args),
         min_available_nodes=args.clients,

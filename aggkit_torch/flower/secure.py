@@ -1,0 +1,297 @@
+"""Secure aggregation on Flower's message API: SecAgg / SecAgg+ between real SuperNodes.
+
+:class:`SecureAggkitStrategy` is an :class:`~aggkit_torch.flower.strategy.AggkitStrategy` whose
+server never sees a client's update. Each round it drives one round of aggkit's protocol
+(:mod:`aggkit.secure.protocol`) as Flower messages, and the aggkit aggregator's secure sums are
+the protocol's (:mod:`aggkit.secure.deployment`):
+
+======================  =======================================  ================================
+message                 server -> node                           node -> server
+======================  =======================================  ================================
+``train``               global arrays, training config, the      trains; packs the integer
+                        aggregator's state (JSON), the           vectors its secure channels
+                        ``advertise_keys`` request               would carry; its public keys
+``query.secagg`` x 4    ``share_keys``, ``masked_input``,        the protocol's responses
+                        ``consistency_check``, ``unmask``
+======================  =======================================  ================================
+
+then the server reconstructs the sum of the survivors' packed vectors, replays the aggregator's
+``next`` with those sums, and applies the result with the server optimizer, as
+:class:`AggkitStrategy` does. A node that fails or vanishes at any stage is a dropout: the round
+goes on without it (its update is in the sum iff its masked input arrived) or, with too few
+left, aborts with the model unchanged (``ProtocolAbort`` is logged; nothing was revealed).
+
+The protocol client id of a node is its partition id. Authenticated mode (the default for a
+deployment): each node has an Ed25519 identity file (node config ``secagg-key``) and every party
+the registry file (run config ``secagg-registry``: partition id -> public key), see
+:mod:`aggkit.secure.identity`; an empty ``secagg-registry`` selects the honest-but-curious mode.
+The nodes' clients keep their default :class:`~aggkit.secure.protocol.ClientPolicy`.
+
+The apps: :mod:`aggkit_torch.flower.secure_apps` (``client_app``, ``server_app``,
+``write_secure_app``). ``docs/flower.md`` has the commands for several machines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+import aggkit as ak
+from aggkit.secure.deployment import encode_state, plan_of, replay
+from aggkit.secure.errors import ProtocolAbort, SecAggError
+from aggkit.secure.graph import complete_graph, harary_graph
+from aggkit.secure.messages import decode
+from aggkit.secure.protocol import SecAggServer
+from aggkit.secure.simulation import default_threshold
+from aggkit_torch.federated import flatten_measurements
+from aggkit_torch.flower.strategy import MEASUREMENT_PREFIX, AggkitStrategy
+
+__all__ = ["SECAGG_QUERY", "SecureAggkitStrategy"]
+
+#: The message type of the protocol's stages after the first.
+SECAGG_QUERY = f"{MessageType.QUERY}.secagg"
+#: Where a message carries a protocol message: ``content[SECAGG_KEY]["msg"]`` (bytes).
+SECAGG_KEY = "secagg"
+
+
+class SecureAggkitStrategy(AggkitStrategy):
+    """:class:`AggkitStrategy` with secure aggregation (see the module docstring).
+
+    Parameters
+    ----------
+    aggregator : aggkit.Factory
+        A fully secure aggregator (every sum on a secure bit-width channel), e.g.
+        ``ak.secure_aggregator()``.
+    config : FedAvgConfig, optional
+        As for :class:`AggkitStrategy` (partition sampling is required: partition ids are the
+        protocol's client ids).
+    registry : IdentityRegistry, optional
+        Authenticated mode: the nodes' identities, by partition id.
+    honest_but_curious : bool
+        ``True`` selects the mode without identities; one of the two must be chosen.
+    graph : {"secagg+", "secagg"}
+        SecAgg+ (Harary graph, ``degree`` neighbours; complete when the round is small) or
+        SecAgg (complete graph).
+    degree : int, optional
+        Neighbours per node for SecAgg+ (default ``2 * ceil(log2 K)``).
+    threshold : int, optional
+        Shares needed; default a majority of the smallest closed neighbourhood (what the
+        nodes' default policy accepts).
+    stage_timeout : float
+        Seconds each protocol stage waits for replies; a node that has not answered by then
+        is a dropout.
+    min_round_nodes : int
+        After the first round, a round starts once this many nodes are connected (a node that
+        died is not waited for).
+    **kwargs
+        As for :class:`AggkitStrategy`.
+
+    Attributes
+    ----------
+    secagg_history : list of dict
+        Per round: the protocol's included, dropped and bad-share nodes (partition ids), the
+        server's seconds in the protocol and the bytes each direction.
+    """
+
+    def __init__(
+        self,
+        aggregator: ak.Factory,
+        config: Any = None,
+        *,
+        registry: Any = None,
+        honest_but_curious: bool = False,
+        graph: str = "secagg+",
+        degree: int | None = None,
+        threshold: int | None = None,
+        stage_timeout: float = 600.0,
+        min_round_nodes: int = 4,
+        **kwargs: Any,
+    ):
+        if kwargs.get("partition_sampling") is False:
+            raise ValueError("secure aggregation needs partition sampling (partition = client id)")
+        if (registry is None) != bool(honest_but_curious):
+            raise TypeError("choose the mode: registry= (authenticated) or honest_but_curious=True")
+        if graph not in ("secagg+", "secagg"):
+            raise ValueError(f"graph must be 'secagg+' or 'secagg', got {graph!r}")
+        super().__init__(aggregator, config, **kwargs)
+        self.registry = registry
+        self.graph = graph
+        self.degree = degree
+        self.threshold = threshold
+        self.stage_timeout = float(stage_timeout)
+        self.min_round_nodes = int(min_round_nodes)
+        self.secagg_history: list[dict[str, Any]] = []
+        self._grid: Grid | None = None
+        self._plan = None
+        self._server: SecAggServer | None = None
+        self._node_of: dict[int, int] = {}
+
+    # -- round start: train + advertise_keys ---------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample the round's nodes; send them the model, the state and the first request."""
+        if server_round > 1:  # a node that died is not waited for
+            self.min_available_nodes = min(self.min_available_nodes, self.min_round_nodes)
+        self._grid = grid
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        started = time.perf_counter()
+        if self._plan is None:
+            self._plan = plan_of(self.process, self.aggregator_state)
+        self._node_of = {part: node for node, (_, part) in self._sampled.items()}
+        ids = sorted(self._node_of)
+        self._server = self._new_server(ids)
+        requests = self._server.start()
+        state = encode_state(self.aggregator_state)
+        weighting = self.config.client_weighting
+        out = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            partition = self._sampled[node][1]
+            record = ConfigRecord(dict(message.content.config_records[self.configrecord_key]))
+            record[SECAGG_KEY] = requests[partition].to_bytes()
+            record["secagg-state"] = state
+            record["secagg-weighting"] = weighting
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: record})
+            out.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        self._stats = {"server_seconds": time.perf_counter() - started, "bytes_to_nodes": 0}
+        self._stats["bytes_to_nodes"] += sum(len(r.to_bytes()) for r in requests.values())
+        self._stats["bytes_to_server"] = 0
+        return out
+
+    def _new_server(self, ids: list[int]) -> SecAggServer:
+        assert self._plan is not None
+        if self.graph == "secagg" or len(ids) <= 3:
+            graph = complete_graph(ids)
+        else:
+            graph = harary_graph(ids, self.degree)
+        smallest = min(len(v) for v in graph.values()) + 1
+        threshold = default_threshold(smallest) if self.threshold is None else self.threshold
+        mode = (
+            {"registry": self.registry}
+            if self.registry is not None
+            else {"honest_but_curious": True}
+        )
+        return SecAggServer(
+            ids,
+            modulus=self._plan.modulus(len(ids)),
+            vector_length=self._plan.length,
+            threshold=threshold,
+            graph=graph,
+            **mode,
+        )
+
+    # -- the protocol, then the aggregator ------------------------------------------------------
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Run the protocol's other stages, replay the aggregator with its sums, apply."""
+        if self._server is None or self.process is None:
+            raise RuntimeError("aggregate_train before configure_train")
+        received = time.perf_counter()
+        server, stats = self._server, self._stats
+        replies = list(replies)
+        losses = [v for r in replies if not r.has_error() and (v := _loss(r)) is not None]
+        self._take(server, replies)
+        try:
+            for _ in range(4):
+                started = time.perf_counter()
+                requests = server.advance()
+                messages = []
+                for partition, request in requests.items():
+                    data = request.to_bytes()
+                    stats["bytes_to_nodes"] += len(data)
+                    content = RecordDict({SECAGG_KEY: ConfigRecord({"msg": data})})
+                    messages.append(
+                        Message(
+                            content,
+                            dst_node_id=self._node_of[partition],
+                            message_type=SECAGG_QUERY,
+                        )
+                    )
+                stats["server_seconds"] += time.perf_counter() - started
+                assert self._grid is not None
+                answers = self._grid.send_and_receive(messages, timeout=self.stage_timeout)
+                self._take(server, answers)
+            started = time.perf_counter()
+            result = server.finish()
+        except ProtocolAbort as abort:
+            log(WARNING, "round %d: %s; the model is unchanged", server_round, abort)
+            self.secagg_history.append({"round": server_round, "aborted": abort.stage, **stats})
+            return None, None
+        output = replay(
+            self.process, self.aggregator_state, result.sum, self._plan, len(result.included)
+        )
+        aggregated = time.perf_counter()
+        stats["server_seconds"] += aggregated - started
+        arrays = self._apply(output.result)
+        self.aggregator_state = output.state
+        measurements = flatten_measurements(output.measurements)
+        metrics = MetricRecord({MEASUREMENT_PREFIX + k: v for k, v in measurements.items()})
+        metrics["clients"] = len(result.included)
+        self.secagg_history.append(
+            {
+                "round": server_round,
+                "included": list(result.included),
+                "dropped": {k: list(v) for k, v in result.dropped.items()},
+                "bad_shares": list(result.bad_shares),
+                **stats,
+            }
+        )
+        self.history.append(
+            {
+                "round": server_round,
+                "clients": list(result.included),
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "nonfinite_clients": 0,
+                "examples": None,
+                "measurements": measurements,
+                "train_seconds": received - self._round_started,
+                "aggregate_seconds": time.perf_counter() - received,
+                "round_seconds": time.perf_counter() - self._round_started,
+            }
+        )
+        log(
+            INFO,
+            "secure aggregation: %d of %d nodes in the sum, server %.2f s in the protocol",
+            len(result.included),
+            len(self._node_of),
+            stats["server_seconds"],
+        )
+        return arrays, metrics
+
+    def _take(self, server: SecAggServer, replies: Iterable[Message]) -> None:
+        """Hand each reply's protocol message to the server; a bad or failed reply is a dropout."""
+        started = time.perf_counter()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "node %d dropped out: %s", node, reply.error.reason)
+                continue
+            try:
+                data = reply.content.config_records[SECAGG_KEY]["msg"]
+                self._stats["bytes_to_server"] += len(data)
+                message = decode(data)
+                if self._node_of.get(message.client_id) != node:
+                    raise SecAggError(f"node {node} answered as client {message.client_id}")
+                server.receive(message)
+            except (KeyError, TypeError, SecAggError) as error:
+                log(WARNING, "node %d: reply refused (%s)", node, error)
+        self._stats["server_seconds"] += time.perf_counter() - started
+
+
+def _loss(reply: Message) -> float | None:
+    for record in reply.content.metric_records.values():
+        value = record.get("train_loss")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
