@@ -182,3 +182,47 @@ class IdentityRegistry(Mapping[int, bytes]):
 
     def __repr__(self) -> str:
         return f"IdentityRegistry({len(self._keys)} clients)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m aggkit.secure.identity``: make identities and the registry of a deployment.
+
+    - ``new KEYFILE``: a new identity (mode 0600); prints its public key (hex);
+    - ``public KEYFILE``: prints the public key of an identity;
+    - ``registry OUT.json ID=PUBLICKEY ...``: writes the registry of the given clients.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m aggkit.secure.identity",
+        description="Ed25519 identities for authenticated secure aggregation.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser("new", help="write a new identity; print its public key")
+    new.add_argument("keyfile")
+    public = commands.add_parser("public", help="print an identity's public key")
+    public.add_argument("keyfile")
+    registry = commands.add_parser("registry", help="write a registry: ID=PUBLICKEY ...")
+    registry.add_argument("out")
+    registry.add_argument("entries", nargs="+", metavar="ID=PUBLICKEY")
+    args = parser.parse_args(argv)
+    if args.command == "new":
+        identity = SigningIdentity.generate()
+        identity.save(args.keyfile)
+        print(identity.public_key.hex())
+    elif args.command == "public":
+        print(SigningIdentity.load(args.keyfile).public_key.hex())
+    else:
+        keys = {}
+        for entry in args.entries:
+            node, _, key = entry.partition("=")
+            try:
+                keys[int(node)] = bytes.fromhex(key)
+            except ValueError:
+                parser.error(f"{entry!r} is not ID=PUBLICKEY (hex)")
+        IdentityRegistry(keys).save(args.out)
+        print(f"wrote {args.out}: {len(keys)} clients")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from aggkit_torch.flower import client_app as plain  # noqa: E402
 from aggkit_torch.flower.run_config import mnist_args  # noqa: E402
 
-__all__ = ["SECURE_CONFIG", "client_app", "server_app", "write_secure_app"]
+__all__ = ["SECURE_CONFIG", "answer_train", "client_app", "server_app", "write_secure_app"]
 
 #: The secure apps' own run-config keys and their defaults.
 SECURE_CONFIG: dict[str, str | int | float] = {
@@ -103,22 +103,34 @@ def _process(run_config: Any, template: dict[str, Any]) -> Any:
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
     """Train (as the plain app does), pack the secure-channel vectors, start the protocol."""
+    trained = plain.train(message, context)
+    return answer_train(
+        message,
+        context,
+        trained.content.array_records["arrays"],
+        trained.content.metric_records["metrics"],
+    )
+
+
+def answer_train(message: Message, context: Context, trained: ArrayRecord, metrics: Any) -> Message:
+    """The secure reply to a train message, given the node's trained arrays and metrics.
+
+    Packs the integer vectors of the aggregator's secure channels for the update
+    ``global - trained`` (kept in the node's context for the masked-input stage) and answers
+    the protocol's first request. Any ClientApp that trains its own way can call it.
+    """
     import numpy as np
 
     from aggkit.secure.deployment import client_vector, decode_state
     from aggkit.secure.messages import decode
     from aggkit.secure.protocol import SecAggClient
 
-    trained = plain.train(message, context)
     config = message.content.config_records["config"]
     global_arrays = message.content.array_records["arrays"]
     template = {k: a.numpy() for k, a in global_arrays.items()}
     process = _process(context.run_config, template)
     layout = process.layout
-    update = layout.flatten(template) - layout.flatten(
-        {k: a.numpy() for k, a in trained.content.array_records["arrays"].items()}
-    )
-    metrics = trained.content.metric_records["metrics"]
+    update = layout.flatten(template) - layout.flatten({k: a.numpy() for k, a in trained.items()})
     weight = 1.0 if config["secagg-weighting"] == "uniform" else float(metrics["num-examples"])
     if not np.isfinite(update).all():  # as AggkitStrategy does: zeros, weight 0
         update[:] = 0.0
@@ -156,7 +168,7 @@ def secagg(message: Message, context: Context) -> Message:
 
 
 @server_app.main()
-def main(grid: Grid, context: Context) -> None:
+def server_main(grid: Grid, context: Context) -> None:
     """Run federated MNIST with secure aggregation."""
     from aggkit_torch.flower.server_app import run
 
@@ -213,3 +225,22 @@ def write_secure_app(directory: str | Any, **config: Any) -> Path:
     text += "".join(f"{key} = {_toml_value(value)}\n" for key, value in secure.items())
     path.write_text(text)
     return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m aggkit_torch.flower.secure_apps DIR``: write the secure app directory."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m aggkit_torch.flower.secure_apps",
+        description="Write a Flower app directory for federated MNIST with secure aggregation.",
+    )
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    path = write_secure_app(args.directory, aggregator="secure")
+    print(f"wrote {path}; run it with: flwr run {args.directory} <superlink> --stream")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ from tests.torch.conftest import mnist, mnist_root  # noqa: F401  (fixtures)
 
 # Helpers, not tests; local_grid.py needs flwr, and --doctest-modules would import it even where
 # the tests that use it are skipped.
-collect_ignore = ["local_grid.py"]
+collect_ignore = ["local_grid.py", "secure_crash_app.py", "secure_reference.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

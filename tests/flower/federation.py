@@ -74,15 +74,24 @@ class Federation:
     simulation : bool
         Start the SuperLink with ``--simulation`` and no SuperNodes: the run's ``num_nodes``
         virtual SuperNodes live in Flower's simulation engine (Ray), ``cpus_per_client`` each.
+    node_config : mapping of int to str, optional
+        More node config for SuperNode ``i`` (``'key="value" ...'``).
     """
 
     def __init__(
-        self, home: Path, num_nodes: int, *, simulation: bool = False, cpus_per_client: int = 1
+        self,
+        home: Path,
+        num_nodes: int,
+        *,
+        simulation: bool = False,
+        cpus_per_client: int = 1,
+        node_config: dict[int, str] | None = None,
     ):
         self.home = Path(home)
         self.num_nodes = num_nodes
         self.simulation = simulation
         self.cpus_per_client = cpus_per_client
+        self.node_config = dict(node_config or {})
         self.env = {
             **os.environ,
             # SuperLink and SuperNodes start flower-superexec, flwr-serverapp and
@@ -133,7 +142,8 @@ class Federation:
                         "--insecure",
                         f"--superlink=127.0.0.1:{self.port}",
                         f"--port={port}",
-                        f"--node-config=partition-id={i} num-partitions={self.num_nodes}",
+                        f"--node-config=partition-id={i} num-partitions={self.num_nodes} "
+                        + self.node_config.get(i, ""),
                     ],
                 )
         except BaseException:

@@ -1,8 +1,9 @@
 """Secure aggregation over Flower: the secure apps against AggkitStrategy + MaskingBackend.
 
 In-process (the grid hands messages to the ClientApp, nodes die at chosen protocol stages) and
-between real processes (a SuperLink and SuperNodes on 127.0.0.1; two SuperNodes are killed in
-round 1, one before it sends its masked input, one after). Both must end with the model of the
+between real processes (a SuperLink and 5 SuperNodes on 127.0.0.1; two SuperNodes are killed in
+round 2, one before it sends its masked input, one after: with the nodes' default policy, a
+round needs 4 nodes, so the deaths come in the last round). Both must end with the model of the
 in-process reference run with the same seeds and dropouts.
 """
 
@@ -21,9 +22,11 @@ from tests.flower.secure_reference import DyingGrid, masked_reference_run
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
-NODES = 6
-#: Partition 1 dies before sending its masked input, partition 4 after (round 1 of 2).
-DEATHS = {1: (1, "masked_input"), 4: (1, "consistency_check")}
+NODES = 5
+#: Partition 1 dies before sending its masked input, partition 3 after (round 2 of 2).
+DEATHS = {1: (2, "masked_input"), 3: (2, "consistency_check")}
+#: The nodes in each round's sum.
+INCLUDED = [[0, 1, 2, 3, 4], [0, 2, 3, 4]]
 
 
 def identities(tmp_path, count: int) -> tuple[dict[int, str], str]:
@@ -71,15 +74,49 @@ def test_secure_apps_in_process_equal_masking_backend_with_dropouts(mnist_root, 
     grid = DyingGrid(secure_apps.client_app, secure_nodes, config, DEATHS)
     summary = server_app.run(grid, config, strategy_class=secure_apps.secure_strategy(config))
     ours = dict(np.load(tmp_path / "out" / "model.npz"))
-    assert [h["clients"] for h in summary["history"]] == [[0, 2, 3, 4, 5], [0, 2, 3, 5]]
+    assert [h["clients"] for h in summary["history"]] == INCLUDED
 
     config["out"] = str(tmp_path / "reference")
     expected = masked_reference_run(nodes, config, DEATHS)
     theirs = dict(np.load(tmp_path / "reference" / "model.npz"))
-    assert [sorted(h["clients"]) for h in expected["history"]] == [
-        [0, 1, 2, 3, 4, 5],
-        [0, 2, 3, 5],
-    ]
+    assert [sorted(h["clients"]) for h in expected["history"]] == [list(range(NODES))] * 2
     for a, b in zip(summary["history"], expected["history"], strict=True):
         assert a["measurements"] == b["measurements"]
     assert assert_same_model(ours, theirs) == 0.0  # same process, same bits
+
+
+@pytest.mark.slow
+@pytest.mark.mnist
+def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp_path):
+    """SuperLink + 5 SuperNodes on 127.0.0.1, authenticated SecAgg+, 2 rounds; in round 2 the
+    SuperNode of partition 1 is killed when the masked-input request reaches it, that of
+    partition 3 after it sent its masked input. The final model is the reference's."""
+    from aggkit_torch.flower.secure_apps import write_secure_app
+    from tests.flower.federation import Federation
+
+    keys, registry = identities(tmp_path, NODES)
+    config = secure_config(mnist_root, tmp_path, registry)
+    config["secagg-stage-timeout"] = 600.0
+    extra = {p: f'secagg-key="{keys[p]}"' for p in range(NODES)}
+    for p, (server_round, stage) in DEATHS.items():
+        extra[p] += f' crash-at="{server_round}:{stage}"'
+    app = write_secure_app(tmp_path / "app", **{k.replace("-", "_"): v for k, v in config.items()})
+    app.write_text(
+        app.read_text().replace(
+            "aggkit_torch.flower.secure_apps:client_app", "tests.flower.secure_crash_app:client_app"
+        )
+    )
+    with Federation(tmp_path / "flwr", NODES, node_config=extra) as federation:
+        done = federation.run(app.parent, reference.as_flag(config), timeout=1500)
+        logs = done.stdout + done.stderr
+        assert done.returncode == 0, logs[-4000:] + federation.tail()
+    ours = dict(np.load(tmp_path / "out" / "model.npz"))
+    summary = __import__("json").loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [h["clients"] for h in summary["history"]] == INCLUDED
+
+    nodes = {100 + i: {"partition-id": i, "num-partitions": NODES} for i in range(NODES)}
+    config["out"] = str(tmp_path / "reference")
+    masked_reference_run(nodes, config, DEATHS)
+    theirs = dict(np.load(tmp_path / "reference" / "model.npz"))
+    worst = assert_same_model(ours, theirs)
+    print(f"largest weight difference from the MaskingBackend run: {worst:.3g}")
