@@ -72,10 +72,10 @@ def _model() -> dict[str, np.ndarray]:
         return {"w": rng.normal(size=(40, 25)).astype(np.float32), "b": np.zeros(7, np.float32)}
     import torch
 
-    from aggkit_torch.models import SeedCNN
+    from aggkit_torch.models import MnistCNN
 
     torch.manual_seed(0)
-    return {k: v.detach().numpy().copy() for k, v in SeedCNN().state_dict().items()}
+    return {k: v.detach().numpy().copy() for k, v in MnistCNN().state_dict().items()}
 
 
 def _trained(model: dict[str, np.ndarray], partition: int) -> dict[str, np.ndarray]:
