@@ -10,6 +10,12 @@ much as the sum itself (``docs/benchmarks-history.md``, "Reused buffers";
 out a pooled buffer only when nothing but the pool refers to it (CPython reference counts; a view
 of a buffer refers to it too), so a result or a view that a caller still holds is never
 overwritten; otherwise it allocates. Small buffers are not pooled.
+
+Reference counts decide only on an interpreter where they are exact: CPython with its GIL. On
+another implementation, or on a free-threaded build (``sys._is_gil_enabled()`` false), where
+counts may be deferred, or if a probe at import finds that a held buffer does not count more than
+a free one, :func:`refcounts_decide` is false and every call allocates afresh (slower, never
+wrong).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["MIN_POOLED_BYTES", "clear", "empty", "zeros"]
+__all__ = ["MIN_POOLED_BYTES", "clear", "empty", "refcounts_decide", "zeros"]
 
 #: Buffers smaller than this are allocated afresh (the allocator serves them from its own pool).
 MIN_POOLED_BYTES = 1 << 20
@@ -29,9 +35,29 @@ _PER_KEY, _KEYS = 4, 8
 
 _lock = threading.Lock()
 _pool: OrderedDict[tuple[int, str], list[np.ndarray]] = OrderedDict()
-# References to a free buffer while it is checked: its slot in the pool's list, the local name
-# and getrefcount's own argument.
-_FREE_REFCOUNT = 3
+
+
+def _probe(buffers: list, hold: bool) -> int:
+    """``sys.getrefcount`` of a pooled buffer as :func:`_take` sees it (``hold``: one more
+    holder)."""
+    held = buffers[0] if hold else None  # noqa: F841 - the extra reference under test
+    for buf in buffers:
+        return sys.getrefcount(buf)
+    raise AssertionError("unreachable")
+
+
+# References to a free buffer while _take checks it (its slot in the pool's list, the loop name
+# and getrefcount's own argument: 3 on CPython 3.11), and to one that a caller also holds.
+_FREE_REFCOUNT = _probe([np.empty(0)], hold=False)
+_HELD_REFCOUNT = _probe([np.empty(0)], hold=True)
+
+
+def refcounts_decide() -> bool:
+    """Whether buffers are reused: reference counts are exact here (see the module docstring)."""
+    if sys.implementation.name != "cpython" or _HELD_REFCOUNT <= _FREE_REFCOUNT:
+        return False
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)  # Python 3.13+
+    return gil_enabled is None or bool(gil_enabled())
 
 
 def zeros(length: int, dtype: type | np.dtype = np.float64) -> np.ndarray:
@@ -73,7 +99,7 @@ def _take(length: int, dtype: type | np.dtype) -> tuple[np.ndarray, bool]:
     """A free pooled buffer (or a new zeroed one) and whether it is new."""
     dtype = np.dtype(dtype)
     length = int(length)
-    if length * dtype.itemsize < MIN_POOLED_BYTES:
+    if length * dtype.itemsize < MIN_POOLED_BYTES or not refcounts_decide():
         return np.zeros(length, dtype), True
     key = (length, dtype.str)
     with _lock:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 
 import aggkit as ak
@@ -106,3 +109,53 @@ def test_a_round_of_zero_clients_after_a_full_one_sums_to_zeros():
     del full  # back to the pool
     empty = process.next((), []).result
     np.testing.assert_array_equal(empty, np.zeros(n, np.float32))
+
+
+def test_buffers_are_reused_where_reference_counts_are_exact():
+    _buffers.clear()
+    assert _buffers.refcounts_decide()  # this CPython has a GIL
+    a = _buffers.zeros(N)
+    address = a.ctypes.data
+    del a
+    assert _buffers.zeros(N).ctypes.data == address
+
+
+def _allocates_afresh():
+    """Under the simulated interpreter: nothing is pooled, so nothing is handed out twice."""
+    _buffers.clear()
+    assert not _buffers.refcounts_decide()
+    a = _buffers.zeros(N)
+    a[:] = 1.0
+    view = a[:10]
+    del a
+    b = _buffers.empty(N)
+    b[:] = 2.0
+    c = _buffers.zeros(N)
+    assert not c.any()
+    assert (view == 1.0).all()  # the held view is never overwritten
+    assert not _buffers._pool
+
+
+def test_a_free_threaded_interpreter_allocates_afresh(monkeypatch):
+    # A free-threaded CPython may defer reference counts: a held buffer could look free.
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    _allocates_afresh()
+
+
+def test_another_implementation_allocates_afresh(monkeypatch):
+    monkeypatch.setattr(sys, "implementation", types.SimpleNamespace(name="pypy"))
+    _allocates_afresh()
+
+
+def test_a_mean_is_right_without_the_pool(monkeypatch):
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    _buffers.clear()
+    n = N + 3
+    process = ak.mean().create(ak.TensorSpec((n,), np.float32))
+    matrix = np.random.default_rng(2).normal(size=(3, n)).astype(np.float32)
+    weights = np.array([1.0, 2.0, 3.0])
+    first = process.next(process.initialize(), ak.ClientBatch(matrix, process.layout), weights)
+    second = process.next(process.initialize(), ak.ClientBatch(matrix, process.layout), weights)
+    assert not np.shares_memory(first.result, second.result)
+    expected = (weights @ matrix.astype(np.float64) / weights.sum()).astype(np.float32)
+    np.testing.assert_allclose(second.result, expected, rtol=1e-6)

@@ -5,12 +5,14 @@ Python wrapper that prepares buffers and calls them, and a ``*_numpy`` twin that
 result with plain NumPy; the tests compare the two with hypothesis.
 
 Modules are imported on first attribute access (``kernels.weighted_sum``), so ``import aggkit``
-does not import numba or compile anything.
+does not import numba or compile anything. Loading the first kernel module also sets up numba's
+thread pool (:func:`aggkit.kernels._jit.prepare_runtime`), before any kernel runs.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 
@@ -24,4 +26,7 @@ def __getattr__(name: str) -> ModuleType:
             raise
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     globals()[name] = module
+    jit = sys.modules.get(f"{__name__}._jit")
+    if jit is not None and not name.startswith("_"):  # a kernel module (limits is plain Python)
+        jit.prepare_runtime()
     return module

@@ -18,22 +18,32 @@ any kernel file invalidates the cached code of all of them. The cache sits in th
 
 Thread pool
 -----------
-Importing this module starts numba's thread pool, with libgomp's spin count raised to
-:data:`OMP_SPIN_COUNT` unless the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (or something
-started the pool first); see :func:`start_thread_pool`.
+Importing this module changes nothing in the process. The first time :mod:`aggkit.kernels` loads a
+kernel module (the first round that needs a kernel), it calls :func:`prepare_runtime`, which
+starts numba's thread pool with libgomp's spin count raised to :data:`OMP_SPIN_COUNT` unless the
+user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (or something started the pool first); see
+:func:`start_thread_pool`. A program that wants the pool up front calls ``prepare_runtime()``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numba
 
-__all__ = ["CACHE", "OMP_SPIN_COUNT", "kernel", "start_thread_pool", "threads_for"]
+__all__ = [
+    "CACHE",
+    "OMP_SPIN_COUNT",
+    "kernel",
+    "prepare_runtime",
+    "start_thread_pool",
+    "threads_for",
+]
 
 _KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -128,7 +138,24 @@ def start_thread_pool(parallel=None) -> bool:
     return True
 
 
-start_thread_pool()
+_runtime_lock = threading.Lock()
+_runtime_ready = False
+
+
+def prepare_runtime() -> None:
+    """Set up numba's runtime for aggkit's kernels, once per process (later calls return at once).
+
+    Starts the thread pool through :func:`start_thread_pool`. :mod:`aggkit.kernels` calls it when
+    it first loads a kernel module, so that the pool starts with aggkit's spin count before any
+    parallel kernel runs; importing aggkit or this module does not.
+    """
+    global _runtime_ready
+    if _runtime_ready:
+        return
+    with _runtime_lock:
+        if not _runtime_ready:
+            start_thread_pool()
+            _runtime_ready = True
 
 
 def kernel(

@@ -82,3 +82,28 @@ def test_numbas_openmp_workers_really_spin_longer():
     default, _ = _burnt({"GOMP_SPINCOUNT": "300000"})
     assert not leaked
     assert ours > 0.03 and default < 0.02, (ours, default)
+
+
+_TRIGGER = """
+import sys
+from numba.np.ufunc import parallel
+import aggkit
+from aggkit.kernels import _jit, limits
+print(parallel._is_initialized, "numba" in sys.modules)
+from aggkit import kernels
+kernels.divide_cast
+print(parallel._is_initialized)
+"""
+
+
+def test_the_pool_starts_when_the_first_kernel_module_loads_not_at_import():
+    env = {k: v for k, v in os.environ.items() if k not in _jit._USER_OMP_SETTINGS}
+    done = subprocess.run(
+        [sys.executable, "-c", _TRIGGER], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    after_import, after_kernel = done.stdout.splitlines()
+    # Importing aggkit, _jit (numba itself) and the plain-Python limits starts nothing ...
+    assert after_import == "False True"
+    # ... the first kernel module the package loads does.
+    assert after_kernel == "True"
