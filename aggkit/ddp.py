@@ -86,7 +86,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import _checks, dp
+from aggkit import _checks, dp, kernels
 from aggkit.discrete import inflated_l2_norm_bound, stochastic_round
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
@@ -515,8 +515,6 @@ class _CoreProcess(AggregationProcess):
         )
 
     def initialize(self) -> State:
-        from aggkit import kernels
-
         key = 0 if self.p.seed is None else kernels.counter_rng.seed_to_key(self.p.seed)
         query = {
             "l2_norm_clip": np.float64(self.p.clip),
@@ -541,8 +539,6 @@ class _CoreRound(Round):
     owns_result = True
 
     def __init__(self, process: _CoreProcess, state: State):
-        from aggkit import kernels
-
         rng = kernels.counter_rng
         self.process = process
         self.query = state["query_state"]
@@ -558,8 +554,6 @@ class _CoreRound(Round):
 
     def _encode(self, values: np.ndarray, client: int) -> np.ndarray:
         """One client's clipped, rotated values (float64) -> its residues modulo ``2**bits``."""
-        from aggkit import kernels
-
         process, p = self.process, self.process.p
         rng = kernels.counter_rng
         q, _ = stochastic_round(
