@@ -18,7 +18,8 @@ any kernel file invalidates the cached code of all of them. The cache sits in th
 
 Thread pool
 -----------
-Importing this module changes nothing in the process. The first time :mod:`aggkit.kernels` loads a
+Importing this module starts no thread and sets no environment variable (it only registers the
+cache locator above). The first time :mod:`aggkit.kernels` loads a
 kernel module (the first round that needs a kernel), it calls :func:`prepare_runtime`, which
 starts numba's thread pool with libgomp's spin count raised to :data:`OMP_SPIN_COUNT` unless the
 user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (or something started the pool first); see
