@@ -133,3 +133,25 @@ def test_paired_tree_aggregation_vs_gaussian_fixed(benchmark, case, efficient):
         nbytes=matrix.nbytes,
         reference_name="gaussian_fixed",
     )
+
+
+@pytest.mark.parametrize("mechanism", ["distributed_skellam", "distributed_dgauss"])
+def test_paired_distributed_dp_vs_probe(benchmark, case, mechanism):
+    """``ak.distributed_dp`` rounds (every client rotates, rounds and samples its own noise share)
+    against the probe, alternately. Goal: ``ratio >= 0.15``. Few rounds: a round is slow."""
+    shape, matrix = case
+    factory = ak.distributed_dp(
+        _noise_multiplier(shape[0]), shape[0], bits=20, clip=CLIP, mechanism=mechanism, seed=0
+    )
+    process = factory.create(ak.TensorSpec((shape[1],), np.float32))
+    batch = ak.ClientBatch(matrix, process.layout)
+    state = process.initialize()
+    w32 = np.ones(shape[0], np.float32)
+    paired(
+        benchmark,
+        lambda: w32 @ matrix,
+        lambda: process.next(state, batch),
+        group=f"dp-distributed|{shape_id(shape)}",
+        rounds=3,
+        nbytes=matrix.nbytes,
+    )
