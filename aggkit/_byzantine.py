@@ -32,14 +32,9 @@ def check_int(value, name: str, low: int) -> int:
 
 
 def check_floating(layout: Layout, who: str) -> None:
-    """TypeError naming the tensors of ``layout`` that are not float32/float64."""
-    bad = [
-        f"{p}: {s.dtype}"
-        for p, s in zip(layout.paths, layout.specs, strict=True)
-        if s.dtype not in (np.float32, np.float64)
-    ]
-    if bad:
-        raise TypeError(f"{who} needs float32 or float64 tensors; got {', '.join(bad)}")
+    """TypeError naming the tensors of ``layout`` that are not float32/float64 (the rule of
+    :func:`aggkit._checks.floating_layout` with ``kernel_floats``)."""
+    _checks.floating_layout(layout, who, kernel_floats=True)
 
 
 def require_clients(count: int, needed: int, who: str, why: str) -> None:

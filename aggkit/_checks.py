@@ -267,9 +267,19 @@ def unweighted_factory(value: Any, name: str) -> Factory:
     return result
 
 
-def floating_layout(layout: Layout, who: str) -> None:
-    """TypeError naming every non-floating tensor when ``who`` needs floating tensors."""
-    if not layout.is_floating:
+def floating_layout(layout: Layout, who: str, *, kernel_floats: bool = False) -> None:
+    """TypeError naming every tensor ``who`` cannot take: a non-floating one, or with
+    ``kernel_floats`` (rules whose kernels read the tensors in their own dtype) any tensor that is
+    not float32 or float64."""
+    if kernel_floats:
+        bad = [
+            f"{p}: {s.dtype}"
+            for p, s in zip(layout.paths, layout.specs, strict=True)
+            if s.dtype not in (np.float32, np.float64)
+        ]
+        if bad:
+            raise TypeError(f"{who} needs float32 or float64 tensors; got {', '.join(bad)}")
+    elif not layout.is_floating:
         bad = [
             f"{p}: {s.dtype}"
             for p, s in zip(layout.paths, layout.specs, strict=True)

@@ -234,3 +234,12 @@ def test_learning_rate_rule():
         _checks.learning_rate(0, "lr", geometric=True)
     with pytest.raises(ValueError, match=r"lr must be a number in \(0, 10\]"):
         _checks.learning_rate(top * 1.01, "lr", geometric=True)
+
+
+def test_rules_whose_kernels_read_the_tensors_take_float32_and_float64_only():
+    layout = ak.Layout({"h": ak.TensorSpec((2,), np.float16), "w": ak.TensorSpec((2,), np.float32)})
+    _checks.floating_layout(layout, "ak.mean")  # any float
+    with pytest.raises(TypeError, match=r"ak.median needs float32 or float64 tensors; got \['h'\]"):
+        _checks.floating_layout(layout, "ak.median", kernel_floats=True)
+    with pytest.raises(TypeError, match=r"float32 or float64 tensors; got \['h'\]: float16"):
+        ak.median().create(layout)
