@@ -75,7 +75,7 @@ import numpy as np
 
 from aggkit import _checks, dp, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
-from aggkit.structure import Layout
+from aggkit.structure import Layout, TensorSpec
 
 __all__ = ["TreeAggregationFactory", "tree_aggregation", "tree_dp_event"]
 
@@ -257,6 +257,8 @@ class TreeProcess(AggregationProcess):
         self.record = record
         self.factory = factory
         self.stats_needed = record.stats_needed | {"l2"}
+        #: One float64 vector of the model's size: the layout of the noise nodes.
+        self.noise_layout = Layout(TensorSpec((layout.size,), np.float64))
 
     def initialize(self) -> State:
         f = self.factory
@@ -356,9 +358,15 @@ class _TreeRound(Round):
         for level in range(closed):
             left = nodes.pop()
             levels.pop()
-            weight = _level_weight(level, f.efficient)
-            result -= left if weight == 1.0 else weight * left
-        weight = _level_weight(closed, f.efficient)
-        result += node if weight == 1.0 else weight * node
+            result -= self._weighted(left, _level_weight(level, f.efficient))
+        result += self._weighted(node, _level_weight(closed, f.efficient))
         levels.append(closed)
         nodes.append(node)
+
+    def _weighted(self, node: np.ndarray, weight: float) -> np.ndarray:
+        """``weight * node``, into a scratch vector reused across rounds (fresh pages cost)."""
+        if weight == 1.0:
+            return node
+        process = self.process
+        scratch = process.scratch_rows(1, process.noise_layout, name="tree_weighted")[0]
+        return np.multiply(node, weight, out=scratch)
