@@ -6,6 +6,7 @@ is where quantization and secure summation plug in: ``ak.mean(ak.quantized_sum()
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,27 @@ __all__ = [
 WEIGHT_LAYOUT = Layout(TensorSpec((), np.float64))
 #: The layout the count sum of ``ak.unweighted_mean`` is created for (TFF: int32).
 COUNT_LAYOUT = Layout(TensorSpec((), np.int32))
+#: Weights above ``2**MAX_WEIGHT_EXPONENT`` are scaled down by a power of two first (exact, and a
+#: mean depends on the ratios of the weights only): the weight total and every weighted float32
+#: value summed over up to ``2**63`` clients then stay finite in float64.
+MAX_WEIGHT_EXPONENT = 832
+
+
+def weight_shift(weights: np.ndarray) -> int:
+    """The power of two that weights are divided by so that none exceeds
+    ``2**MAX_WEIGHT_EXPONENT`` (0 for ordinary weights, which then keep their bits).
+
+    A weighted mean, and any rule built from weighted sums and their ratios, depends on the
+    weights' ratios only, and dividing by a power of two is exact, so the scaled weights give
+    the same result without overflowing float64.
+
+    >>> weight_shift(np.array([1.0, 1e6])), weight_shift(np.array([1e308]))
+    (0, 192)
+    """
+    top = float(weights.max()) if weights.size else 0.0
+    if top <= 2.0**MAX_WEIGHT_EXPONENT:
+        return 0
+    return math.frexp(top)[1] - MAX_WEIGHT_EXPONENT
 
 
 @dataclass(frozen=True)
@@ -142,12 +164,32 @@ class _MeanRound(Round):
         self.weight_round = weight_round
         self.no_nan_division = no_nan_division
         self.dtype = dtype
+        #: Weights are divided by ``2**shift`` (0 unless some weight exceeds the limit).
+        self.shift = 0
+        self.started = False
+
+    def _scale(self, weights: np.ndarray) -> np.ndarray:
+        """``weights`` divided by ``2**shift``, the shift set by the round's first block."""
+        need = weight_shift(weights)
+        if need > self.shift:
+            if self.started:
+                raise OverflowError(
+                    f"a weight of {float(weights.max())} came after the first block of a "
+                    "streamed round, whose weights were scaled for at most "
+                    f"2**{MAX_WEIGHT_EXPONENT + self.shift}; pass the round as a sequence or "
+                    "ClientBatch"
+                )
+            self.shift = need
+        self.started = True
+        return np.ldexp(weights, -self.shift) if self.shift else weights
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        weights = self._scale(weights)
         self.value_round.add(block.scaled(weights), None)
         self.weight_round.add(_weight_block(block, weights), None)
 
     def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
+        weights = self._scale(weights)
         # The value sum may keep its last block and divide in the same pass (finish_divided).
         self.value_round.add_last(block.scaled(weights), None)
         self.weight_round.add_last(_weight_block(block, weights), None)

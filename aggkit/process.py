@@ -503,6 +503,7 @@ class AggregationProcess(ABC):
                     f"the batch's layout {values.layout!r} does not match the process's "
                     f"{self.layout!r}"
                 )
+            values.layout.check_rows(values.matrix)  # a filled matrix: no one packed it
             checked = _check_weights(weights, values.num_clients)
             yield Contributions(values, needs=needs), checked, True
             return

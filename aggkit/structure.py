@@ -214,13 +214,14 @@ def _client_array(leaf: Any, spec: TensorSpec, client: int | None, path: str) ->
                 client=client,
                 path=path,
             )
-        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+        integers = array.dtype.kind in "iu" and spec.dtype.kind in "iu"  # range-checked below
+        if not integers and not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
             raise InvalidUpdateError(
                 f"a {array.dtype} value cannot become the template's {spec.dtype}",
                 client=client,
                 path=path,
             )
-        array = array.astype(spec.dtype)
+        array = _narrow(array, spec.dtype, client, path)
     if array.shape != spec.shape:
         raise InvalidUpdateError(
             f"shape {array.shape} does not match the template's {spec.shape}",
@@ -228,6 +229,35 @@ def _client_array(leaf: Any, spec: TensorSpec, client: int | None, path: str) ->
             path=path,
         )
     return array
+
+
+def _narrow(array: np.ndarray, dtype: np.dtype, client: int | None, path: str) -> np.ndarray:
+    """``array`` (a Python number or list, so of NumPy's default dtype) cast to ``dtype``, or
+    InvalidUpdateError when a value does not fit: ``astype`` would wrap an integer (``2**40``
+    into int32 is 0) or overflow a finite float to Inf (``1e40`` into float32)."""
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidUpdateError(
+                f"value {bad} does not fit the template's {dtype} (range [{info.min}, {info.max}])",
+                client=client,
+                path=path,
+            )
+        return array.astype(dtype)
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if dtype.kind == "f" and array.size:
+        overflow = np.isinf(cast) & np.isfinite(array)
+        if overflow.any():
+            bad = array[overflow].flat[0]
+            raise InvalidUpdateError(
+                f"value {bad} does not fit the template's {dtype} (it would become Inf)",
+                client=client,
+                path=path,
+            )
+    return cast
 
 
 class Layout:
@@ -356,6 +386,10 @@ class Layout:
         nearest integer first when the vector is floating. Scalar tensors come back as NumPy
         scalars. With ``copy=False``, a tensor whose dtype the vector already has is returned as
         a view of it (for a vector nothing else will write to).
+
+        Nothing wraps: a value outside an integer tensor's range (or not finite), or a finite
+        value that would become Inf in a narrower float dtype, raises OverflowError naming the
+        tensor (an aggregate that does not fit its template's dtype).
         """
         vector = np.asarray(vector)
         if vector.shape != (self.size,):
@@ -363,11 +397,49 @@ class Layout:
         leaves = []
         for i, spec in enumerate(self.specs):
             segment = vector[self.offsets[i] : self.offsets[i + 1]]
-            if spec.dtype.kind in "iu" and segment.dtype.kind == "f":
-                segment = np.rint(segment)
-            array = segment.astype(spec.dtype, copy=copy).reshape(spec.shape)
+            if spec.dtype.kind in "iu":
+                _check_int_fits(segment, spec.dtype, self.paths[i])
+                if segment.dtype.kind == "f":
+                    segment = np.rint(segment)
+                array = segment.astype(spec.dtype, copy=copy)
+            elif spec.dtype.itemsize < segment.dtype.itemsize:
+                with np.errstate(over="ignore"):
+                    array = segment.astype(spec.dtype, copy=copy)
+                if np.isinf(array).any():
+                    _check_float_fits(segment, array, self.paths[i])
+            else:
+                array = segment.astype(spec.dtype, copy=copy)
+            array = array.reshape(spec.shape)
             leaves.append(array[()] if spec.shape == () else array)
         return _build(self._treedef, leaves)
+
+    def check_rows(self, matrix: np.ndarray, *, first_client: int = 0) -> None:
+        """Raise InvalidUpdateError for the first client row holding a value outside its integer
+        tensor's range (for a matrix filled directly, as a :class:`ClientBatch`'s is).
+
+        Packing (:meth:`flatten`) checks every value already; this is for matrices it did not
+        write. Only integer tensors narrower than the matrix can hold such values, so a float
+        layout, or one whose integer tensors are all int64, costs nothing.
+        """
+        for t, spec in enumerate(self.specs):
+            if spec.dtype.kind not in "iu" or spec.dtype == matrix.dtype:
+                continue
+            segment = matrix[:, self.tensor_slice(t)]
+            if not segment.size:
+                continue
+            info = np.iinfo(spec.dtype)
+            with np.errstate(invalid="ignore"):
+                bad = (segment < info.min) | (segment > info.max) | (segment != segment)
+            rows = np.flatnonzero(bad.any(axis=1))
+            if rows.size:
+                row = int(rows[0])
+                value = segment[row][bad[row]][0]
+                raise InvalidUpdateError(
+                    f"value {value} does not fit the template's {spec.dtype} "
+                    f"(range [{info.min}, {info.max}])",
+                    client=first_client + row,
+                    path=self.paths[t],
+                )
 
     def pack(self, clients: Sequence[Any], *, out: np.ndarray | None = None) -> ClientBatch:
         """Validate and stack client structures into a :class:`ClientBatch`.
@@ -397,6 +469,35 @@ class Layout:
     def empty_batch(self, num_clients: int) -> ClientBatch:
         """An uninitialized batch for ``num_clients`` clients, for callers that fill rows."""
         return ClientBatch(np.empty((int(num_clients), self.size), dtype=self.dtype), self)
+
+
+def _check_int_fits(segment: np.ndarray, dtype: np.dtype, path: str) -> None:
+    """OverflowError unless every value of an aggregate ``segment`` fits integer ``dtype``."""
+    if not segment.size or segment.dtype == dtype:
+        return
+    info = np.iinfo(dtype)
+    low, high = segment.min(), segment.max()
+    if segment.dtype.kind == "f":
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise OverflowError(
+                f"the aggregate of tensor {path} is not finite; it cannot be {dtype}"
+            )
+        low, high = np.rint(low), np.rint(high)
+    if low < info.min or high > info.max:
+        raise OverflowError(
+            f"the aggregate of tensor {path} does not fit {dtype}: values in [{low}, {high}], "
+            f"the dtype holds [{info.min}, {info.max}]"
+        )
+
+
+def _check_float_fits(segment: np.ndarray, cast: np.ndarray, path: str) -> None:
+    """OverflowError when a finite value of ``segment`` became Inf in ``cast``."""
+    overflow = np.isinf(cast) & np.isfinite(segment)
+    if overflow.any():
+        raise OverflowError(
+            f"the aggregate of tensor {path} does not fit {cast.dtype}: "
+            f"{segment[overflow][0]} would become Inf"
+        )
 
 
 def _matrix_dtype(specs: Sequence[TensorSpec]) -> np.dtype:

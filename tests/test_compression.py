@@ -275,9 +275,12 @@ def test_constant_and_small_tensors_are_exact():
 def test_integer_tensors_are_summed_exactly():
     process = quantized_sum(threshold=0).create(ak.TensorSpec((25_000,), np.int32))
     assert not process.quantized.any() and process.stats_needed == frozenset()
-    values = np.random.default_rng(0).integers(-(2**30), 2**30, (3, 25_000)).astype(np.int32)
+    values = np.random.default_rng(0).integers(-(2**29), 2**29, (3, 25_000)).astype(np.int32)
     out = process.next(process.initialize(), list(values))
-    np.testing.assert_array_equal(out.result, values.astype(np.int64).sum(axis=0).astype(np.int32))
+    np.testing.assert_array_equal(out.result, values.astype(np.int64).sum(axis=0))
+    values[:, 7] = 2**30  # 3 * 2**30 does not fit int32: an error, not a wrapped sum
+    with pytest.raises(OverflowError, match="does not fit int32"):
+        process.next(process.initialize(), list(values))
 
 
 # -- composition --------------------------------------------------------------------------------

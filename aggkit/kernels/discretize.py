@@ -21,8 +21,9 @@ the wrappers refuse a call whose clients could exceed int64; modular accumulator
 nor the column block size, and the NumPy twins give the same accumulator.
 
 Each pass also reports, per row, how many elements lay above ``hi`` and below ``lo`` (an Inf is
-simply above or below) and, for float rows, how many were NaN; a secure sum with constant bounds
-needs no separate statistics pass.
+above or below too) and, for float rows, how many were NaN or +-Inf (a secure sum refuses both;
+Inf is looked for only in the row blocks where something was clipped, while they are in cache);
+a secure sum with constant bounds needs no separate statistics pass.
 
 How the float pass is fast. Written literally, with saturating int64 casts per element, it would
 run at a fraction of the weighted sum's speed; three choices bring it close to that speed
@@ -110,6 +111,15 @@ def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - co
     return code
 
 
+@kernel
+def _count_inf(x):  # pragma: no cover - compiled
+    """The number of +-Inf in ``x`` (run only for rows that had values clipped)."""
+    count = 0
+    for j in range(x.shape[0]):
+        count += np.isinf(x[j])
+    return count
+
+
 @kernel(parallel=True)
 def _discretize_float(
     matrix, rows, coef, lo, hi, scale, low, high, shift, general, out, flags, nan_columns, block
@@ -164,6 +174,16 @@ def _discretize_float(
             flags[b, i + 1, 1] = b1
             flags[b, i + 2, 1] = b2
             flags[b, i + 3, 1] = b3
+            # An Inf is clipped like any large value: look for one only where something was
+            # clipped, while the block's rows are still in cache.
+            if a0 + b0:
+                flags[b, i, 2] = _count_inf(x0)
+            if a1 + b1:
+                flags[b, i + 1, 2] = _count_inf(x1)
+            if a2 + b2:
+                flags[b, i + 2, 2] = _count_inf(x2)
+            if a3 + b3:
+                flags[b, i + 3, 2] = _count_inf(x3)
             i += 4
         while i < num_rows:
             x0 = matrix[rows[i], start:stop]
@@ -176,6 +196,8 @@ def _discretize_float(
                 total[j] += _code(v0, lo, hi, scale, low, high, shift, general)
             flags[b, i, 0] = a0
             flags[b, i, 1] = b0
+            if a0 + b0:
+                flags[b, i, 2] = _count_inf(x0)
             i += 1
         acc = out[start:stop]
         bad = 0
@@ -243,7 +265,8 @@ def discretize_sum(
     -------
     numpy.ndarray
         ``int64[K, 3]``: per row, the number of elements of ``coef[i] * matrix[i]`` above ``hi``
-        (Inf included), below ``lo`` (-Inf included), and NaN.
+        (Inf included), below ``lo`` (-Inf included), and NaN or +-Inf (the non-finite values the
+        caller refuses).
 
     Examples
     --------
@@ -295,9 +318,10 @@ def discretize_sum(
                 block,
             )
         partials[:, part] = chunk
-    if nan_columns.any():  # rare (an error for the caller): count NaNs per row exactly
+    if nan_columns.any():  # rare (an error for the caller): count NaN and Inf per row exactly
         for i, r in enumerate(rows):
-            partials[0, i, 2] = np.isnan(matrix[r]).sum()
+            partials[:, i, 2] = 0
+            partials[0, i, 2] = (~np.isfinite(matrix[r])).sum()
     return _combine(partials, rows, coef, _zero_row_flags(0.0, lo, hi, n))
 
 
@@ -352,7 +376,7 @@ def discretize_rows_numpy(
 
 def clip_flags_numpy(matrix: np.ndarray, coef: np.ndarray, lo, hi) -> np.ndarray:
     """``int64[K, 3]``: per row, elements of ``coef[i] * matrix[i]`` above ``hi``, below ``lo``,
-    and NaN (float rows). Coefficient-0 rows hold exact zeros."""
+    and NaN or +-Inf in ``matrix[i]`` (float rows). Coefficient-0 rows hold exact zeros."""
     flags = np.zeros((matrix.shape[0], 3), dtype=np.int64)
     for i in range(matrix.shape[0]):
         if coef[i] == 0:
@@ -361,7 +385,7 @@ def clip_flags_numpy(matrix: np.ndarray, coef: np.ndarray, lo, hi) -> np.ndarray
             x = matrix[i].astype(np.float64)
             with np.errstate(invalid="ignore", over="ignore"):
                 v = coef[i] * x
-            flags[i] = [(v > hi).sum(), (v < lo).sum(), np.isnan(x).sum()]
+            flags[i] = [(v > hi).sum(), (v < lo).sum(), (~np.isfinite(x)).sum()]
         else:
             flags[i] = [(matrix[i] > hi).sum(), (matrix[i] < lo).sum(), 0]
     return flags

@@ -53,6 +53,18 @@ class SecureModularSumFactory(Factory):
         if layout.num_tensors == 0 or not all(s.dtype.kind in "iu" for s in layout.specs):
             kinds = ", ".join(str(s.dtype) for s in layout.specs) or "no tensors"
             raise TypeError(f"secure_modular_sum sums integer tensors only, got {kinds}")
+        # Results are in [0, m - 1] (or [-(m - 1), m - 1]): refuse a template that cannot hold
+        # them, rather than wrap them into another residue at the cast.
+        lowest = -(self.modulus - 1) if self.symmetric_range else 0
+        for path, spec in zip(layout.paths, layout.specs, strict=True):
+            info = np.iinfo(spec.dtype)
+            if lowest < info.min or self.modulus - 1 > info.max:
+                kind = "symmetric_range results" if self.symmetric_range else "results"
+                raise ValueError(
+                    f"modulus {self.modulus} gives {kind} in [{lowest}, {self.modulus - 1}], "
+                    f"which tensor {path} of dtype {spec.dtype} cannot hold "
+                    f"([{info.min}, {info.max}])"
+                )
         return SecureModularSumProcess(layout, self.channel_modulus(), self.symmetric_range)
 
 
@@ -81,7 +93,9 @@ def secure_modular_sum(modulus: int, symmetric_range: bool = False) -> SecureMod
         ``modulus`` is not an int, ``symmetric_range`` not a bool, or (at ``create``) the template
         has non-integer tensors.
     ValueError
-        ``modulus <= 0``, or the channel's modulus would exceed ``2**62``.
+        ``modulus <= 0``, or the channel's modulus would exceed ``2**62``; at ``create``, a
+        result in ``[0, modulus - 1]`` (``[-(modulus - 1), modulus - 1]`` with
+        ``symmetric_range``) would not fit a tensor's dtype.
 
     Examples
     --------

@@ -230,6 +230,8 @@ def dequantize(
     ------
     ValueError
         ``total`` is outside ``[0, (2**32 - 1) * num_summands]``.
+    OverflowError
+        An integer sum does not fit ``dtype`` (integers never wrap).
 
     Examples
     --------
@@ -245,13 +247,13 @@ def dequantize(
         return FloatCode.of(lo, hi, dtype).decode(total, num_summands).astype(dtype)
     divisor = _int_divisor(lo, hi, dtype)
     shifted = total.astype(object) * divisor + num_summands * lo
-    return _wrap_int64(shifted).astype(dtype)
-
-
-def _wrap_int64(values: np.ndarray) -> np.ndarray:
-    """Python integers reduced to int64 two's complement (what an int64 sum would hold)."""
-    as_list = [((int(v) + 2**63) % 2**64) - 2**63 for v in np.ravel(values)]
-    return np.asarray(as_list, dtype=np.int64).reshape(np.shape(values))
+    info = np.iinfo(dtype)
+    if shifted.size and (min(shifted.flat) < info.min or max(shifted.flat) > info.max):
+        raise OverflowError(
+            f"the sum of {num_summands} values does not fit {dtype}: values in "
+            f"[{min(shifted.flat)}, {max(shifted.flat)}]"
+        )
+    return shifted.astype(dtype)
 
 
 def secure_quantized_sum(values: Any, lower_bound: Any, upper_bound: Any) -> np.ndarray:
@@ -484,6 +486,29 @@ class SecureSumProcess(AggregationProcess):
         return (self.upper.next(state[0], maximum), self.lower.next(state[1], minimum))
 
 
+def _int_result(total: np.ndarray, offset: int, layout: Layout) -> np.ndarray:
+    """``total + offset`` (the sum of the codes plus ``num * lo``) as int64, exactly.
+
+    OverflowError when a sum does not fit int64 (narrower tensors are checked against their own
+    dtype when the result is unflattened): integer sums never wrap.
+    """
+    if total.size == 0:
+        return total.astype(np.int64)
+    low, high = int(total.min()) + offset, int(total.max()) + offset
+    if low < _INT64_MIN or high > _INT64_MAX:
+        exact = total.astype(object) + offset
+        path = next(
+            layout.paths[t]
+            for t in range(layout.num_tensors)
+            if any(not _INT64_MIN <= v <= _INT64_MAX for v in exact[layout.tensor_slice(t)])
+        )
+        raise OverflowError(
+            f"the secure sum of tensor {path} does not fit int64: values in [{low}, {high}]"
+        )
+    # Within int64: the two's-complement sum of the uint64 views is exact.
+    return (total.view(np.uint64) + np.uint64(offset % 2**64)).view(np.int64)
+
+
 class _SecureSumRound(Round):
     def __init__(self, process: SecureSumProcess, state: State, lo: Any, hi: Any):
         self.process = process
@@ -566,9 +591,7 @@ class _SecureSumRound(Round):
         total = self.values.finish()
         num, above, below = (int(v) for v in self.counts.finish())
         if self.code is None:
-            # total + num * lo, in int64 two's complement like an int64 sum of the values.
-            offset = np.uint64((num * self.lo) % 2**64)
-            result = (total.view(np.uint64) + offset).view(np.int64)
+            result = _int_result(total, num * self.lo, self.process.layout)
         else:
             _check_total(total, num)
             result = self.code.decode(total, num)

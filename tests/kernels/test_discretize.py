@@ -74,7 +74,7 @@ def test_float_codes_are_in_range_and_count_every_client(matrix, bounds):
     assert (out >= 0).all() and (out <= MAX_CODE * matrix.shape[0]).all()
 
 
-def test_infinities_are_clipped_and_counted_and_nan_is_reported():
+def test_infinities_are_clipped_and_reported_as_non_finite_like_nan():
     matrix = np.array(
         [[np.inf, 0.5, -np.inf], [1.0, 2.0, 3.0], [0.0, np.nan, 0.0]], dtype=np.float32
     )
@@ -82,9 +82,9 @@ def test_infinities_are_clipped_and_counted_and_nan_is_reported():
     for coef in (np.ones(3), np.array([1.0, 0.5, 2.0])):
         ours, twin, flags, twin_flags = _both(matrix, coef, code)
         np.testing.assert_array_equal(flags, twin_flags)
-        assert flags[0].tolist() == [1, 1, 0]
+        assert flags[0].tolist() == [1, 1, 2]  # clipped, and both reported (issue 20, item 5)
         assert flags[2].tolist() == [0, 0, 1]
-    # Without the NaN row the accumulators agree; Inf became the bounds.
+    # The accumulators agree anyway; Inf became the bounds (callers refuse the row).
     ours, twin, flags, _ = _both(matrix[:2], np.ones(2), code)
     np.testing.assert_array_equal(ours, twin)
     assert ours[0] == MAX_CODE + MAX_CODE and ours[2] == 0 + MAX_CODE

@@ -80,7 +80,7 @@ def test_struct_sum():
 
 @given(
     st.lists(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=2, max_size=2), max_size=10),
-    st.one_of(st.integers(1, 100), st.integers(1, 2**40)),
+    st.one_of(st.integers(1, 100), st.integers(1, 2**31)),  # results must fit int32
     st.booleans(),
 )
 def test_equals_python_integer_sums(rows, modulus, symmetric):
@@ -91,8 +91,7 @@ def test_equals_python_integer_sums(rows, modulus, symmetric):
     expected = [sum(col) % m for col in zip(*rows, strict=True)] if rows else [0, 0]
     if symmetric:
         expected = [r - m if r >= modulus else r for r in expected]
-    # int32 results wrap like any int32 arithmetic; compare in int64 before the cast.
-    assert out.result.tolist() == np.array(expected, np.int64).astype(np.int32).tolist()
+    assert out.result.tolist() == expected
     with channels.using_backend(ProtocolLikeBackend()):
         assert proc.next((), values).result.tolist() == out.result.tolist()
 
