@@ -43,9 +43,12 @@ run at a fraction of the weighted sum's speed; three choices bring it close to t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 
@@ -280,6 +283,7 @@ def discretize_sum(
     array([3221225472, 5368709120, 6442450944])
     """
     _check_float_args(matrix, coef, out)
+    block = _args.block(block)
     rows = _active_rows(coef)
     num_zero = coef.shape[0] - rows.shape[0]
     if num_zero:
@@ -325,13 +329,17 @@ def discretize_sum(
     return _combine(partials, rows, coef, _zero_row_flags(0.0, lo, hi, n))
 
 
+def _check_rows(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray, dtype: Any) -> None:
+    """The arrays every entry point takes: ``[K, n]`` rows, ``[K]`` coefficients, ``int64[n]``."""
+    _args.array(matrix, "matrix", dtype=dtype, ndim=2)
+    _args.array(coef, "coef", dtype=(np.float64, np.int64), shape=(matrix.shape[0],))
+    _args.array(out, "out", dtype=np.int64, shape=(matrix.shape[1],), writeable=True)
+
+
 def _check_float_args(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray) -> None:
-    if matrix.dtype.kind != "f":
-        raise TypeError(f"matrix must be floating point, got {matrix.dtype}")
-    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
-        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
-    if coef.shape != (matrix.shape[0],):
-        raise ValueError(f"coef must have one entry per row ({matrix.shape[0]}), got {coef.shape}")
+    _check_rows(matrix, coef, out, (np.float32, np.float64))
+    if coef.dtype != np.float64:
+        raise TypeError(f"coef must be float64 for float rows, got {coef.dtype}")
 
 
 def encode_float_numpy(
@@ -442,12 +450,7 @@ def _discretize_int(matrix, rows, lo, hi, divisor, out, flags, block):  # pragma
 def _check_int_args(
     matrix: np.ndarray, coef: np.ndarray, out: np.ndarray, lo: int, hi: int, divisor: int
 ) -> np.ndarray:
-    if matrix.dtype != np.int64:
-        raise TypeError(f"matrix must be int64, got {matrix.dtype}")
-    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
-        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
-    if coef.shape != (matrix.shape[0],):
-        raise ValueError(f"coef must have one entry per row ({matrix.shape[0]}), got {coef.shape}")
+    _check_rows(matrix, coef, out, np.int64)
     if not np.isin(coef, (0, 1)).all():
         raise ValueError("integer rows take coefficients 0 or 1 only")
     if not INT64_MIN <= lo <= hi <= INT64_MAX:
@@ -506,6 +509,7 @@ def discretize_sum_int(
     array([0, 1, 2])
     """
     rows = _check_int_args(matrix, coef, out, lo, hi, divisor)
+    block = _args.block(block)
     num_zero = coef.shape[0] - rows.shape[0]
     if num_zero:
         out += num_zero * int(encode_int_numpy(np.zeros(1, np.int64), lo, hi, divisor)[0])
@@ -596,10 +600,8 @@ def modular_sum(
     >>> modular_sum(np.array([[-1, 7], [22, 220]]), np.ones(2), 22, out)
     array([21,  7])
     """
-    if matrix.dtype != np.int64:
-        raise TypeError(f"matrix must be int64, got {matrix.dtype}")
-    if out.dtype != np.int64 or out.shape != (matrix.shape[1],):
-        raise ValueError(f"out must be int64[{matrix.shape[1]}], got {out.dtype}{list(out.shape)}")
+    _check_rows(matrix, coef, out, np.int64)
+    block = _args.block(block)
     if not 1 <= modulus <= MAX_MODULUS:
         raise ValueError(f"modulus must be in [1, 2**62], got {modulus}")
     if not np.isin(coef, (0, 1)).all():

@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel
-from aggkit.kernels.counter_rng import rademacher, rademacher_numpy
+from aggkit.kernels.counter_rng import _as_key, rademacher, rademacher_numpy
 
 __all__ = [
     "fill_signs",
@@ -265,16 +266,42 @@ def fwht(x: np.ndarray) -> np.ndarray:
     """
     if x.ndim != 1 or (x.size & (x.size - 1)):
         raise ValueError(f"fwht needs a 1-D array of power-of-two length, got shape {x.shape}")
-    if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
-        raise TypeError("fwht needs a C-contiguous float32 or float64 array")
+    _args.array(x, "x", dtype=(np.float32, np.float64), ndim=1, writeable=True)
     _fwht_parallel(x)
     return x
 
 
 def fill_signs(out: np.ndarray, key: int) -> np.ndarray:
     """Fill ``int8`` ``out`` with random signs: ``out[j] = rademacher(key, j)``."""
-    _fill_signs(np.uint64(key), out)
+    _args.array(out, "out", dtype=np.int8, ndim=1, writeable=True)
+    _fill_signs(_as_key(key), out)
     return out
+
+
+def _check_rotation(
+    offsets: np.ndarray,
+    padded: np.ndarray,
+    signs: np.ndarray,
+    sign_offsets: np.ndarray,
+    columns: int,
+    padded_columns: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tensor boundaries of a rotation, checked against the arrays they index."""
+    offsets = _args.offsets(offsets, columns)
+    padded = _args.offsets(padded, padded_columns, "padded")
+    if padded.shape != offsets.shape:
+        raise ValueError(f"padded must have {offsets.size} entries, got {padded.size}")
+    sizes, padded_sizes = np.diff(offsets), np.diff(padded)
+    if ((padded_sizes < sizes) | (padded_sizes & (padded_sizes - 1) != 0)).any():
+        raise ValueError("padded sizes must be powers of two no smaller than the tensors' sizes")
+    _args.array(signs, "signs", dtype=np.int8, ndim=1)
+    _args.array(sign_offsets, "sign_offsets", dtype=np.int64, shape=(offsets.size - 1, None))
+    ends = sign_offsets + padded_sizes[:, None]
+    if sign_offsets.size and ((sign_offsets < 0).any() or ends.max() > signs.size):
+        raise ValueError(
+            f"signs must hold every tensor's signs ({int(ends.max())}), got {signs.size}"
+        )
+    return offsets, padded
 
 
 def rotate_rows(
@@ -311,6 +338,14 @@ def rotate_rows(
     >>> np.round(y * np.sqrt(2), 12)  # (3 + 4, 3 - 4)
     array([[ 7., -1.]])
     """
+    _args.array(matrix, "matrix", dtype=(np.float32, np.float64, np.int64), ndim=2)
+    _args.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
+    _args.array(out, "out", dtype=(np.float32, np.float64), ndim=2, writeable=True)
+    if out.shape[0] != matrix.shape[0]:
+        raise ValueError(f"out must have a row per client ({matrix.shape[0]}), got {out.shape}")
+    offsets, padded = _check_rotation(
+        offsets, padded, signs, sign_offsets, matrix.shape[1], out.shape[1]
+    )
     active = coef != 0
     out[~active] = 0
     rows = np.flatnonzero(active).astype(np.int64)
@@ -332,6 +367,9 @@ def unrotate(
     ``vector`` (``float64[N]``, padded layout) is overwritten; tensor ``t`` lands in
     ``out[offsets[t]:offsets[t + 1]]``.
     """
+    _args.array(vector, "vector", dtype=np.float64, ndim=1, writeable=True)
+    _args.array(out, "out", dtype=(np.float32, np.float64), ndim=1, writeable=True)
+    offsets, padded = _check_rotation(offsets, padded, signs, sign_offsets, out.size, vector.size)
     for t in range(len(offsets) - 1):
         y = vector[padded[t] : padded[t + 1]]
         d = y.size

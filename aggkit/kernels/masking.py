@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel
 
 __all__ = [
@@ -173,7 +174,7 @@ def add_mod(
     >>> add_mod(acc, np.array([1, 21], np.uint32), 22, subtract=True)
     array([21, 20], dtype=uint32)
     """
-    _check_pair(acc, values, modulus)
+    _check_pair(acc, values, modulus, "values")
     if modulus & (modulus - 1) == 0:
         # A power of two (2**64 included, which a uint64 cannot hold): mask, no branches.
         _add_words_pow2(acc, values, np.uint64(modulus - 1), bool(subtract), _full(acc, modulus))
@@ -257,11 +258,8 @@ def add_words_rejection(
     >>> acc
     array([1, 1], dtype=uint32)
     """
-    if not isinstance(acc, np.ndarray) or not isinstance(words, np.ndarray):
-        raise TypeError("acc and words must be numpy arrays")
-    if words.dtype != acc.dtype or words.ndim != 1:
-        raise TypeError(f"words must be 1-D {acc.dtype}, got {words.ndim}-D {words.dtype}")
     _check_acc(acc, modulus)
+    _args.array(words, "words", dtype=acc.dtype, ndim=1)
     if not 0 <= start <= acc.shape[0]:
         raise ValueError(f"start must be in [0, {acc.shape[0]}], got {start}")
     if modulus & (modulus - 1) == 0:
@@ -295,20 +293,14 @@ def _full(acc: np.ndarray, modulus: int) -> bool:
 
 
 def _check_acc(acc: np.ndarray, modulus: int) -> None:
-    if acc.dtype not in (np.uint32, np.uint64) or acc.ndim != 1:
-        raise TypeError(f"acc must be a 1-D uint32 or uint64 array, got {acc.ndim}-D {acc.dtype}")
-    if not acc.flags.writeable:
-        raise ValueError("acc must be writeable")
+    _args.array(acc, "acc", dtype=(np.uint32, np.uint64), ndim=1, writeable=True)
     bits = acc.dtype.itemsize * 8
     if not 2 <= modulus <= 1 << bits:
         raise ValueError(f"modulus must be in [2, 2**{bits}] for {acc.dtype}, got {modulus}")
 
 
-def _check_pair(acc: np.ndarray, words: np.ndarray, modulus: int) -> None:
-    if not isinstance(acc, np.ndarray) or not isinstance(words, np.ndarray):
-        raise TypeError("acc and words must be numpy arrays")
+def _check_pair(acc: np.ndarray, words: np.ndarray, modulus: int, name: str = "words") -> None:
     _check_acc(acc, modulus)
-    if words.dtype != acc.dtype or words.ndim != 1:
-        raise TypeError(f"words must be 1-D {acc.dtype}, got {words.ndim}-D {words.dtype}")
-    if words.shape[0] < acc.shape[0]:
-        raise ValueError(f"words has {words.shape[0]} values, acc needs {acc.shape[0]}")
+    _args.array(words, name, dtype=acc.dtype, ndim=1)
+    if words.shape[0] < acc.shape[0]:  # the kernels read one per accumulator entry
+        raise ValueError(f"{name} has {words.shape[0]} values, acc needs {acc.shape[0]}")

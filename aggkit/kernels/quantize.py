@@ -55,6 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 from aggkit.kernels.limits import WORD_BITS
@@ -442,8 +443,30 @@ def quantized_row_sum(
     True
     """
     top = _check_top(bits)
+    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    k, n = matrix.shape
+    _args.array(coef, "coef", dtype=np.float64, shape=(k,))
+    offsets = _args.offsets(offsets, n)
+    t = offsets.size - 1
+    _args.array(quantize, "quantize", dtype=np.bool_, shape=(t,))
+    for name, value in (("lo", lo), ("scale", scale), ("step", step)):
+        _args.array(value, name, dtype=np.float64, shape=(k, t))
+    _args.array(acc, "acc", dtype=np.float64, shape=(n,), writeable=True)
     if tasks is None:
         tasks = stream_tasks(offsets)
+    else:  # each task must start inside its tensor
+        owner, start = (np.asarray(a, dtype=np.int64) for a in tasks)
+        if owner.shape != start.shape or (
+            owner.size
+            and (
+                owner.min() < 0
+                or owner.max() >= t
+                or (start < offsets[np.clip(owner, 0, t)]).any()
+                or (start >= offsets[np.clip(owner + 1, 0, t)]).any()
+            )
+        ):
+            raise ValueError("tasks must be stream_tasks(offsets)")
+        tasks = (owner, start)
     rows = np.flatnonzero(coef).astype(np.int64)
     per_block, inv = _stream_shape(bits)
     if rows.size and tasks[0].size:
@@ -490,8 +513,11 @@ def stochastic_levels(
     """
     top = _check_top(bits)
     x = np.ascontiguousarray(x).reshape(-1)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if out is None:
         out = np.empty(x.size, dtype=np.uint32)
+    _args.array(out, "out", dtype=np.uint32, shape=(x.size,), writeable=True)
     per_block, inv = _stream_shape(bits)
     if x.size:
         _stochastic_levels(
@@ -518,6 +544,11 @@ def pack_bits(values: np.ndarray, bits: int, out: np.ndarray | None = None) -> n
     array([197121], dtype=int32)
     """
     _check_top(bits)
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"values must be integers, got {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+        raise ValueError(f"values must be in [0, 2**{bits}), got [{values.min()}, {values.max()}]")
     values = np.ascontiguousarray(values, dtype=np.uint32).reshape(-1)
     size = packed_words(values.size, bits)
     if out is None:
@@ -548,6 +579,7 @@ def unpack_bits(
         )
     if out is None:
         out = np.empty(count, dtype=np.uint32)
+    _args.array(out, "out", dtype=np.uint32, shape=(count,), writeable=True)
     if count:
         _unpack_bits(words, int(bits), _group(bits), out)
     return out

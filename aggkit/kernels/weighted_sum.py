@@ -26,6 +26,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.divide_cast import divide_cast_numpy
 
@@ -119,6 +120,20 @@ def _weighted_row_sum(
                 dst[j] = out[j] / denominator
 
 
+def _check_sum_args(
+    matrix: np.ndarray, coef: np.ndarray, acc: np.ndarray, *, compiled: bool = True
+) -> None:
+    """The arrays of a weighted row sum: float rows into float64, integer rows into int64
+    (a strided matrix is fine for the NumPy path, ``compiled=False``)."""
+    _args.array(
+        matrix, "matrix", dtype=(np.float32, np.float64, np.int64), ndim=2, contiguous=compiled
+    )
+    k, n = matrix.shape
+    integer = matrix.dtype == np.int64
+    _args.array(coef, "coef", dtype=np.int64 if integer else np.float64, shape=(k,))
+    _args.array(acc, "acc", dtype=np.int64 if integer else np.float64, shape=(n,), writeable=True)
+
+
 def block_size(columns: int, threads: int) -> int:
     """Columns per block for ``columns`` on ``threads`` threads: long blocks, yet at least four per
     thread where the limits allow (so threads finish together)."""
@@ -155,9 +170,11 @@ def weighted_row_sum(
     matrix : numpy.ndarray
         ``[K, n]`` C-contiguous float32/float64 (or integer) client rows.
     coef : numpy.ndarray
-        ``float64[K]`` coefficients (``int64[K]`` for integer matrices).
+        ``float64[K]`` coefficients (``int64[K]`` for int64 matrices).
     acc : numpy.ndarray
-        ``float64[n]`` accumulator (``int64[n]`` for integer matrices), updated in place.
+        ``float64[n]`` accumulator (``int64[n]`` for int64 matrices), C-contiguous and writeable,
+        updated in place. Malformed arrays raise TypeError/ValueError naming them (the compiled
+        code does not check bounds).
     block : int, optional
         Columns per parallel block (default :func:`block_size` for numba's thread count); the
         result does not depend on it.
@@ -183,6 +200,7 @@ def weighted_row_sum(
     >>> weighted_row_sum(np.array([[1, 2], [3, 4]], np.float32), np.array([0.5, 2.0]), acc)
     array([6.5, 9. ])
     """
+    _check_sum_args(matrix, coef, acc)
     if quotient is not None and (
         quotient.shape != acc.shape
         or quotient.dtype not in (np.float32, np.float64)
@@ -192,6 +210,12 @@ def weighted_row_sum(
             f"quotient must be a float32/float64 vector of length {acc.size} beside a float64 "
             f"accumulator, got {quotient.dtype}{list(quotient.shape)} and {acc.dtype}"
         )
+    if quotient is not None:
+        _args.array(quotient, "quotient", dtype=(np.float32, np.float64), writeable=True)
+    if finite is not None:
+        _args.array(finite, "finite", dtype=np.bool_, shape=(1,), writeable=True)
+    if block is not None:
+        block = _args.block(block)
     rows = np.flatnonzero(coef).astype(np.int64)
     if not (rows.size and matrix.shape[1]):
         if fresh:
@@ -243,6 +267,7 @@ def small_weighted_row_sum(
     ``np.add.accumulate`` down the rows is a sequential sum per column,
     ``((acc + c0 x0) + c1 x1) + ...``, as in the kernel.
     """
+    _check_sum_args(matrix, coef, acc, compiled=False)
     rows = np.flatnonzero(coef)
     start = np.zeros_like(acc) if fresh else acc
     if rows.size:

@@ -214,7 +214,7 @@ def test_bad_arguments():
         discretize_sum(
             np.zeros((1, 2), np.int64), np.ones(1), 0.0, 1.0, 1.0, 0, np.zeros(2, np.int64)
         )
-    with pytest.raises(ValueError, match="out"):
+    with pytest.raises(TypeError, match="out must be int64"):  # a wrong dtype is a TypeError
         discretize_sum(np.zeros((1, 2), np.float32), np.ones(1), 0.0, 1.0, 1.0, 0, np.zeros(2))
     with pytest.raises(ValueError, match="modulus"):
         modular_sum(np.zeros((1, 2), np.int64), np.ones(1), 2**62 + 1, np.zeros(2, np.int64))
