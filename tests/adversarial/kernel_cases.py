@@ -30,10 +30,12 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
     from aggkit.kernels import (
         counter_rng,
         discretize,
+        distances,
         divide_cast,
         gaussian_noise,
         hadamard,
         masking,
+        order_stats,
         quantize,
         row_stats,
         weighted_sum,
@@ -370,6 +372,40 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
             "1-D matrix",
             "matrix",
             lambda: row_stats.row_stats(np.ones(10, F32), np.array([0, 10])),
+        ),
+        # distances
+        (
+            "pairwise_sq_distances",
+            "coef shorter than K",
+            "coef",
+            lambda: distances.pairwise_sq_distances(_m(8, 5000), np.ones(1)),
+        ),
+        (
+            "center_distances",
+            "center shorter than n",
+            "center",
+            lambda: distances.center_distances(_m(3, 100000), np.ones(3), np.zeros(1)),
+        ),
+        # order_stats
+        (
+            "order_statistic",
+            "rows beyond the matrix",
+            "rows",
+            lambda: order_stats.order_statistic(
+                _m(3, 5000),
+                np.array([0, 1, 10**6]),
+                np.ones(3),
+                np.empty(5000, F32),
+                mode=order_stats.MEDIAN,
+            ),
+        ),
+        (
+            "order_statistic",
+            "out shorter than n",
+            "out",
+            lambda: order_stats.order_statistic(
+                _m(3, 100000), np.arange(3), np.ones(3), np.empty(1, F32), mode=order_stats.MEDIAN
+            ),
         ),
     ]
     return cases
