@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
@@ -148,6 +149,15 @@ def _to_sq_distances(gram: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_rows(matrix: np.ndarray, coef: np.ndarray) -> None:
+    """``[K, n]`` float rows and one coefficient per row (the kernels do not check bounds)."""
+    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    coef = np.asarray(coef)
+    _args.array(
+        coef, "coef", dtype=(np.float64, np.float32), shape=(matrix.shape[0],), contiguous=False
+    )
+
+
 def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """``float64[K, K]``: squared L2 distances between the contributions ``coef[i] * matrix[i]``.
 
@@ -161,6 +171,7 @@ def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     >>> pairwise_sq_distances(m, np.ones(3)).tolist()
     [[0.0, 25.0, 100.0], [25.0, 0.0, 25.0], [100.0, 25.0, 0.0]]
     """
+    _check_rows(matrix, coef)
     k, n = matrix.shape
     if k == 0:
         return np.zeros((0, 0))
@@ -233,6 +244,14 @@ def center_distances(matrix: np.ndarray, coef: np.ndarray, center: np.ndarray) -
     >>> center_distances(m, np.array([1.0, 1.0]), np.zeros(2)).tolist()
     [5.0, 0.0]
     """
+    _check_rows(matrix, coef)
+    _args.array(
+        np.asarray(center),
+        "center",
+        dtype=(np.float32, np.float64),
+        shape=(matrix.shape[1],),
+        contiguous=False,
+    )
     k, n = matrix.shape
     num_blocks = -(-n // CENTER_COLUMNS)
     tasks = max(1, min(TASKS, num_blocks))

@@ -38,6 +38,7 @@ import functools
 import numpy as np
 from numba import prange
 
+from aggkit.kernels import _args
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
@@ -261,6 +262,16 @@ def order_statistic(
     >>> order_statistic(m, np.arange(3), np.ones(3), out, mode=MEDIAN), out.tolist()
     (True, [2.0, 4.0])
     """
+    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    _args.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
+    _args.array(
+        out, "out", dtype=(np.float32, np.float64), shape=(matrix.shape[1],), writeable=True
+    )
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise TypeError(f"rows must be a 1-D integer array, got {rows.dtype}{rows.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= matrix.shape[0]):
+        raise ValueError(f"rows must index the matrix's {matrix.shape[0]} rows, got {rows.max()}")
     k = int(rows.shape[0])
     _check_mode(mode, k, start, count)
     n = matrix.shape[1]
