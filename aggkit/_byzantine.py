@@ -19,6 +19,7 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.errors import EmptyRoundError
+from aggkit.mean import weight_shift
 from aggkit.process import Contributions, Round
 from aggkit.structure import ClientBatch, Layout
 
@@ -98,6 +99,8 @@ class WholeRound(Round):
 
     def finish(self):
         matrix, coef, weights = self.gathered()
+        if weights is not None:  # huge weights: the same ratios, without overflow (exact)
+            weights = np.ldexp(weights, -weight_shift(weights))
         return self.compute(matrix, coef, weights)
 
 

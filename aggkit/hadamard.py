@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from aggkit import _checks, kernels
+from aggkit.errors import InvalidUpdateError
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 
@@ -200,6 +201,19 @@ class HadamardProcess(AggregationProcess):
         return signs, starts
 
 
+def _check_rotation_overflow(block: Contributions, error: InvalidUpdateError) -> None:
+    """OverflowError when the inner round refused a rotated client that was finite before: the
+    rotation (entries up to the client's L2 norm) left the tensor's float range."""
+    if error.client is None:
+        return
+    row = error.client - block.first_client
+    if 0 <= row < block.num_clients and np.isfinite(block.matrix[row]).all():
+        raise OverflowError(
+            f"client {error.client}: its rotation overflows {block.matrix.dtype} (a rotated "
+            "entry can reach the client's L2 norm); scale the update down, or use float64 tensors"
+        ) from error
+
+
 class _HadamardRound(Round):
     owns_result = True  # the unrotated vector is fresh
 
@@ -235,7 +249,11 @@ class _HadamardRound(Round):
             first_client=block.first_client,
             needs=process.inner.stats_needed,
         )
-        self.inner_round.add(inner_block, None)
+        try:
+            self.inner_round.add(inner_block, None)
+        except InvalidUpdateError as error:
+            _check_rotation_overflow(block, error)
+            raise
 
     def finish(self) -> tuple[State, np.ndarray, dict]:
         process = self.process
