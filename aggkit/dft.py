@@ -41,7 +41,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggkit import kernels
-from aggkit.hadamard import HadamardFactory, HadamardProcess, split_seed_state
+from aggkit.errors import InvalidUpdateError
+from aggkit.hadamard import (
+    HadamardFactory,
+    HadamardProcess,
+    check_rotation_overflow,
+    split_seed_state,
+)
 from aggkit.process import Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 
@@ -195,7 +201,11 @@ class _DftRound(Round):
             first_client=block.first_client,
             needs=process.inner.stats_needed,
         )
-        self.inner_round.add(inner_block, None)
+        try:
+            self.inner_round.add(inner_block, None)
+        except InvalidUpdateError as error:  # a finite client whose rotation overflowed
+            check_rotation_overflow(block, error)
+            raise
 
     def finish(self) -> tuple[State, np.ndarray, dict]:
         process = self.process

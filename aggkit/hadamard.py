@@ -201,7 +201,7 @@ class HadamardProcess(AggregationProcess):
         return signs, starts
 
 
-def _check_rotation_overflow(block: Contributions, error: InvalidUpdateError) -> None:
+def check_rotation_overflow(block: Contributions, error: InvalidUpdateError) -> None:
     """OverflowError when the inner round refused a rotated client that was finite before: the
     rotation (entries up to the client's L2 norm) left the tensor's float range."""
     if error.client is None:
@@ -209,8 +209,9 @@ def _check_rotation_overflow(block: Contributions, error: InvalidUpdateError) ->
     row = error.client - block.first_client
     if 0 <= row < block.num_clients and np.isfinite(block.matrix[row]).all():
         raise OverflowError(
-            f"client {error.client}: its rotation overflows {block.matrix.dtype} (a rotated "
-            "entry can reach the client's L2 norm); scale the update down, or use float64 tensors"
+            f"client {error.client}, tensor {error.path}: its rotation overflows "
+            f"{block.matrix.dtype} (a rotated entry can reach the client's L2 norm); scale the "
+            "update down, or use float64 tensors"
         ) from error
 
 
@@ -252,7 +253,7 @@ class _HadamardRound(Round):
         try:
             self.inner_round.add(inner_block, None)
         except InvalidUpdateError as error:
-            _check_rotation_overflow(block, error)
+            check_rotation_overflow(block, error)
             raise
 
     def finish(self) -> tuple[State, np.ndarray, dict]:

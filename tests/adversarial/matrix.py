@@ -279,7 +279,7 @@ INPUTS: list[Input] = [
         "Python int beyond int32",
         lambda c: _replace_values(c, lambda d: _with(d, "b", [2**40, 0]), same=c.kind == "f"),
         valid=False,
-        names="['b']",
+        names="client 0",
     ),
     Input("ClientBatch of another layout", lambda c: _client_batch(c, wrong_layout=True)),
     Input("ClientBatch holding Inf / out-of-range ints", _batch_out_of_range, names="client 1"),
@@ -591,6 +591,23 @@ def _ref_centered_clipping(x, w, m):
     return _mean(x, w, _coefficients(x, zero=None, clip=1.0, drop=False))
 
 
+def _ref_discretization(x, w, m):
+    _coefficients(x, zero=None, clip=None, drop=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(x * 1024.0)
+    if len(x) and max(np.abs(scaled).max(), np.abs(scaled.sum(axis=0)).max()) > 2**31 - 1:
+        raise MustFail("the scaled values or their sum do not fit the int32 sum")
+    return scaled.sum(axis=0) / 1024.0 if len(x) else np.zeros(x.shape[1])
+
+
+def _ref_modular_clipping(x, w, m):
+    lo, hi = -(2**10), 2**10
+    if not len(x):
+        return np.zeros(x.shape[1])
+    columns = x.T.astype(np.int64)
+    return np.array([(sum(int(v) for v in c) - lo) % (hi - lo) + lo for c in columns], float)
+
+
 def _quantization_tolerance(x, coef):
     if not len(x):
         return 0.0
@@ -620,6 +637,13 @@ SUBJECTS: list[Subject] = [
         _ref_dp(1.0, False),
     ),
     Subject(
+        "tree_aggregation",
+        lambda: ak.tree_aggregation(0.0, K, 1.0, seed=0),
+        "f",
+        False,
+        _ref_dp(1.0, False),
+    ),
+    Subject(
         "quantized_sum",
         lambda: ak.quantized_sum(bits=16, threshold=0, seed=0),
         "f",
@@ -634,6 +658,28 @@ SUBJECTS: list[Subject] = [
         False,
         _ref_sum,
         lambda x, coef: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
+    ),
+    Subject(
+        "dft",
+        lambda: ak.dft(seed=0),
+        "f",
+        False,
+        _ref_sum,
+        lambda x, coef: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
+    ),
+    Subject(
+        "discretization",
+        lambda: ak.discretization(scale=1024.0, stochastic=False, seed=0),
+        "f",
+        False,
+        _ref_discretization,
+    ),
+    Subject(
+        "modular_clipping",
+        lambda: ak.modular_clipping(None, -(2**10), 2**10),
+        "i",
+        False,
+        _ref_modular_clipping,
     ),
     Subject(
         "secure_sum",
@@ -687,6 +733,7 @@ LIMITS: dict[tuple[str, str], str] = {
         "the rotation runs in the tensor's dtype: a float32 client whose L2 norm exceeds the "
         "float32 range cannot be rotated (OverflowError naming client and tensor)"
     ),
+    ("dft", "one client at the dtype's max"): "as ak.hadamard",
 }
 
 
