@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggkit import _buffers, channels, kernels
+from aggkit.kernels.limits import INT64_MAX, INT64_MIN
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State, divide
 from aggkit.structure import Layout
 
@@ -57,8 +58,6 @@ class SumProcess(AggregationProcess):
         return SumRound(self.layout)
 
 
-#: The largest int64 value: integer sums are exact while their running bound stays below it.
-_INT64_MAX = 2**63 - 1
 #: An overflowed float sum is redone with coefficients scaled so that every partial sum stays
 #: below ``2**OVERFLOW_HEADROOM`` (float64 holds values below ``2**1024``).
 OVERFLOW_HEADROOM = 1020
@@ -182,7 +181,9 @@ class SumRound(Round):
         finite = self._finite
         if self.acc.size <= kernels.weighted_sum.SMALL_COLUMNS:
             with np.errstate(over="ignore", invalid="ignore"):
-                kernels.weighted_sum.small_weighted_row_sum(matrix, coef, self.acc, fresh=self.fresh)
+                kernels.weighted_sum.small_weighted_row_sum(
+                    matrix, coef, self.acc, fresh=self.fresh
+                )
             finite[0] = self.integer or bool(np.isfinite(self.acc).all())
         else:
             kernels.weighted_sum.weighted_row_sum(
@@ -211,7 +212,7 @@ class SumRound(Round):
                 info = np.iinfo(spec.dtype)
                 largest = max(-int(info.min), int(info.max))
             self._bound[t] += largest * weight
-            if self._bound[t] > _INT64_MAX:
+            if self._bound[t] > INT64_MAX:
                 part = layout.tensor_slice(t)
                 if self.fresh:  # the accumulator is not written yet
                     before = np.zeros(part.stop - part.start, dtype=object)
@@ -227,7 +228,7 @@ class SumRound(Round):
         for row in np.flatnonzero(coef):
             total = total + int(coef[row]) * block.matrix[row, part].astype(object)
         low, high = (min(total), max(total)) if len(total) else (0, 0)
-        if low < -_INT64_MAX - 1 or high > _INT64_MAX:
+        if low < INT64_MIN or high > INT64_MAX:
             raise OverflowError(
                 f"the sum of tensor {self.layout.paths[t]} does not fit int64: values in "
                 f"[{low}, {high}]"

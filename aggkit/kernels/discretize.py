@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 
@@ -283,7 +283,7 @@ def discretize_sum(
     array([3221225472, 5368709120, 6442450944])
     """
     _check_float_args(matrix, coef, out)
-    block = _args.block(block)
+    block = _checks.integer(block, "block", low=1)
     rows = _active_rows(coef)
     num_zero = coef.shape[0] - rows.shape[0]
     if num_zero:
@@ -331,9 +331,9 @@ def discretize_sum(
 
 def _check_rows(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray, dtype: Any) -> None:
     """The arrays every entry point takes: ``[K, n]`` rows, ``[K]`` coefficients, ``int64[n]``."""
-    _args.array(matrix, "matrix", dtype=dtype, ndim=2)
-    _args.array(coef, "coef", dtype=(np.float64, np.int64), shape=(matrix.shape[0],))
-    _args.array(out, "out", dtype=np.int64, shape=(matrix.shape[1],), writeable=True)
+    _checks.array(matrix, "matrix", dtype=dtype, ndim=2)
+    _checks.array(coef, "coef", dtype=(np.float64, np.int64), shape=(matrix.shape[0],))
+    _checks.array(out, "out", dtype=np.int64, shape=(matrix.shape[1],), writeable=True)
 
 
 def _check_float_args(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray) -> None:
@@ -509,7 +509,7 @@ def discretize_sum_int(
     array([0, 1, 2])
     """
     rows = _check_int_args(matrix, coef, out, lo, hi, divisor)
-    block = _args.block(block)
+    block = _checks.integer(block, "block", low=1)
     num_zero = coef.shape[0] - rows.shape[0]
     if num_zero:
         out += num_zero * int(encode_int_numpy(np.zeros(1, np.int64), lo, hi, divisor)[0])
@@ -601,7 +601,7 @@ def modular_sum(
     array([21,  7])
     """
     _check_rows(matrix, coef, out, np.int64)
-    block = _args.block(block)
+    block = _checks.integer(block, "block", low=1)
     if not 1 <= modulus <= MAX_MODULUS:
         raise ValueError(f"modulus must be in [1, 2**62], got {modulus}")
     if not np.isin(coef, (0, 1)).all():

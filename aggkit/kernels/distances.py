@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
@@ -151,9 +151,9 @@ def _to_sq_distances(gram: np.ndarray) -> np.ndarray:
 
 def _check_rows(matrix: np.ndarray, coef: np.ndarray) -> None:
     """``[K, n]`` float rows and one coefficient per row (the kernels do not check bounds)."""
-    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    _checks.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
     coef = np.asarray(coef)
-    _args.array(
+    _checks.array(
         coef, "coef", dtype=(np.float64, np.float32), shape=(matrix.shape[0],), contiguous=False
     )
 
@@ -245,7 +245,7 @@ def center_distances(matrix: np.ndarray, coef: np.ndarray, center: np.ndarray) -
     [5.0, 0.0]
     """
     _check_rows(matrix, coef)
-    _args.array(
+    _checks.array(
         np.asarray(center),
         "center",
         dtype=(np.float32, np.float64),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = ["BLOCK", "divide_cast", "divide_cast_numpy"]
@@ -64,9 +64,9 @@ def divide_cast(
     >>> divide_cast(np.array([1.0, 3.0]), 4.0, np.empty(2, np.float32))
     array([0.25, 0.75], dtype=float32)
     """
-    _args.array(total, "total", dtype=np.float64, ndim=1)
-    _args.array(out, "out", dtype=(np.float32, np.float64), shape=total.shape, writeable=True)
-    block = _args.block(block)
+    _checks.array(total, "total", dtype=np.float64, ndim=1)
+    _checks.array(out, "out", dtype=(np.float32, np.float64), shape=total.shape, writeable=True)
+    block = _checks.integer(block, "block", low=1)
     if total.size:
         with threads_for(-(-total.size // block)):
             _divide_cast(total, np.float64(denominator), out, block)

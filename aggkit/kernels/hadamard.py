@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import _as_key, rademacher, rademacher_numpy
 
@@ -266,14 +266,14 @@ def fwht(x: np.ndarray) -> np.ndarray:
     """
     if x.ndim != 1 or (x.size & (x.size - 1)):
         raise ValueError(f"fwht needs a 1-D array of power-of-two length, got shape {x.shape}")
-    _args.array(x, "x", dtype=(np.float32, np.float64), ndim=1, writeable=True)
+    _checks.array(x, "x", dtype=(np.float32, np.float64), ndim=1, writeable=True)
     _fwht_parallel(x)
     return x
 
 
 def fill_signs(out: np.ndarray, key: int) -> np.ndarray:
     """Fill ``int8`` ``out`` with random signs: ``out[j] = rademacher(key, j)``."""
-    _args.array(out, "out", dtype=np.int8, ndim=1, writeable=True)
+    _checks.array(out, "out", dtype=np.int8, ndim=1, writeable=True)
     _fill_signs(_as_key(key), out)
     return out
 
@@ -287,15 +287,15 @@ def _check_rotation(
     padded_columns: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The tensor boundaries of a rotation, checked against the arrays they index."""
-    offsets = _args.offsets(offsets, columns)
-    padded = _args.offsets(padded, padded_columns, "padded")
+    offsets = _checks.offsets(offsets, columns)
+    padded = _checks.offsets(padded, padded_columns, "padded")
     if padded.shape != offsets.shape:
         raise ValueError(f"padded must have {offsets.size} entries, got {padded.size}")
     sizes, padded_sizes = np.diff(offsets), np.diff(padded)
     if ((padded_sizes < sizes) | (padded_sizes & (padded_sizes - 1) != 0)).any():
         raise ValueError("padded sizes must be powers of two no smaller than the tensors' sizes")
-    _args.array(signs, "signs", dtype=np.int8, ndim=1)
-    _args.array(sign_offsets, "sign_offsets", dtype=np.int64, shape=(offsets.size - 1, None))
+    _checks.array(signs, "signs", dtype=np.int8, ndim=1)
+    _checks.array(sign_offsets, "sign_offsets", dtype=np.int64, shape=(offsets.size - 1, None))
     ends = sign_offsets + padded_sizes[:, None]
     if sign_offsets.size and ((sign_offsets < 0).any() or ends.max() > signs.size):
         raise ValueError(
@@ -338,9 +338,9 @@ def rotate_rows(
     >>> np.round(y * np.sqrt(2), 12)  # (3 + 4, 3 - 4)
     array([[ 7., -1.]])
     """
-    _args.array(matrix, "matrix", dtype=(np.float32, np.float64, np.int64), ndim=2)
-    _args.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
-    _args.array(out, "out", dtype=(np.float32, np.float64), ndim=2, writeable=True)
+    _checks.array(matrix, "matrix", dtype=(np.float32, np.float64, np.int64), ndim=2)
+    _checks.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
+    _checks.array(out, "out", dtype=(np.float32, np.float64), ndim=2, writeable=True)
     if out.shape[0] != matrix.shape[0]:
         raise ValueError(f"out must have a row per client ({matrix.shape[0]}), got {out.shape}")
     offsets, padded = _check_rotation(
@@ -367,8 +367,8 @@ def unrotate(
     ``vector`` (``float64[N]``, padded layout) is overwritten; tensor ``t`` lands in
     ``out[offsets[t]:offsets[t + 1]]``.
     """
-    _args.array(vector, "vector", dtype=np.float64, ndim=1, writeable=True)
-    _args.array(out, "out", dtype=(np.float32, np.float64), ndim=1, writeable=True)
+    _checks.array(vector, "vector", dtype=np.float64, ndim=1, writeable=True)
+    _checks.array(out, "out", dtype=(np.float32, np.float64), ndim=1, writeable=True)
     offsets, padded = _check_rotation(offsets, padded, signs, sign_offsets, out.size, vector.size)
     for t in range(len(offsets) - 1):
         y = vector[padded[t] : padded[t + 1]]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel
 
 __all__ = [
@@ -259,7 +259,7 @@ def add_words_rejection(
     array([1, 1], dtype=uint32)
     """
     _check_acc(acc, modulus)
-    _args.array(words, "words", dtype=acc.dtype, ndim=1)
+    _checks.array(words, "words", dtype=acc.dtype, ndim=1)
     if not 0 <= start <= acc.shape[0]:
         raise ValueError(f"start must be in [0, {acc.shape[0]}], got {start}")
     if modulus & (modulus - 1) == 0:
@@ -293,7 +293,7 @@ def _full(acc: np.ndarray, modulus: int) -> bool:
 
 
 def _check_acc(acc: np.ndarray, modulus: int) -> None:
-    _args.array(acc, "acc", dtype=(np.uint32, np.uint64), ndim=1, writeable=True)
+    _checks.array(acc, "acc", dtype=(np.uint32, np.uint64), ndim=1, writeable=True)
     bits = acc.dtype.itemsize * 8
     if not 2 <= modulus <= 1 << bits:
         raise ValueError(f"modulus must be in [2, 2**{bits}] for {acc.dtype}, got {modulus}")
@@ -301,6 +301,6 @@ def _check_acc(acc: np.ndarray, modulus: int) -> None:
 
 def _check_pair(acc: np.ndarray, words: np.ndarray, modulus: int, name: str = "words") -> None:
     _check_acc(acc, modulus)
-    _args.array(words, name, dtype=acc.dtype, ndim=1)
+    _checks.array(words, name, dtype=acc.dtype, ndim=1)
     if words.shape[0] < acc.shape[0]:  # the kernels read one per accumulator entry
         raise ValueError(f"{name} has {words.shape[0]} values, acc needs {acc.shape[0]}")

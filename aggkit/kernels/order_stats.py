@@ -38,7 +38,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = [
@@ -262,9 +262,9 @@ def order_statistic(
     >>> order_statistic(m, np.arange(3), np.ones(3), out, mode=MEDIAN), out.tolist()
     (True, [2.0, 4.0])
     """
-    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
-    _args.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
-    _args.array(
+    _checks.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    _checks.array(coef, "coef", dtype=np.float64, shape=(matrix.shape[0],))
+    _checks.array(
         out, "out", dtype=(np.float32, np.float64), shape=(matrix.shape[1],), writeable=True
     )
     rows = np.asarray(rows)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 from aggkit.kernels.limits import WORD_BITS
@@ -443,15 +443,15 @@ def quantized_row_sum(
     True
     """
     top = _check_top(bits)
-    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    _checks.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
     k, n = matrix.shape
-    _args.array(coef, "coef", dtype=np.float64, shape=(k,))
-    offsets = _args.offsets(offsets, n)
+    _checks.array(coef, "coef", dtype=np.float64, shape=(k,))
+    offsets = _checks.offsets(offsets, n)
     t = offsets.size - 1
-    _args.array(quantize, "quantize", dtype=np.bool_, shape=(t,))
+    _checks.array(quantize, "quantize", dtype=np.bool_, shape=(t,))
     for name, value in (("lo", lo), ("scale", scale), ("step", step)):
-        _args.array(value, name, dtype=np.float64, shape=(k, t))
-    _args.array(acc, "acc", dtype=np.float64, shape=(n,), writeable=True)
+        _checks.array(value, name, dtype=np.float64, shape=(k, t))
+    _checks.array(acc, "acc", dtype=np.float64, shape=(n,), writeable=True)
     if tasks is None:
         tasks = stream_tasks(offsets)
     else:  # each task must start inside its tensor
@@ -517,7 +517,7 @@ def stochastic_levels(
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if out is None:
         out = np.empty(x.size, dtype=np.uint32)
-    _args.array(out, "out", dtype=np.uint32, shape=(x.size,), writeable=True)
+    _checks.array(out, "out", dtype=np.uint32, shape=(x.size,), writeable=True)
     per_block, inv = _stream_shape(bits)
     if x.size:
         _stochastic_levels(
@@ -579,7 +579,7 @@ def unpack_bits(
         )
     if out is None:
         out = np.empty(count, dtype=np.uint32)
-    _args.array(out, "out", dtype=np.uint32, shape=(count,), writeable=True)
+    _checks.array(out, "out", dtype=np.uint32, shape=(count,), writeable=True)
     if count:
         _unpack_bits(words, int(bits), _group(bits), out)
     return out

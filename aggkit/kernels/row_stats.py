@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 
 __all__ = ["CHUNK", "RowStats", "row_stats", "row_stats_numpy"]
@@ -321,9 +321,9 @@ def row_stats(
     >>> s.tensor_min[0], s.tensor_max[0]
     (array([-4.,  0.]), array([3., 0.]))
     """
-    _args.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
-    offsets = _args.offsets(offsets, matrix.shape[1])
-    chunk = _args.block(chunk, "chunk")
+    _checks.array(matrix, "matrix", dtype=(np.float32, np.float64), ndim=2)
+    offsets = _checks.offsets(offsets, matrix.shape[1])
+    chunk = _checks.integer(chunk, "chunk", low=1)
     num_rows = matrix.shape[0]
     num_tensors = len(offsets) - 1
     starts, ends, owner = _tasks(offsets, chunk)

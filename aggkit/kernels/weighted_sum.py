@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from aggkit.kernels import _args
+from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.divide_cast import divide_cast_numpy
 
@@ -125,13 +125,13 @@ def _check_sum_args(
 ) -> None:
     """The arrays of a weighted row sum: float rows into float64, integer rows into int64
     (a strided matrix is fine for the NumPy path, ``compiled=False``)."""
-    _args.array(
+    _checks.array(
         matrix, "matrix", dtype=(np.float32, np.float64, np.int64), ndim=2, contiguous=compiled
     )
     k, n = matrix.shape
     integer = matrix.dtype == np.int64
-    _args.array(coef, "coef", dtype=np.int64 if integer else np.float64, shape=(k,))
-    _args.array(acc, "acc", dtype=np.int64 if integer else np.float64, shape=(n,), writeable=True)
+    _checks.array(coef, "coef", dtype=np.int64 if integer else np.float64, shape=(k,))
+    _checks.array(acc, "acc", dtype=np.int64 if integer else np.float64, shape=(n,), writeable=True)
 
 
 def block_size(columns: int, threads: int) -> int:
@@ -211,11 +211,11 @@ def weighted_row_sum(
             f"accumulator, got {quotient.dtype}{list(quotient.shape)} and {acc.dtype}"
         )
     if quotient is not None:
-        _args.array(quotient, "quotient", dtype=(np.float32, np.float64), writeable=True)
+        _checks.array(quotient, "quotient", dtype=(np.float32, np.float64), writeable=True)
     if finite is not None:
-        _args.array(finite, "finite", dtype=np.bool_, shape=(1,), writeable=True)
+        _checks.array(finite, "finite", dtype=np.bool_, shape=(1,), writeable=True)
     if block is not None:
-        block = _args.block(block)
+        block = _checks.integer(block, "block", low=1)
     rows = np.flatnonzero(coef).astype(np.int64)
     if not (rows.size and matrix.shape[1]):
         if fresh:

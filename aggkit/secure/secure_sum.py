@@ -495,12 +495,12 @@ def _int_result(total: np.ndarray, offset: int, layout: Layout) -> np.ndarray:
     if total.size == 0:
         return total.astype(np.int64)
     low, high = int(total.min()) + offset, int(total.max()) + offset
-    if low < _INT64_MIN or high > _INT64_MAX:
+    if low < INT64_MIN or high > INT64_MAX:
         exact = total.astype(object) + offset
         path = next(
             layout.paths[t]
             for t in range(layout.num_tensors)
-            if any(not _INT64_MIN <= v <= _INT64_MAX for v in exact[layout.tensor_slice(t)])
+            if any(not INT64_MIN <= v <= INT64_MAX for v in exact[layout.tensor_slice(t)])
         )
         raise OverflowError(
             f"the secure sum of tensor {path} does not fit int64: values in [{low}, {high}]"
