@@ -29,6 +29,7 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
     """``(entry point, case, argument the error must name, call)``."""
     from aggkit.kernels import (
         counter_rng,
+        discrete_noise,
         discretize,
         distances,
         divide_cast,
@@ -372,6 +373,19 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
             "1-D matrix",
             "matrix",
             lambda: row_stats.row_stats(np.ones(10, F32), np.array([0, 10])),
+        ),
+        # discrete_noise
+        (
+            "add_discrete_gaussian",
+            "read-only out",
+            "out",
+            lambda: discrete_noise.add_discrete_gaussian(_readonly(z64(10, I64)), 1.0, 1),
+        ),
+        (
+            "add_skellam",
+            "float out",
+            "out",
+            lambda: discrete_noise.add_skellam(z64(10), 1.0, 1),
         ),
         # distances
         (

@@ -459,7 +459,8 @@ class Subject:
     kind: str
     weighted: bool
     reference: Callable[[np.ndarray, list[float], Any], np.ndarray]
-    atol: Callable[[np.ndarray, np.ndarray], float] = lambda x, coef: 0.0
+    #: ``atol(x, measurements)``: the absolute error the factory is allowed on top of rounding.
+    atol: Callable[[np.ndarray, Any], float] = lambda x, m: 0.0
 
 
 def _ref_sum(x, w, m):
@@ -608,10 +609,10 @@ def _ref_modular_clipping(x, w, m):
     return np.array([(sum(int(v) for v in c) - lo) % (hi - lo) + lo for c in columns], float)
 
 
-def _quantization_tolerance(x, coef):
+def _quantization_tolerance(x, m):
     if not len(x):
         return 0.0
-    spans = [np.ptp(x[i, :32]) + np.ptp(x[i, 32:]) for i in range(len(x)) if coef[i] != 0]
+    spans = [np.ptp(x[i, :32]) + np.ptp(x[i, 32:]) for i in range(len(x))]
     return float(np.sum(spans)) / 65535 + 1e-6
 
 
@@ -644,6 +645,16 @@ SUBJECTS: list[Subject] = [
         _ref_dp(1.0, False),
     ),
     Subject(
+        "distributed_dp",
+        lambda: ak.distributed_dp(0.0, K, bits=20, clip=1.0, seed=0),
+        "f",
+        False,
+        _ref_dp(1.0, False),
+        # stochastic rounding at the scale: at most one step per client and coordinate, through
+        # an orthogonal rotation (up to sqrt(d) of a rotated error on one coordinate)
+        lambda x, m: 8.0 * max(len(x), 1) * np.sqrt(64) / float(m.get("scale_factor", 1.0)),
+    ),
+    Subject(
         "quantized_sum",
         lambda: ak.quantized_sum(bits=16, threshold=0, seed=0),
         "f",
@@ -657,7 +668,7 @@ SUBJECTS: list[Subject] = [
         "f",
         False,
         _ref_sum,
-        lambda x, coef: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
+        lambda x, m: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
     ),
     Subject(
         "dft",
@@ -665,7 +676,7 @@ SUBJECTS: list[Subject] = [
         "f",
         False,
         _ref_sum,
-        lambda x, coef: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
+        lambda x, m: 1e-5 * float(np.abs(x).sum()) if len(x) else 0.0,
     ),
     Subject(
         "discretization",
@@ -687,7 +698,7 @@ SUBJECTS: list[Subject] = [
         "f",
         False,
         _ref_secure_sum,
-        lambda x, coef: 4.0 * max(len(x), 1) / 2**32,
+        lambda x, m: 4.0 * max(len(x), 1) / 2**32,
     ),
     Subject(
         "secure_sum (int32)",
@@ -722,7 +733,7 @@ SUBJECTS: list[Subject] = [
         "f",
         True,
         _ref_secure_aggregator,
-        lambda x, coef: 1e-6,
+        lambda x, m: 1e-6,
     ),
 ]
 
@@ -887,9 +898,12 @@ def _judge(subject: Subject, item: Input, call: Call, out) -> Outcome:
         representable = np.asarray(want, np.float64).astype(dtype) if dtype == np.float32 else want
     if dtype == np.float32 and np.isinf(representable).any() and np.isfinite(want).all():
         return Outcome("FAIL", "the true result does not fit float32, yet a result came back")
-    coef = np.ones(len(x))
     # float32 resolves about 1.4e-45 near zero: a few roundings of subnormals cost that much
-    atol = subject.atol(x, coef) + 1e-6 * float(np.nanmax(np.abs(want), initial=0.0)) + 1e-43
+    atol = (
+        subject.atol(x, out.measurements)
+        + 1e-6 * float(np.nanmax(np.abs(want), initial=0.0))
+        + 1e-43
+    )
     if not np.allclose(got, want, rtol=1e-5, atol=atol, equal_nan=True):
         worst = float(np.nanmax(np.abs(got - want), initial=0.0))
         return Outcome("FAIL", f"wrong result (max error {worst:.3g}, atol {atol:.3g})")
