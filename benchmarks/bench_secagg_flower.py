@@ -61,7 +61,7 @@ from benchmarks.conftest import FULL, record
 K_FLOWER = 20 if FULL else 5
 FLOWER_ROUNDS = 3 if FULL else 1
 K_AUTH = [10, 100, 1000] if FULL else [10]
-AUTH_ROUNDS = 5 if FULL else 1
+AUTH_ROUNDS = 3 if FULL else 1
 AUTH_M = 1_000
 
 
@@ -131,7 +131,9 @@ class TimedGrid(Grid):
         ids = []
         for message in messages:
             self._count += 1
+            start = time.perf_counter()
             self.bytes_to_nodes += _size(message)
+            self.transport_seconds += time.perf_counter() - start
             self._outbox[str(self._count)] = self._carried(message)
             ids.append(str(self._count))
         return ids
@@ -170,8 +172,10 @@ class TimedGrid(Grid):
             start = time.perf_counter()
             reply = self.app(message, context)
             self.client_seconds += time.perf_counter() - start
+            start = time.perf_counter()
             if not reply.has_error():
                 self.bytes_to_server += _size(reply)
+            self.transport_seconds += time.perf_counter() - start
             replies.append(self._carried(reply, reply_to=message))
         return replies
 
@@ -212,20 +216,25 @@ def aggkit_round(k: int, model, *, authenticated: bool, tmp) -> dict[str, float]
         metrics = MetricRecord({"num-examples": 100, "train_loss": 0.0})
         return secure_apps.answer_train(message, context, trained, metrics)
 
-    run_config: dict[str, Any] = {"aggregator": "secure", "clients": k, "clients-per-round": k}
+    run_config: dict[str, Any] = {
+        "aggregator": "secure",
+        "clients": k,
+        "clients-per-round": k,
+        "secagg-mode": "authenticated" if authenticated else "honest-but-curious",
+    }
     nodes = {100 + p: {"partition-id": p, "num-partitions": k} for p in range(k)}
     mode: dict[str, Any] = {"honest_but_curious": True}
     if authenticated:
-        keys = {p: SigningIdentity.generate() for p in range(k)}
-        registry = IdentityRegistry.of(keys)
         registry_path = tmp / f"registry{k}.json"
-        if not registry_path.exists():
-            registry.save(registry_path)
+        if not registry_path.exists():  # one set of identities per K (the apps cache files)
+            keys = {p: SigningIdentity.generate() for p in range(k)}
+            for p in range(k):
+                keys[p].save(tmp / f"node{k}-{p}.key")
+            IdentityRegistry.of(keys).save(registry_path)
+        registry = IdentityRegistry.load(registry_path)
         run_config["secagg-registry"] = str(registry_path)
         for p in range(k):
-            path = tmp / f"node{k}-{p}-{time.monotonic_ns()}.key"
-            keys[p].save(path)
-            nodes[100 + p]["secagg-key"] = str(path)
+            nodes[100 + p]["secagg-key"] = str(tmp / f"node{k}-{p}.key")
         mode = {"registry": registry}
     grid = TimedGrid(app, nodes, run_config)
     strategy = SecureAggkitStrategy(
@@ -242,6 +251,7 @@ def aggkit_round(k: int, model, *, authenticated: bool, tmp) -> dict[str, float]
     assert strategy.secagg_history[-1]["included"] == list(range(k))
     return {
         "server_seconds": wall - grid.client_seconds - grid.transport_seconds,
+        "protocol_seconds": strategy.secagg_history[-1]["server_seconds"],
         "client_seconds": grid.client_seconds / k,
         "bytes_per_node_up": grid.bytes_to_server / k,
         "bytes_per_node_down": grid.bytes_to_nodes / k,

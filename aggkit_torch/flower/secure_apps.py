@@ -10,8 +10,10 @@
   secure.SecureAggkitStrategy`.
 - :func:`write_secure_app`: the app directory for ``flwr run``.
 
-Configuration (run config unless said otherwise): ``secagg-registry`` (the identity registry
-file; ``""``: honest-but-curious mode), node config ``secagg-key`` (the node's identity file),
+Configuration (run config unless said otherwise): ``secagg-mode`` (``"authenticated"``, the
+default, or ``"honest-but-curious"``: chosen explicitly), ``secagg-registry`` (the identity
+registry file, needed by the authenticated mode; a node config value overrides the run
+config's), node config ``secagg-key`` (the node's identity file),
 ``secagg-graph`` (``"secagg+"`` or ``"secagg"``), ``secagg-degree`` and ``secagg-threshold``
 (0: defaults), ``secagg-stage-timeout`` (seconds), ``secagg-min-nodes`` (nodes a round after
 the first waits for). Use ``aggregator="secure"`` (``ak.secure_aggregator()``) or any other
@@ -46,6 +48,7 @@ __all__ = ["SECURE_CONFIG", "answer_train", "client_app", "server_app", "write_s
 
 #: The secure apps' own run-config keys and their defaults.
 SECURE_CONFIG: dict[str, str | int | float] = {
+    "secagg-mode": "authenticated",
     "secagg-registry": "",
     "secagg-graph": "secagg+",
     "secagg-degree": 0,
@@ -74,10 +77,26 @@ def _registry(path: str) -> Any:
     return IdentityRegistry.load(path)
 
 
+def _mode(mode: Any, registry: str) -> bool:
+    """True for the authenticated mode (which needs a registry); the choice is explicit."""
+    if mode == "honest-but-curious":
+        return False
+    if mode != "authenticated":
+        raise ValueError(
+            f"secagg-mode must be 'authenticated' or 'honest-but-curious', not {mode!r}"
+        )
+    if not registry:
+        raise ValueError(
+            "secagg-mode='authenticated' needs secagg-registry (the identity registry file); "
+            "set secagg-mode='honest-but-curious' to run without identities"
+        )
+    return True
+
+
 def _client_mode(context: Context) -> dict[str, Any]:
     """The protocol mode of this node's client: identity and registry, or honest-but-curious."""
     registry = str(_setting(context, "secagg-registry") or "")
-    if not registry:
+    if not _mode(_setting(context, "secagg-mode"), registry):
         return {"honest_but_curious": True}
     from aggkit.secure.identity import SigningIdentity
 
@@ -184,7 +203,9 @@ def secure_strategy(run_config: Any) -> Any:
 
     registry = str(get("secagg-registry") or "")
     mode: dict[str, Any] = (
-        {"registry": _registry(registry)} if registry else {"honest_but_curious": True}
+        {"registry": _registry(registry)}
+        if _mode(get("secagg-mode"), registry)
+        else {"honest_but_curious": True}
     )
     return functools.partial(
         SecureAggkitStrategy,

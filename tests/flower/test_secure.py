@@ -120,3 +120,13 @@ def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp
     theirs = dict(np.load(tmp_path / "reference" / "model.npz"))
     worst = assert_same_model(ours, theirs)
     print(f"largest weight difference from the MaskingBackend run: {worst:.3g}")
+
+
+def test_the_apps_mode_is_explicit():
+    from aggkit_torch.flower.secure_apps import secure_strategy
+
+    with pytest.raises(ValueError, match="needs secagg-registry"):
+        secure_strategy({})  # authenticated by default: no registry, no run
+    with pytest.raises(ValueError, match="secagg-mode must be"):
+        secure_strategy({"secagg-mode": "trusting"})
+    assert secure_strategy({"secagg-mode": "honest-but-curious"}).keywords["honest_but_curious"]
