@@ -112,8 +112,18 @@ class QuantileEstimator(EstimationProcess):
             (clip, stddev), expected, (key, counter) = below
             # seed=None: fresh entropy for every release, so that two calls on one saved state
             # never share their noise; a seeded run is a function of (seed, round).
-            rng = np.random.default_rng(None if self.seed is None else [int(key), int(counter)])
-            noise = rng.normal(0.0, float(stddev))
+            if self.seed is None:
+                # Fresh OS entropy for every release (a saved state never replays its noise),
+                # from aggkit's Gaussian sampler, whose tails reach 38 standard deviations
+                # (NumPy's ziggurat stops near 13.7: at a small noise multiplier 2 * stddev the
+                # count could leave the neighbour's support; aggkit.kernels.limits).
+                from aggkit import kernels
+
+                fresh = kernels.counter_rng.seed_to_key(None)
+                noise = float(kernels.gaussian_noise.gaussian(1, float(stddev), fresh)[0])
+            else:  # a seeded run (a testing aid) keeps its reproducible NumPy stream
+                rng = np.random.default_rng([int(key), int(counter)])
+                noise = rng.normal(0.0, float(stddev))
             fraction = (float(total[0]) + noise) / float(expected) + 0.5
             below = ((clip, stddev), expected, (key, np.int64(counter + 1)))
         else:
