@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import _checks
+from aggkit import _checks, kernels
 from aggkit.process import Contributions, EstimationProcess, Factory, State
 from aggkit.structure import ClientBatch, Layout, TensorSpec
 
@@ -117,8 +117,6 @@ class QuantileEstimator(EstimationProcess):
                 # from aggkit's Gaussian sampler, whose tails reach 38 standard deviations
                 # (NumPy's ziggurat stops near 13.7: at a small noise multiplier 2 * stddev the
                 # count could leave the neighbour's support; aggkit.kernels.limits).
-                from aggkit import kernels
-
                 fresh = kernels.counter_rng.seed_to_key(None)
                 noise = float(kernels.gaussian_noise.gaussian(1, float(stddev), fresh)[0])
             else:  # a seeded run (a testing aid) keeps its reproducible NumPy stream
