@@ -330,9 +330,10 @@ def test_aggkit_secaggplus_vs_flower_secaggplus(benchmark, tmp_path):
         runs["aggkit-auth"].append(aggkit_round(K_FLOWER, model, authenticated=True, tmp=tmp_path))
 
     record(benchmark, group=f"secagg-flower|K={K_FLOWER}", items=K_FLOWER)
-    run()  # warm-up: imports, compiled kernels, caches
-    for rs in runs.values():
-        rs.clear()
+    if FULL:
+        run()  # warm-up: imports, compiled kernels, caches
+        for rs in runs.values():
+            rs.clear()
     benchmark.pedantic(run, rounds=FLOWER_ROUNDS, iterations=1)
     server = {name: np.array([r["server_seconds"] for r in rs]) for name, rs in runs.items()}
     for name, rs in runs.items():
@@ -365,9 +366,10 @@ def test_authenticated_mode_extra_cost(benchmark, k):
             costs[authenticated] = out
 
     record(benchmark, group="secagg-authenticated", items=k, k=k)
-    run()  # warm-up
-    times[False].clear()
-    times[True].clear()
+    if FULL:
+        run()  # warm-up
+        times[False].clear()
+        times[True].clear()
     benchmark.pedantic(run, rounds=AUTH_ROUNDS, iterations=1)
     hbc, auth = np.array(times[False]), np.array(times[True])
     benchmark.extra_info["hbc_s"] = float(np.median(hbc))

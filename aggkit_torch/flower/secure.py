@@ -148,6 +148,9 @@ class SecureAggkitStrategy(AggkitStrategy):
             self._plan = plan_of(self.process, self.aggregator_state)
         self._node_of = {part: node for node, (_, part) in self._sampled.items()}
         ids = sorted(self._node_of)
+        if not ids:
+            self._server = None
+            return []
         self._server = self._new_server(ids)
         requests = self._server.start()
         state = encode_state(self.aggregator_state)
@@ -195,8 +198,11 @@ class SecureAggkitStrategy(AggkitStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Run the protocol's other stages, replay the aggregator with its sums, apply."""
-        if self._server is None or self.process is None:
+        if self.process is None:
             raise RuntimeError("aggregate_train before configure_train")
+        if self._server is None:
+            log(WARNING, "round %d: no node was sampled; the model is unchanged", server_round)
+            return None, None
         received = time.perf_counter()
         server, stats = self._server, self._stats
         replies = list(replies)
