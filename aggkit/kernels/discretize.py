@@ -51,6 +51,7 @@ from numba import prange
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
+from aggkit.kernels.weighted_sum import SMALL_COLUMNS
 
 __all__ = [
     "BLOCK",
@@ -239,6 +240,7 @@ def discretize_sum(
     out: np.ndarray,
     *,
     block: int = BLOCK,
+    numpy_columns: int = SMALL_COLUMNS,
 ) -> np.ndarray:
     """Add the 32-bit code of ``clip(coef[i] * matrix[i], lo, hi)`` of every row into ``out``.
 
@@ -263,6 +265,10 @@ def discretize_sum(
         below ``2**31`` (each code is at most ``2**32 - 1``).
     block : int
         Columns per parallel block; the result does not depend on it.
+    numpy_columns : int
+        Up to this many columns (a secure sum's weights or counts), the NumPy twin does the work:
+        the same bits, and no kernel to compile for a matrix that only such sums use (the
+        float64 weight column of ``secure_aggregator``, for one).
 
     Returns
     -------
@@ -286,8 +292,6 @@ def discretize_sum(
     block = _checks.integer(block, "block", low=1)
     rows = _active_rows(coef)
     num_zero = coef.shape[0] - rows.shape[0]
-    if num_zero:
-        out += num_zero * encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
     n = matrix.shape[1]
     num_blocks = (n + block - 1) // block
     low = float(np.rint(lo * scale))
@@ -296,6 +300,10 @@ def discretize_sum(
     general = not (scale > 0 and max(abs(low), abs(high)) < _FAST_LIMIT)
     if not general and int(low) != shift:
         raise ValueError(f"shift must be rint(lo * scale) = {int(low)}, got {shift}")
+    if n <= numpy_columns:
+        return discretize_sum_numpy(matrix, coef, lo, hi, scale, shift, out)
+    if num_zero:
+        out += num_zero * encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
     per_call = _ROWS_PER_CALL
     if not general:
         per_call = min(per_call, int(2**53 // (max(abs(low), abs(high)) + 1)))
@@ -475,6 +483,7 @@ def discretize_sum_int(
     out: np.ndarray,
     *,
     block: int = BLOCK,
+    numpy_columns: int = SMALL_COLUMNS,
 ) -> np.ndarray:
     """Add ``(clip(matrix[i], lo, hi) - lo) // divisor`` of every row into ``out``.
 
@@ -510,6 +519,8 @@ def discretize_sum_int(
     """
     rows = _check_int_args(matrix, coef, out, lo, hi, divisor)
     block = _checks.integer(block, "block", low=1)
+    if matrix.shape[1] <= numpy_columns:  # as in discretize_sum: the same bits, no compiling
+        return discretize_sum_int_numpy(matrix, coef, lo, hi, divisor, out)
     num_zero = coef.shape[0] - rows.shape[0]
     if num_zero:
         out += num_zero * int(encode_int_numpy(np.zeros(1, np.int64), lo, hi, divisor)[0])

@@ -44,7 +44,7 @@ def _both(matrix, coef, code, block=discretize.BLOCK, start=0):
     args = (code.lo, code.hi, code.scale, code.shift)
     ours = np.full(matrix.shape[1], start, np.int64)
     twin = np.full(matrix.shape[1], start, np.int64)
-    flags = discretize_sum(matrix, coef, *args, ours, block=block)
+    flags = discretize_sum(matrix, coef, *args, ours, block=block, numpy_columns=0)
     twin_flags = discretize_sum_numpy(matrix, coef, *args, twin)
     return ours, twin, flags, twin_flags
 
@@ -143,7 +143,7 @@ def test_int_matches_twin(data, rows, cols, block, bounds):
     coef = np.asarray(coef, dtype=np.float64)
     divisor = data.draw(st.integers(1, 5))
     ours, twin = np.zeros(cols, np.int64), np.zeros(cols, np.int64)
-    flags = discretize_sum_int(matrix, coef, lo, hi, divisor, ours, block=block)
+    flags = discretize_sum_int(matrix, coef, lo, hi, divisor, ours, block=block, numpy_columns=0)
     np.testing.assert_array_equal(
         flags, discretize_sum_int_numpy(matrix, coef, lo, hi, divisor, twin)
     )
@@ -270,3 +270,26 @@ def test_values_at_a_bound_are_not_counted(matrix):
         np.zeros(matrix.shape[1], np.int64),
     )  # fmt: skip
     assert not flags.any()
+
+
+def test_few_columns_take_the_numpy_twin_with_the_same_bits():
+    """Weights and counts (a column or a few) skip the kernel, so nothing compiles for them."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        matrix = rng.normal(0, 2, (9, 5)).astype(dtype)
+        coef = rng.random(9)
+        coef[2] = 0.0
+        code = _code(-1.0, 1.0, dtype)
+        args = (code.lo, code.hi, code.scale, code.shift)
+        kernel_out, numpy_out = np.full(5, 7, np.int64), np.full(5, 7, np.int64)
+        kernel_flags = discretize_sum(matrix, coef, *args, kernel_out, numpy_columns=0)
+        numpy_flags = discretize_sum(matrix, coef, *args, numpy_out)
+        np.testing.assert_array_equal(numpy_out, kernel_out)
+        np.testing.assert_array_equal(numpy_flags, kernel_flags)
+    ints = rng.integers(-500, 500, size=(6, 3))
+    kernel_out, numpy_out = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    ones = np.ones(6)
+    kernel_flags = discretize_sum_int(ints, ones, -300, 300, 2, kernel_out, numpy_columns=0)
+    numpy_flags = discretize_sum_int(ints, ones, -300, 300, 2, numpy_out)
+    np.testing.assert_array_equal(numpy_out, kernel_out)
+    np.testing.assert_array_equal(numpy_flags, kernel_flags)
