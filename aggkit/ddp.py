@@ -304,7 +304,10 @@ class DistributedDpFactory(Factory):
         if not all(s.dtype.kind == "f" for s in layout.specs):
             raise TypeError("ak.distributed_dp needs floating-point tensors")
         make = hadamard if self.rotation == "hadamard" else dft
-        rotated = make(_CoreFactory(self), seed=self.seed).create(layout)
+        # The rotation runs in float64: a finite float32 client could overflow float32 once
+        # rotated (an entry can reach its L2 norm) and would then be dropped, not clipped.
+        wide = layout.map_specs(lambda spec: TensorSpec(spec.shape, np.float64))
+        rotated = make(_CoreFactory(self), seed=self.seed).create(wide)
         return DistributedDpProcess(layout, rotated, self)
 
 
@@ -423,17 +426,32 @@ class DistributedDpProcess(AggregationProcess):
         return self.rotated.initialize()
 
     def begin_round(self, state: State) -> Round:
-        return _UnwrapRound(self.rotated.begin_round(state))
+        return _UnwrapRound(self, self.rotated.begin_round(state))
 
 
 class _UnwrapRound(Round):
     owns_result = True
 
-    def __init__(self, inner: Round):
+    def __init__(self, process: DistributedDpProcess, inner: Round):
+        self.process = process
         self.inner = inner
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
-        self.inner.add(block, None)
+        """Hand the rotation float64 rows, a few clients at a time (no float64 copy of the whole
+        block)."""
+        rotated = self.process.rotated
+        for start in range(0, block.num_clients, _CHUNK_ROWS):
+            stop = min(block.num_clients, start + _CHUNK_ROWS)
+            rows = block.matrix[start:stop].astype(np.float64)
+            self.inner.add(
+                Contributions(
+                    ClientBatch(rows, rotated.layout),
+                    block.coef[start:stop],
+                    first_client=block.first_client + start,
+                    needs=rotated.stats_needed,
+                ),
+                None,
+            )
 
     def finish(self):
         state, result, measurements = self.inner.finish()

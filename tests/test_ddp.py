@@ -90,7 +90,7 @@ def test_wrap_around_probability_is_near_modclip_prob(mechanism):
     assert core.layout.size == d
     x = np.random.default_rng(5).normal(size=d)
     x /= np.linalg.norm(x)
-    out = core.next(core.initialize(), [x.astype(np.float32)] * n)
+    out = core.next(core.initialize(), [x] * n)  # the core sees float64 rotated rows
     scale = out.measurements["scale_factor"]
     off = np.abs(out.result - x) * scale * n  # in units of the modulus's integers
     wrapped = np.count_nonzero(off > 2**11)
@@ -125,6 +125,17 @@ def test_seeds_repeat_and_seed_none_never_replays_noise():
     first, second = fresh.next(state, zeros), fresh.next(state, zeros)
     assert pickle.dumps(state) == snapshot
     assert np.mean(first.result == second.result) < 0.05
+
+
+def test_a_huge_finite_float32_client_is_clipped_not_dropped():
+    # Its rotation would overflow float32 (an entry can reach the norm, 3.4e38 * sqrt(5)): the
+    # pipeline rotates in float64, so the client is clipped to the L2 clip like any other.
+    process = ak.distributed_dp(0.0, 4, bits=20, clip=1.0, seed=0).create(
+        ak.TensorSpec((5,), np.float32)
+    )
+    big = np.full(5, np.finfo(np.float32).max, np.float32)
+    out = process.next(process.initialize(), [big, np.zeros(5, np.float32)])
+    np.testing.assert_allclose(out.result, np.full(5, 1 / math.sqrt(5) / 4), atol=1e-5)
 
 
 def test_non_finite_clients_are_dropped_but_add_their_noise_share():

@@ -18,11 +18,6 @@ KNOWN = {
         "kernels.distances centers the Gram matrix by the clients' mean: one huge finite client "
         "cancels the honest clients' distances (computed as 0), so Krum's choice is arbitrary"
     ),
-    ("distributed_dp", "one client at the dtype's max"): (
-        "the rotation runs before the clip, in float32: a finite client whose norm exceeds the "
-        "float32 range becomes Inf and is dropped silently instead of clipped to the L2 clip"
-    ),
-    ("distributed_dp", "every client at the dtype's max"): "as above: every client is dropped",
 }
 
 
