@@ -9,6 +9,9 @@ in-process reference run with the same seeds and dropouts.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,13 +90,18 @@ def test_secure_apps_in_process_equal_masking_backend_with_dropouts(mnist_root, 
 
 @pytest.mark.slow
 @pytest.mark.mnist
-def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp_path):
+def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp_path, monkeypatch):
     """SuperLink + 5 SuperNodes on 127.0.0.1, authenticated SecAgg+, 2 rounds; in round 2 the
     SuperNode of partition 1 is killed when the masked-input request reaches it, that of
     partition 3 after it sent its masked input. The final model is the reference's."""
     from aggkit_torch.flower.secure_apps import write_secure_app
     from tests.flower.federation import Federation
 
+    # The nodes' ClientApp is tests.flower.secure_crash_app: the repository root on their path.
+    root = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     keys, registry = identities(tmp_path, NODES)
     config = secure_config(mnist_root, tmp_path, registry)
     config["secagg-stage-timeout"] = 600.0
