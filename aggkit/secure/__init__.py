@@ -12,6 +12,8 @@ Nothing is imported here on purpose: ``import aggkit.secure`` stays cheap and do
   the authenticated mode that holds against a malicious server);
 - ``simulation``: in-process rounds over K simulated clients with dropouts and per-stage costs
   (``simulate_round``, ``run_secure_sum``);
+- ``deployment``: an aggregator's secure sums through a protocol round between machines
+  (clients pack their secure-channel vectors, the server replays ``next`` with the sums);
 - ``backend``: ``MaskingBackend``, a :class:`aggkit.channels.SumBackend` that runs the protocol
   for every secure channel sum, e.g. ``MaskingBackend().run(process, state, values, weights)``
   (bit-identical to the default in-process sums; consistent dropouts per round);
