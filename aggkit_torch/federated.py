@@ -13,8 +13,14 @@ Each round (McMahan et al. 2017, with the server-optimizer view of Reddi et al. 
    is FedAvg, with momentum FedAvgM, Adam FedAdam;
 5. evaluate on the test set every ``eval_every`` rounds.
 
-Client weights are the number of examples each client trained on (``client_weighting=
-"num_examples"``) or 1 (``"uniform"``); unweighted aggregators (``dp_aggregator``) get none. A run
+Steps 2 to 4 after local training are :mod:`aggkit_torch.rounds`, the round core the Flower
+strategy shares. A client's example count (what ``local_update`` returns) is untrusted: by default
+(``client_weighting="capped"``) its weight is at most the examples :func:`~aggkit_torch.
+local_training.train_local` processes on its partition under this configuration; a count that is
+not a finite positive number up to 2**53 drops the client from the round, reported in the round's
+``dropped`` metrics. A round is a transaction: the model, the server optimizer and the aggregator
+state change only if it succeeded (``committed``); otherwise everything stays as it was, and only
+the round counter moves on. Unweighted aggregators (``dp_aggregator``) get no weights. A run
 checkpoints and resumes bit-exactly: every random draw is derived from ``(seed, round, client)``.
 
 Examples
@@ -47,8 +53,15 @@ from torch import nn
 
 import aggkit as ak
 from aggkit_torch import checkpoint
-from aggkit_torch.local_training import evaluate, prepare_model, reset_optimizer, train_local
+from aggkit_torch.local_training import (
+    evaluate,
+    examples_per_round,
+    prepare_model,
+    reset_optimizer,
+    train_local,
+)
 from aggkit_torch.params import model_layout, parameters_to_vector, write_delta
+from aggkit_torch.rounds import RoundCore, check_weighting, flatten_measurements, server_step
 
 __all__ = [
     "FedAvgConfig",
@@ -61,7 +74,6 @@ __all__ = [
 ]
 
 _SERVER_OPTIMIZERS = ("sgd", "adam")
-_WEIGHTINGS = ("num_examples", "uniform")
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,16 @@ class FedAvgConfig:
         How the aggregate updates the global model.
     server_lr, server_momentum : float
         Server learning rate (1.0 with SGD is plain FedAvg) and SGD momentum (FedAvgM).
-    client_weighting : {"num_examples", "uniform"}
-        Client weights for weighted aggregators.
+    client_weighting : {"capped", "num_examples", "uniform"}
+        How client-reported example counts become weights for weighted aggregators
+        (:mod:`aggkit_torch.rounds`). ``"capped"`` (the default): the count, at most what the
+        server knows the client can have processed (its partition size under this
+        configuration), or ``weight_cap`` times the round's median count when the server knows
+        no size; ``"num_examples"``: the count as reported (trust every client); ``"uniform"``:
+        1 each.
+    weight_cap : float
+        With ``"capped"``, the multiple of the round's median count that bounds a client whose
+        partition size the server does not know (>= 1; default 4).
     seed : int
         Seeds client sampling and every client's shuffling.
     eval_every : int
@@ -104,7 +124,8 @@ class FedAvgConfig:
     server_optimizer: str = "sgd"
     server_lr: float = 1.0
     server_momentum: float = 0.0
-    client_weighting: str = "num_examples"
+    client_weighting: str = "capped"
+    weight_cap: float = 4.0
     seed: int = 0
     eval_every: int = 1
     channels_last: bool | None = None
@@ -128,25 +149,7 @@ class FedAvgConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.server_optimizer not in _SERVER_OPTIMIZERS:
             raise ValueError(f"server_optimizer must be one of {_SERVER_OPTIMIZERS}")
-        if self.client_weighting not in _WEIGHTINGS:
-            raise ValueError(f"client_weighting must be one of {_WEIGHTINGS}")
-
-
-def flatten_measurements(measurements: Any, prefix: str = "") -> dict[str, float | int]:
-    """Nested aggregator measurements as ``{"zeroing/clipping_norm": value}`` for logging.
-
-    >>> flatten_measurements({"zeroing": {"clipping_norm": 1.0}, "zeroed_count": 2})
-    {'zeroing/clipping_norm': 1.0, 'zeroed_count': 2}
-    """
-    flat: dict[str, float | int] = {}
-    if isinstance(measurements, dict):
-        for key, value in measurements.items():
-            flat.update(flatten_measurements(value, f"{prefix}{key}/"))
-    elif isinstance(measurements, (int, float, np.integer, np.floating)):
-        flat[prefix.rstrip("/")] = (
-            measurements.item() if hasattr(measurements, "item") else (measurements)
-        )
-    return flat
+        check_weighting(self.client_weighting, self.weight_cap)
 
 
 def seed_of(*fields: int) -> int:
@@ -171,15 +174,13 @@ def make_server_optimizer(params, config: FedAvgConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=config.server_lr)
 
 
-def apply_update(optimizer: torch.optim.Optimizer, named_params, update) -> None:
-    """One server step with the aggregate ``update`` (``{name: array}``) as the gradient."""
-    optimizer.zero_grad(set_to_none=True)
-    for name, p in named_params:
-        if name in update:
-            grad = torch.empty_like(p)
-            grad.copy_(torch.from_numpy(np.asarray(update[name])))
-            p.grad = grad
-    optimizer.step()
+def apply_update(optimizer: torch.optim.Optimizer, named_params, update) -> bool:
+    """One server step with the aggregate ``update`` (``{name: array}``) as the gradient.
+
+    :func:`aggkit_torch.rounds.server_step`: False (and nothing changed) if the step would make
+    a parameter non-finite.
+    """
+    return server_step(optimizer, named_params, update)
 
 
 class FederatedTrainer:
@@ -203,13 +204,15 @@ class FederatedTrainer:
     local_update : callable, optional
         ``local_update(model, optimizer, images, labels) -> num_examples`` trains the worker model
         in place on one client's examples; an existing script's own training function fits as
-        is. Torch's global random generator is seeded per (seed, round, client) before each call,
-        so runs stay reproducible. By default :func:`~aggkit_torch.local_training.train_local`
-        with the config's epochs, steps and batch size.
+        is. Its ``num_examples`` is treated as a client's report (``client_weighting``). Torch's
+        global random generator is seeded per (seed, round, client) before each call, so runs
+        stay reproducible. By default :func:`~aggkit_torch.local_training.train_local` with the
+        config's epochs, steps and batch size.
     update_transform : callable, optional
         ``update_transform(trainer, clients, weights)`` is called once per round after local
         training and before aggregation; it may change rows of ``trainer.batch.matrix`` (the
-        round's updates, one row per client of ``clients``). For experiments: the attacks of
+        round's admitted updates, one row per client of ``clients``; ``weights`` are the
+        policy's, 0 for a zeroed non-finite update). For experiments: the attacks of
         :mod:`aggkit_torch.attacks` plug in here.
     """
 
@@ -252,13 +255,28 @@ class FederatedTrainer:
         self.layout = model_layout(self.model)
         self.process = aggregator.create(self.layout)
         self.aggregator_state = self.process.initialize()
+        self.core = RoundCore(
+            self.process, weighting=self.config.client_weighting, weight_cap=self.config.weight_cap
+        )
+        #: The example count the trainer trusts for each client: what train_local reports for
+        #: its partition under this configuration (the cap of ``client_weighting="capped"``).
+        self.trusted_examples = [
+            examples_per_round(
+                len(p),
+                epochs=self.config.local_epochs,
+                steps=self.config.local_steps,
+                batch_size=self.config.batch_size,
+            )
+            for p in self.partitions
+        ]
         self.client_optimizer = torch.optim.SGD(
             self.worker.parameters(),
             lr=self.config.client_lr,
             momentum=self.config.client_momentum,
         )
         self.server_optimizer = make_server_optimizer(self.model.parameters(), self.config)
-        self.batch = self.layout.empty_batch(self.config.clients_per_round)
+        #: The last round's admitted updates, one row per client (``update_transform`` edits it).
+        self.batch: ak.ClientBatch = self.core.begin(self.config.clients_per_round).batch()
         self.round = 0
         self.history: list[dict[str, Any]] = []
 
@@ -271,71 +289,52 @@ class FederatedTrainer:
         )
 
     def run_round(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Run one round; returns its metrics (also appended to :attr:`history`)."""
+        """Run one round; returns its metrics (also appended to :attr:`history`).
+
+        The metrics: ``round``, ``clients`` (admitted, in row order), ``train_loss``,
+        ``nonfinite_clients``, ``examples``, ``capped_clients``, ``dropped`` (``[{"client",
+        "reason"}]``), ``committed`` (False: the model, optimizer and aggregator state are as
+        they were, and ``failure`` says why), ``measurements``, timings, and the test accuracy
+        and loss when evaluated.
+        """
         config = self.config
         started = time.perf_counter()
         clients = self.sample_clients(self.round)
         initial = parameters_to_vector(self.model)
-        weights = np.zeros(len(clients))
+        rnd = self.core.begin(len(clients))
         losses = []
-        nonfinite = 0
-        for row, client in enumerate(clients):
-            with torch.no_grad():
-                for worker_p, global_p in zip(
-                    self.worker.parameters(), self.model.parameters(), strict=True
-                ):
-                    worker_p.copy_(global_p)
-            reset_optimizer(self.client_optimizer)
-            generator = torch.Generator().manual_seed(seed_of(config.seed, self.round, int(client)))
-            if self.local_update is None:
-                result = train_local(
-                    self.worker,
-                    self.client_optimizer,
-                    self.train_images,
-                    self.train_labels,
-                    self.partitions[client],
-                    epochs=config.local_epochs,
-                    steps=config.local_steps,
-                    batch_size=config.batch_size,
-                    generator=generator,
-                )
-                examples, loss = result.num_examples, result.mean_loss
+        admitted = []
+        for client in clients:
+            name = self.client_names[client]
+            examples, loss = self._train_client(int(client))
+            problem = rnd.count_problem(examples)
+            if problem is not None:
+                rnd.drop(name, problem)
             else:
-                torch.manual_seed(seed_of(config.seed, self.round, int(client)))
-                rows = torch.from_numpy(self.partitions[client])
-                examples = self.local_update(
-                    self.worker,
-                    self.client_optimizer,
-                    self.train_images.index_select(0, rows),
-                    self.train_labels.index_select(0, rows),
-                )
-                loss = math.nan
-            if write_delta(initial, self.worker, self.batch.matrix[row]):
-                weights[row] = examples if config.client_weighting == "num_examples" else 1.0
-                losses.append(loss)
-            else:  # a non-finite update is replaced by zeros, with weight 0
-                self.batch.matrix[row] = 0.0
-                nonfinite += 1
+                write_delta(initial, self.worker, rnd.next_row())
+                if rnd.add(name, reported=examples, known=self.trusted_examples[client]):
+                    losses.append(loss)
+                admitted.append(client)
             if progress is not None:
                 progress(1)
+        self.batch = rnd.batch()
         if self.update_transform is not None:
-            self.update_transform(self, clients, weights)
+            self.update_transform(self, np.asarray(admitted, dtype=np.int64), rnd.weights())
         trained = time.perf_counter()
-        if self.process.is_weighted:
-            output = self.process.next(self.aggregator_state, self.batch, weights)
-        else:
-            output = self.process.next(self.aggregator_state, self.batch)
+        outcome = rnd.aggregate(self.aggregator_state)
         aggregated = time.perf_counter()
-        self._apply(output.result)
-        self.aggregator_state = output.state
+        if outcome.ok:
+            if self._apply(outcome.result):
+                self.aggregator_state = outcome.state
+                rnd.committed = True
+            else:
+                rnd.fail("the server step would make the model non-finite")
         self.round += 1
         metrics: dict[str, Any] = {
             "round": self.round,
-            "clients": [self.client_names[c] for c in clients],
+            **rnd.metrics(),
             "train_loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
-            "nonfinite_clients": nonfinite,
-            "examples": int(weights.sum()) if config.client_weighting == "num_examples" else None,
-            "measurements": flatten_measurements(output.measurements),
+            "measurements": outcome.measurements,
             "train_seconds": trained - started,
             "aggregate_seconds": aggregated - trained,
         }
@@ -346,8 +345,41 @@ class FederatedTrainer:
         self.history.append(metrics)
         return metrics
 
-    def _apply(self, update: dict[str, np.ndarray]) -> None:
-        apply_update(self.server_optimizer, self.model.named_parameters(), update)
+    def _train_client(self, client: int) -> tuple[object, float]:
+        """Train the worker from the global model on ``client``'s examples: (count, mean loss)."""
+        config = self.config
+        with torch.no_grad():
+            for worker_p, global_p in zip(
+                self.worker.parameters(), self.model.parameters(), strict=True
+            ):
+                worker_p.copy_(global_p)
+        reset_optimizer(self.client_optimizer)
+        seed = seed_of(config.seed, self.round, client)
+        if self.local_update is None:
+            result = train_local(
+                self.worker,
+                self.client_optimizer,
+                self.train_images,
+                self.train_labels,
+                self.partitions[client],
+                epochs=config.local_epochs,
+                steps=config.local_steps,
+                batch_size=config.batch_size,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            return result.num_examples, result.mean_loss
+        torch.manual_seed(seed)
+        rows = torch.from_numpy(self.partitions[client])
+        examples = self.local_update(
+            self.worker,
+            self.client_optimizer,
+            self.train_images.index_select(0, rows),
+            self.train_labels.index_select(0, rows),
+        )
+        return examples, math.nan
+
+    def _apply(self, update: dict[str, np.ndarray]) -> bool:
+        return server_step(self.server_optimizer, self.model.named_parameters(), update)
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model."""
@@ -432,4 +464,10 @@ def format_round(metrics: dict[str, Any]) -> str:
         parts.append(" ".join(f"{k}={v}" for k, v in shown.items()))
     if metrics["nonfinite_clients"]:
         parts.append(f"non-finite clients zeroed: {metrics['nonfinite_clients']}")
+    if metrics.get("capped_clients"):
+        parts.append(f"weights capped: {metrics['capped_clients']}")
+    if metrics.get("dropped"):
+        parts.append(f"dropped: {', '.join(str(d['client']) for d in metrics['dropped'])}")
+    if not metrics.get("committed", True):
+        parts.append(f"NOT COMMITTED ({metrics.get('failure')}): the model is unchanged")
     return " | ".join(parts)

@@ -47,6 +47,7 @@ __all__ = [
     "LocalResult",
     "configure_threads",
     "evaluate",
+    "examples_per_round",
     "is_channels_last",
     "prepare_model",
     "reset_optimizer",
@@ -150,6 +151,29 @@ def _as_index_tensor(indices: object) -> torch.Tensor:
     if idx.dim() != 1:
         raise ValueError(f"indices must be one-dimensional, got shape {tuple(idx.shape)}")
     return idx
+
+
+def examples_per_round(
+    size: int, *, epochs: int = 1, steps: int | None = None, batch_size: int = 64
+) -> int:
+    """The ``num_examples`` :func:`train_local` reports for a client holding ``size`` examples.
+
+    ``epochs * size`` for whole epochs; with ``steps``, the examples of that many batches, where
+    each pass over the data ends with a smaller batch when ``batch_size`` does not divide
+    ``size``. A server that knows a client's partition size uses it as the trusted example count
+    (:mod:`aggkit_torch.rounds`).
+
+    >>> examples_per_round(100, epochs=2), examples_per_round(100, steps=3, batch_size=64)
+    (200, 164)
+    """
+    size = _check_int("size", size)
+    batch_size = _check_int("batch_size", batch_size)
+    if steps is None:
+        return _check_int("epochs", epochs) * size
+    steps = _check_int("steps", steps)
+    per_pass = -(-size // batch_size)
+    full, rest = divmod(steps, per_pass)
+    return full * size + rest * batch_size  # rest < per_pass: those batches are all full
 
 
 def _batches(

@@ -82,9 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-momentum", type=float, default=0.0)
     parser.add_argument(
         "--weighting",
-        choices=("num_examples", "uniform"),
+        choices=("capped", "num_examples", "uniform"),
         default=None,
-        help="client weights (default: num_examples; uniform for dp)",
+        help="client weights: example counts capped by what each client can have processed, "
+        "counts as reported, or 1 each (default: capped; uniform for dp)",
+    )
+    parser.add_argument(
+        "--weight-cap",
+        type=float,
+        default=4.0,
+        help="with --weighting capped, where the server knows no partition size: the largest "
+        "weight as a multiple of the round's median example count",
     )
     parser.add_argument("--noise-multiplier", type=float, default=0.1, help="for --aggregator dp")
     parser.add_argument("--attack", choices=ATTACKS, default="none", help="client-side attack")
@@ -130,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.clients_per_round is None:
         args.clients_per_round = min(args.clients, 10)
     if args.weighting is None:
-        args.weighting = "uniform" if args.aggregator == "dp" else "num_examples"
+        args.weighting = "uniform" if args.aggregator == "dp" else "capped"
     return args
 
 
@@ -149,6 +157,7 @@ def fedavg_config(args: argparse.Namespace):
         server_lr=args.server_lr,
         server_momentum=args.server_momentum,
         client_weighting=args.weighting,
+        weight_cap=args.weight_cap,
         seed=args.seed,
         eval_every=args.eval_every,
     )

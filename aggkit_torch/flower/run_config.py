@@ -66,6 +66,7 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "server-lr": 1.0,
     "server-momentum": 0.0,
     "weighting": "",
+    "weight-cap": 4.0,
     "noise-multiplier": 0.1,
     "data": "",
     "train-subset": 0,

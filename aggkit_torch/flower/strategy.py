@@ -15,19 +15,35 @@ train message as with Flower's ``FedAvg``: their trained arrays (one ``ArrayReco
 2. sends them the global arrays and the client-side half of the :class:`FedAvgConfig` (seed,
    local epochs or steps, batch size, client optimizer; :func:`~aggkit_torch.flower.run_config.
    client_train_config`);
-3. writes each reply's update ``global - trained`` into its row of an :class:`aggkit.ClientBatch`,
-   in sampling order. A reply whose structure, shapes or dtypes differ from the global model's
-   raises :class:`aggkit.InvalidUpdateError` naming the node and its partition (the aggregator's
-   state is unchanged); an update holding NaN or Inf is replaced by zeros with weight 0, as
+3. validates every reply first and writes each usable one's update ``global - trained`` into its
+   row of an :class:`aggkit.ClientBatch`, in sampling order. A reply is *dropped*, logged and
+   reported (node id and reason) when it is an error, comes from a node that was not sampled or
+   answers twice, its arrays differ from the global model's (keys, shapes, dtypes), or its
+   ``"num-examples"`` is missing, not a number, negative, zero, not finite or above 2**53 (when
+   the weighting reads it). An update holding NaN or Inf is replaced by zeros with weight 0, as
    :class:`~aggkit_torch.federated.FederatedTrainer` does;
-4. aggregates the batch with the aggkit process, whose state it keeps across rounds. Weighted
-   processes get one weight per client (``"num-examples"`` or 1, per ``client_weighting``);
+4. aggregates the rows with the aggkit process, whose state it keeps across rounds. Weighted
+   processes get one weight per client from the weighting policy (``config.client_weighting``;
+   by default ``"capped"``: ``"num-examples"`` bounded by the count the server knows for the
+   partition, from ``partition_sizes``, else by ``config.weight_cap`` times the round's median);
    unweighted ones get none;
 5. applies the aggregate as a pseudo-gradient with the server optimizer (SGD with learning
    rate 1.0 is FedAvg; momentum is FedAvgM; Adam is FedAdam);
 6. returns the new arrays and a ``MetricRecord``: the clients' metrics averaged as Flower does,
    the aggregator's measurements flattened under ``"aggregator/"`` (``aggregator/zeroing_norm``,
-   ``aggregator/zeroing/clipping_norm``, ...), ``"clients"`` and ``"nonfinite-clients"``.
+   ``aggregator/zeroing/clipping_norm``, ...), ``"clients"``, ``"nonfinite-clients"``,
+   ``"capped-clients"``, ``"dropped-clients"`` and ``"dropped-nodes"`` (their node ids; the
+   reasons are in the log and in :attr:`AggkitStrategy.history`), and ``"committed"`` (1 or 0).
+
+Steps 3 to 5 are :mod:`aggkit_torch.rounds`, the round core :class:`FederatedTrainer` runs too. A
+round is a transaction: the global arrays, the server optimizer and the aggregator state change
+only when it succeeded. A round left with no usable reply (or whose aggregate or server step
+would not be finite) returns no arrays, so Flower keeps the previous ones, reports
+``committed=0`` and logs why. No reply, however malformed, raises out of ``configure_train`` or
+``aggregate_train``: a bad node is dropped, never the run. Nodes that answer the partition query
+inconsistently (a ``num-partitions`` other than the majority's or ``partition_sizes``', a
+partition another node also claims, a malformed answer) are left out of sampling and reported in
+the next round's metrics.
 
 Given the same seeds, partitions and initial weights, a Flower run of the MNIST apps computes
 the same global model as :class:`FederatedTrainer`: the same clients train with the same
@@ -47,6 +63,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
@@ -55,15 +72,11 @@ import numpy as np
 import torch
 
 import aggkit as ak
-from aggkit_torch.federated import (
-    FedAvgConfig,
-    apply_update,
-    flatten_measurements,
-    make_server_optimizer,
-    sample_clients,
-)
+from aggkit_torch.federated import FedAvgConfig, make_server_optimizer, sample_clients
 from aggkit_torch.flower import require_flwr
 from aggkit_torch.flower.run_config import client_train_config
+from aggkit_torch.local_training import examples_per_round
+from aggkit_torch.rounds import Round, RoundCore, server_step
 
 require_flwr()
 
@@ -112,6 +125,12 @@ class AggkitStrategy(FedAvg):
         As for :class:`flwr.serverapp.strategy.FedAvg` (federated evaluation is FedAvg's).
     query_timeout : float, default 600
         Seconds to wait for the nodes' answers to the partition query.
+    partition_sizes : sequence of int, optional
+        The number of training examples of each partition, if the server knows them (index:
+        partition id). They fix ``num-partitions`` and, under ``client_weighting="capped"``,
+        bound each partition's weight by what an honest client processes on it
+        (:func:`~aggkit_torch.local_training.examples_per_round`); without them the cap is
+        ``config.weight_cap`` times the round's median count.
 
     Attributes
     ----------
@@ -140,6 +159,7 @@ class AggkitStrategy(FedAvg):
         train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         query_timeout: float = 600.0,
+        partition_sizes: Sequence[int] | None = None,
     ):
         if not isinstance(aggregator, ak.Factory):
             raise TypeError(f"aggregator must be an aggkit factory, got {aggregator!r}")
@@ -170,17 +190,37 @@ class AggkitStrategy(FedAvg):
         self.config = config
         self.partition_sampling = bool(partition_sampling)
         self.query_timeout = float(query_timeout)
+        self.trusted_examples: list[int] | None = None
+        if partition_sizes is not None:
+            self.trusted_examples = [
+                examples_per_round(
+                    int(size),
+                    epochs=config.local_epochs,
+                    steps=config.local_steps,
+                    batch_size=config.batch_size,
+                )
+                for size in partition_sizes
+            ]
+            if not self.trusted_examples:
+                raise ValueError("partition_sizes must not be empty")
         self.layout: ak.Layout | None = None
         self.process: ak.AggregationProcess | None = None
         self.aggregator_state: Any = None
         self.history: list[dict[str, Any]] = []
+        self._core: RoundCore | None = None
         self._params: dict[str, torch.Tensor] = {}
-        self._server_optimizer: torch.optim.Optimizer | None = None
+        self.server_optimizer: torch.optim.Optimizer | None = None
         self._global: np.ndarray | None = None
-        self._batch: ak.ClientBatch | None = None
-        self._partition_of: dict[int, int | None] = {}  # node id -> partition (None: none)
-        self._num_partitions: int | None = None
+        # node id -> (partition, num-partitions) as the node answered; None: no usable answer.
+        self._answers: dict[int, tuple[int, int] | None] = {}
+        self._partition_of: dict[int, int | None] = {}  # node id -> partition (None: excluded)
+        self._num_partitions: int | None = (
+            len(self.trusted_examples) if self.trusted_examples is not None else None
+        )
         self._sampled: dict[int, tuple[int, int | None]] = {}  # node id -> (row, partition)
+        self._exclusions: dict[int, str] = {}  # node id -> why it is left out of sampling
+        self._excluded: list[dict[str, Any]] = []  # the connected ones, this round
+        self._no_targets: str | None = None  # why this round has no clients (if so)
         self._round_started = 0.0
 
     def summary(self) -> None:
@@ -236,14 +276,19 @@ class AggkitStrategy(FedAvg):
             for k, a in structure.items()
         }
         optimizer = make_server_optimizer(params.values(), self.config)
+        core = RoundCore(
+            process, weighting=self.config.client_weighting, weight_cap=self.config.weight_cap
+        )
         self.layout, self.process, self.aggregator_state = layout, process, state
-        self._params, self._server_optimizer = params, optimizer
+        self._params, self.server_optimizer, self._core = params, optimizer, core
 
-    def _apply(self, update: dict[str, np.ndarray]) -> ArrayRecord:
-        """One server-optimizer step with ``update`` as the gradient; the new global arrays."""
-        assert self._server_optimizer is not None
-        apply_update(self._server_optimizer, self._params.items(), update)
-        return ArrayRecord({k: Array(p.detach().numpy()) for k, p in self._params.items()})
+    def _apply(self, update: dict[str, np.ndarray]) -> ArrayRecord | None:
+        """One server-optimizer step with ``update`` as the gradient: the new global arrays, or
+        None (and nothing changed) if the step would make them non-finite."""
+        assert self.server_optimizer is not None
+        if not server_step(self.server_optimizer, self._params.items(), update):
+            return None
+        return ArrayRecord({k: Array(p.detach().numpy().copy()) for k, p in self._params.items()})
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -258,7 +303,7 @@ class AggkitStrategy(FedAvg):
         return sample_clients(self.config.seed, server_round - 1, num_partitions, k)
 
     def _discover(self, nodes: Sequence[int], grid: Grid) -> None:
-        """Ask ``nodes`` which partition they hold (once per node)."""
+        """Ask ``nodes`` which partition they hold (once per node that answers)."""
         messages = [
             Message(
                 RecordDict({self.configrecord_key: ConfigRecord()}),
@@ -267,47 +312,91 @@ class AggkitStrategy(FedAvg):
             )
             for node in nodes
         ]
+        asked = set(nodes)
         for reply in grid.send_and_receive(messages, timeout=self.query_timeout):
             node = reply.metadata.src_node_id
+            if node not in asked or node in self._answers:
+                continue  # not asked, or a second answer: the first one stands
             if reply.has_error():
-                log(
-                    WARNING,
-                    "node %d did not say which partition it holds (%s); it will not be sampled",
-                    node,
-                    reply.error.reason,
+                self._answers[node] = None
+                self._exclusions[node] = (
+                    f"did not say which partition it holds ({reply.error.reason})"
                 )
+                continue
+            answer = _partition_reply(reply)
+            if isinstance(answer, str):
+                self._answers[node] = None
+                self._exclusions[node] = answer
+            else:
+                self._answers[node] = answer
+
+    def _assign(self) -> None:
+        """Partitions of the nodes that answered consistently; the others are excluded.
+
+        ``num-partitions`` is ``partition_sizes``' length when given, else the value most nodes
+        report (ties: the smallest); a node reporting another value is excluded. A partition
+        claimed by two or more nodes is served by none of them: the server cannot tell which one
+        holds it, and taking the first would let any node take over a partition.
+        """
+        answers = {node: a for node, a in self._answers.items() if a is not None}
+        count = self._num_partitions if self.trusted_examples is not None else None
+        if count is None and answers:
+            votes = Counter(c for _, c in answers.values())
+            count = min(votes, key=lambda c: (-votes[c], c))
+        self._num_partitions = count
+        claims: dict[int, list[int]] = {}
+        for node, (partition, reported) in answers.items():
+            if reported == count:
+                claims.setdefault(partition, []).append(node)
+        for node, answer in self._answers.items():
+            if answer is None:
                 self._partition_of[node] = None
                 continue
-            partition, count = _partition_reply(reply, node)
-            if self._num_partitions is None:
-                self._num_partitions = count
-            elif count != self._num_partitions:
-                raise ValueError(
-                    f"node {node} reports num-partitions={count}, other nodes "
-                    f"{self._num_partitions}: every node must split the data the same way"
-                )
-            self._partition_of[node] = partition
+            partition, reported = answer
+            if reported != count:
+                reason = f"reports num-partitions={reported}, but there are {count}"
+            elif len(claims[partition]) > 1:
+                others = sorted(n for n in claims[partition] if n != node)
+                reason = f"claims partition {partition}, as do nodes {others}: none is used"
+            else:
+                self._partition_of[node] = partition
+                self._exclusions.pop(node, None)
+                continue
+            self._partition_of[node] = None
+            if self._exclusions.get(node) != reason:
+                log(WARNING, "node %d is left out of sampling: it %s", node, reason)
+            self._exclusions[node] = reason
 
-    def _sample_partition_nodes(self, server_round: int, grid: Grid) -> list[tuple[int, int]]:
+    def _sample_partition_nodes(
+        self, server_round: int, grid: Grid
+    ) -> tuple[list[tuple[int, int]], str | None]:
+        """The round's ``(node, partition)`` targets, and why there are none (if so)."""
         _, connected = sample_nodes(grid, self.min_available_nodes, 0)  # waits for the nodes
-        unknown = [node for node in connected if node not in self._partition_of]
+        unknown = [node for node in connected if node not in self._answers]
         if unknown:
             self._discover(unknown, grid)
-        holder: dict[int, int] = {}
-        for node in connected:
-            partition = self._partition_of.get(node)
-            if partition is None:
-                continue
-            if partition in holder:
-                raise ValueError(
-                    f"nodes {holder[partition]} and {node} both hold partition {partition}"
-                )
-            holder[partition] = node
+        self._assign()
+        online = set(connected)
+        self._excluded = [
+            {"client": node, "node": node, "reason": reason}
+            for node, reason in sorted(self._exclusions.items())
+            if node in online
+        ]
         if self._num_partitions is None:
-            raise RuntimeError(
+            return [], (
                 "no node reported its partition; start the SuperNodes with --node-config "
                 "'partition-id=<i> num-partitions=<n>', or use partition_sampling=False"
             )
+        if self.config.clients_per_round > self._num_partitions:
+            return [], (
+                f"clients_per_round ({self.config.clients_per_round}) exceeds the number of "
+                f"partitions ({self._num_partitions})"
+            )
+        holder = {
+            part: node
+            for node, part in self._partition_of.items()
+            if part is not None and node in online
+        }
         targets, missing = [], []
         for partition in self.sample_partitions(server_round, self._num_partitions):
             partition = int(partition)
@@ -317,7 +406,7 @@ class AggkitStrategy(FedAvg):
                 missing.append(partition)
         if missing:
             log(WARNING, "round %d: no node holds sampled partitions %s", server_round, missing)
-        return targets
+        return targets, None
 
     # -- the round ------------------------------------------------------------------------------
 
@@ -327,8 +416,16 @@ class AggkitStrategy(FedAvg):
         """Sample the round's clients and send them the global arrays and training config."""
         self._round_started = time.perf_counter()
         self._set_global(arrays)
+        self._excluded, self._no_targets = [], None
         if self.partition_sampling:
-            targets = self._sample_partition_nodes(server_round, grid)
+            targets, self._no_targets = self._sample_partition_nodes(server_round, grid)
+            if self._no_targets is not None:
+                log(
+                    WARNING,
+                    "configure_train: no clients in round %d: %s",
+                    server_round,
+                    self._no_targets,
+                )
         else:
             nodes, _ = sample_nodes(grid, self.min_available_nodes, self.config.clients_per_round)
             targets = [(node, None) for node in nodes]
@@ -348,76 +445,63 @@ class AggkitStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the replies' updates with the aggkit process; apply the server optimizer.
+        """Validate the replies, aggregate the usable ones, and commit only a successful round.
 
-        Raises
-        ------
-        aggkit.InvalidUpdateError
-            A reply's arrays do not match the global model (names the node and partition),
-            or its weight is missing, negative or not finite. The state is unchanged.
+        Returns the new global arrays (None when the round was not committed: Flower keeps the
+        previous ones) and the round's metrics. A bad reply never raises: it is dropped and
+        reported (module docstring).
         """
-        if self.process is None or self._global is None:
+        if self.process is None or self._global is None or self._core is None:
             raise RuntimeError("aggregate_train before configure_train: no global model yet")
         received = time.perf_counter()
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        rows = self._in_sampling_order(valid)
-        if not rows:
+        rnd = self._core.begin(max(len(self._sampled), 1))
+        admitted: list[RecordDict] = []
+        losses: list[float] = []
+        for node, partition, reply in self._in_sampling_order(rnd, replies):
+            if self._admit(rnd, reply, node, partition):
+                admitted.append(reply.content)
+                loss = _metric(reply, "train_loss")
+                if loss is not None and math.isfinite(loss):
+                    losses.append(loss)
+        started = time.perf_counter()
+        outcome = rnd.aggregate(self.aggregator_state)
+        if self._no_targets is not None and not outcome.ok:
+            rnd.fail(self._no_targets)
+        aggregated = time.perf_counter()
+        arrays = None
+        if outcome.ok:
+            arrays = self._apply(outcome.result)  # type: ignore[arg-type]
+            if arrays is None:
+                rnd.fail("the server step would make the global model non-finite")
+            else:
+                self.aggregator_state = outcome.state
+                rnd.committed = True
+        if not rnd.committed:
             log(
                 WARNING,
-                "aggregate_train: no replies in round %d; the model is unchanged",
+                "round %d not committed (%s): the global model, server optimizer and "
+                "aggregator state are unchanged",
                 server_round,
+                rnd.failure,
             )
-            return None, None
-        batch = self._batch_for(len(rows))
-        weights = np.zeros(len(rows))
-        finite: list[RecordDict] = []
-        losses: list[float] = []
-        nonfinite = 0
-        for row, (reply, partition) in enumerate(rows):
-            who = _describe(reply.metadata.src_node_id, partition)
-            out = batch.matrix[row]
-            structure = self._reply_arrays(reply, who)
-            try:
-                self.layout.flatten(structure, out=out, client=row)  # type: ignore[union-attr]
-            except ak.InvalidUpdateError as error:
-                raise _renamed(error, who) from error
-            np.subtract(self._global, out, out=out)  # the update: global - trained
-            if np.isfinite(out).all():
-                weights[row] = self._weight(reply, who)
-                finite.append(reply.content)
-                loss = _metric(reply, "train_loss")
-                if loss is not None:
-                    losses.append(loss)
-            else:  # a non-finite update is replaced by zeros, with weight 0
-                out[:] = 0.0
-                nonfinite += 1
-                log(WARNING, "%s sent a non-finite update: zeroed, weight 0", who)
-        started = time.perf_counter()
-        if self.process.is_weighted:
-            output = self.process.next(self.aggregator_state, batch, weights)
-        else:
-            output = self.process.next(self.aggregator_state, batch)
-        aggregated = time.perf_counter()
-        arrays = self._apply(output.result)
-        self.aggregator_state = output.state
-        measurements = flatten_measurements(output.measurements)
-
-        metrics = self._client_metrics(finite)
-        for key, value in measurements.items():
+        report = rnd.metrics()
+        metrics = self._client_metrics(admitted, rnd)
+        for key, value in outcome.measurements.items():
             metrics[MEASUREMENT_PREFIX + key] = value
-        metrics["clients"] = len(rows)
-        metrics["nonfinite-clients"] = nonfinite
-        weighted_examples = self.config.client_weighting == "num_examples"
+        metrics["clients"] = rnd.count
+        metrics["nonfinite-clients"] = report["nonfinite_clients"]
+        metrics["capped-clients"] = report["capped_clients"]
+        metrics["dropped-clients"] = len(report["dropped"])
+        metrics["dropped-nodes"] = [int(item["node"]) for item in report["dropped"]]
+        metrics["excluded-nodes"] = [int(item["node"]) for item in self._excluded]
+        metrics["committed"] = int(rnd.committed)
         self.history.append(
             {
                 "round": server_round,
-                "clients": [
-                    part if part is not None else reply.metadata.src_node_id for reply, part in rows
-                ],
+                **report,
+                "excluded": [dict(item) for item in self._excluded],
                 "train_loss": float(np.mean(losses)) if losses else math.nan,
-                "nonfinite_clients": nonfinite,
-                "examples": int(weights.sum()) if weighted_examples else None,
-                "measurements": measurements,
+                "measurements": outcome.measurements,
                 "train_seconds": received - self._round_started,
                 "aggregate_seconds": aggregated - started,
                 "round_seconds": time.perf_counter() - self._round_started,
@@ -427,28 +511,62 @@ class AggkitStrategy(FedAvg):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _in_sampling_order(self, replies: list[Message]) -> list[tuple[Message, int | None]]:
-        """Replies in the order their clients were sampled (unexpected nodes last, by id)."""
-        known, unknown = [], []
+    def _in_sampling_order(
+        self, rnd: Round, replies: Iterable[Message]
+    ) -> list[tuple[int, int | None, Message]]:
+        """The sampled nodes' replies as ``(node, partition, reply)`` in sampling order.
+
+        Error replies, replies from nodes not sampled this round and second replies are dropped.
+        """
+        known: dict[int, tuple[int, int | None, Message]] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
-            if node in self._sampled:
-                row, partition = self._sampled[node]
-                known.append((row, reply, partition))
+            if node not in self._sampled:
+                self._drop(rnd, node, node, None, "was not sampled this round")
+                continue
+            row, partition = self._sampled[node]
+            label = partition if partition is not None else node
+            if node in known:
+                self._drop(rnd, label, node, partition, "replied more than once")
+            elif reply.has_error():
+                reason = f"replied with an error ({reply.error.reason})"
+                self._drop(rnd, label, node, partition, reason)
             else:
-                unknown.append((node, reply, self._partition_of.get(node)))
-        known.sort(key=lambda item: item[0])
-        unknown.sort(key=lambda item: item[0])
-        return [(reply, part) for _, reply, part in known + unknown]
+                known[node] = (row, partition, reply)
+        return [
+            (node, part, reply)
+            for node, (_, part, reply) in sorted(known.items(), key=lambda item: item[1][0])
+        ]
 
-    def _batch_for(self, count: int) -> ak.ClientBatch:
-        """A ``[count, n]`` batch whose buffer is reused across rounds."""
-        assert self.layout is not None
-        if self._batch is None or self._batch.num_clients < count:
-            self._batch = self.layout.empty_batch(max(count, self.config.clients_per_round))
-        return ak.ClientBatch(self._batch.matrix[:count], self.layout)
+    def _drop(self, rnd: Round, label: Any, node: int, partition: int | None, reason: str) -> bool:
+        log(WARNING, "%s: dropped from the round: %s", _describe(node, partition), reason)
+        rnd.drop(label, reason, node=node)
+        return False
 
-    def _reply_arrays(self, reply: Message, who: str) -> dict[str, np.ndarray]:
+    def _admit(self, rnd: Round, reply: Message, node: int, partition: int | None) -> bool:
+        """Validate ``reply`` and write its update into the round; True if it counts."""
+        label = partition if partition is not None else node
+        reported = _raw_metric(reply, self.weighted_by_key)
+        problem = rnd.count_problem(reported)
+        if problem is not None:
+            return self._drop(rnd, label, node, partition, f"{self.weighted_by_key}: {problem}")
+        row = rnd.next_row()
+        try:
+            self.layout.flatten(self._reply_arrays(reply), out=row)  # type: ignore[union-attr]
+        except ak.InvalidUpdateError as error:
+            return self._drop(rnd, label, node, partition, str(error))
+        except (ValueError, TypeError) as error:  # an Array whose bytes do not decode
+            return self._drop(rnd, label, node, partition, f"unreadable arrays ({error})")
+        np.subtract(self._global, row, out=row)  # the update: global - trained
+        known = None
+        if self.trusted_examples is not None and partition is not None:
+            known = self.trusted_examples[partition]
+        if rnd.add(label, reported=reported, known=known, node=node):
+            return True
+        log(WARNING, "%s sent a non-finite update: zeroed, weight 0", _describe(node, partition))
+        return False
+
+    def _reply_arrays(self, reply: Message) -> dict[str, np.ndarray]:
         records = reply.content.array_records
         if self.arrayrecord_key in records:
             record = records[self.arrayrecord_key]
@@ -456,38 +574,34 @@ class AggkitStrategy(FedAvg):
             record = next(iter(records.values()))
         else:
             raise ak.InvalidUpdateError(
-                f"{who} replied with ArrayRecords {sorted(records)}; expected one, "
+                f"replied with ArrayRecords {sorted(records)}; expected one, "
                 f"{self.arrayrecord_key!r}"
             )
         return {key: array.numpy() for key, array in record.items()}
 
-    def _weight(self, reply: Message, who: str) -> float:
-        if self.config.client_weighting == "uniform":
-            return 1.0
-        value = _metric(reply, self.weighted_by_key)
-        if value is None:
-            raise ak.InvalidUpdateError(
-                f"{who} replied without {self.weighted_by_key!r} in its MetricRecord, which "
-                "weights its update (client_weighting='num_examples')"
-            )
-        if not (math.isfinite(value) and value >= 0):
-            raise ak.InvalidUpdateError(
-                f"{who} replied with {self.weighted_by_key}={value!r}; a weight must be finite "
-                "and non-negative"
-            )
-        return value
+    def _client_metrics(self, contents: list[RecordDict], rnd: Round) -> MetricRecord:
+        """The admitted clients' own metrics, averaged with the weights the round used.
 
-    def _client_metrics(self, contents: list[RecordDict]) -> MetricRecord:
-        """The clients' own metrics, averaged as Flower's FedAvg does (if they can be)."""
-        usable = [
-            c
-            for c in contents
-            if len(c.metric_records) == 1
-            and self.weighted_by_key in next(iter(c.metric_records.values()))
-        ]
-        if not usable or len(usable) != len(contents):
+        Each finite client's ``weighted_by_key`` is replaced by its weight in the round (capped,
+        or 1 for uniform or unweighted rounds), so a client cannot dominate the reported metrics
+        either. Empty when the clients' records cannot be averaged.
+        """
+        weights = [float(w) for w in rnd.weights()[rnd.finite_rows()]]
+        if not contents or len(weights) != len(contents):
             return MetricRecord()
-        return self.train_metrics_aggr_fn(usable, self.weighted_by_key)
+        usable = []
+        for content, weight in zip(contents, weights, strict=True):
+            records = list(content.metric_records.values())
+            if len(records) != 1:
+                return MetricRecord()
+            record = MetricRecord(dict(records[0]))
+            record[self.weighted_by_key] = weight
+            usable.append(RecordDict({"metrics": record}))
+        try:
+            return self.train_metrics_aggr_fn(usable, self.weighted_by_key)
+        except (ArithmeticError, KeyError, TypeError, ValueError) as error:
+            log(WARNING, "the clients' metrics could not be averaged: %r", error)
+            return MetricRecord()
 
 
 def _describe(node: int, partition: int | None) -> str:
@@ -496,17 +610,12 @@ def _describe(node: int, partition: int | None) -> str:
     return f"node {node} (partition {partition})"
 
 
-def _renamed(error: ak.InvalidUpdateError, who: str) -> ak.InvalidUpdateError:
-    """``error`` restated for a Flower client (its node and partition, not a batch row)."""
-    located = error.client is not None or error.path is not None
-    detail = str(error).split(": ", 1)[-1] if located else str(error)
-    if error.path is None:
-        where = ""
-    else:
-        where = ", weight" if error.path == "weight" else f", tensor {error.path}"
-    renamed = ak.InvalidUpdateError(f"{who}{where}: {detail}")
-    renamed.client, renamed.path = error.client, error.path
-    return renamed
+def _raw_metric(reply: Message, key: str) -> Any:
+    """The value of ``key`` in the reply's MetricRecords as sent (None if absent)."""
+    for record in reply.content.metric_records.values():
+        if key in record:
+            return record[key]
+    return None
 
 
 def _metric(reply: Message, key: str) -> float | None:
@@ -518,17 +627,17 @@ def _metric(reply: Message, key: str) -> float | None:
     return None
 
 
-def _partition_reply(reply: Message, node: int) -> tuple[int, int]:
-    values = {}
+def _partition_reply(reply: Message) -> tuple[int, int] | str:
+    """``(partition-id, num-partitions)`` from a node's answer, or why it is unusable."""
+    values: dict[str, Any] = {}
     for record in reply.content.metric_records.values():
         values.update(record)
-    try:
-        partition, count = int(values["partition-id"]), int(values["num-partitions"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(
-            f"node {node} answered the partition query without integer 'partition-id' and "
-            f"'num-partitions' (got {sorted(values)})"
-        ) from None
-    if not 0 <= partition < count:
-        raise ValueError(f"node {node} reports partition-id {partition} of {count} partitions")
-    return partition, count
+    partition, count = values.get("partition-id"), values.get("num-partitions")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (partition, count)):
+        return (
+            "answered the partition query without integer 'partition-id' and 'num-partitions' "
+            f"(got {sorted(values)})"
+        )
+    if not 0 <= partition < count:  # type: ignore[operator]
+        return f"reports partition-id {partition} of {count} partitions"
+    return int(partition), int(count)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ and apps run over a real SuperLink and in Flower's simulation engine in ``test_r
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,16 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("flwr")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 import aggkit as ak
@@ -89,6 +99,16 @@ def _run_round(strategy: AggkitStrategy, grid: LocalGrid, server_round: int = 1,
     return strategy.aggregate_train(server_round, grid.send_and_receive(messages))
 
 
+def _context(grid: LocalGrid, node: int) -> Context:
+    return Context(
+        run_id=1,
+        node_id=node,
+        node_config=grid.node_configs[node],
+        state=RecordDict(),
+        run_config={},
+    )
+
+
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
@@ -108,8 +128,10 @@ def test_weighted_mean_is_fedavg(weighting):
         expected = GLOBAL[key] - (mean / weights.sum()).astype(np.float32)
         np.testing.assert_allclose(_numpy(arrays)[key], expected, rtol=1e-6, atol=1e-7)
     assert metrics["clients"] == 4 and metrics["nonfinite-clients"] == 0
-    # Flower's own average of the clients' metrics, weighted by num-examples.
-    assert metrics["train_loss"] == pytest.approx(sum(p * 10 * (p + 1) for p in range(4)) / 100)
+    assert metrics["committed"] == 1 and metrics["dropped-nodes"] == []
+    # Flower's own average of the clients' metrics, with the weights the round used.
+    expected_loss = sum(p * w for p, w in enumerate(weights)) / weights.sum()
+    assert metrics["train_loss"] == pytest.approx(expected_loss)
     assert sorted(strategy.history[0]["clients"]) == [0, 1, 2, 3]
 
 
@@ -174,25 +196,139 @@ def test_nonfinite_update_is_zeroed_with_weight_zero():
     assert math.isfinite(metrics["train_loss"])  # the zeroed client's metrics are left out
 
 
+BAD_REPLIES = {
+    "shape": (lambda t, m: ({**t, "w": t["w"][:2]}, m), r"tensor \['w'\]: shape \(2,\)"),
+    "keys": (lambda t, m: ({"w": t["w"]}, m), r"keys"),
+    "dtype": (lambda t, m: ({**t, "b": t["b"].astype(np.float64)}, m), r"tensor \['b'\]: dtype"),
+    "no-weight": (lambda t, m: (t, {"train_loss": 0.0}), r"num-examples: no example count"),
+    "negative": (lambda t, m: (t, {**m, "num-examples": -3}), r"-3 is not a finite non-neg"),
+    "zero": (lambda t, m: (t, {**m, "num-examples": 0}), r"example count 0"),
+    "nan": (lambda t, m: (t, {**m, "num-examples": math.nan}), r"nan is not a finite"),
+    "huge": (lambda t, m: (t, {**m, "num-examples": 1e308}), r"exceeds 9007199254740992"),
+    "list": (lambda t, m: (t, {**m, "num-examples": [3, 4]}), r"\[3, 4\] is not a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPLIES))
+def test_a_bad_reply_is_dropped_and_reported_and_the_others_aggregated(case):
+    bad, reason = BAD_REPLIES[case]
+    strategy = _strategy(ak.mean())
+    arrays, metrics = _run_round(strategy, _grid(_scripted_app({1: bad})))
+    # Partition 1 (node 107) is left out; the round is the weighted mean of the three others.
+    assert metrics["dropped-nodes"] == [107] and metrics["dropped-clients"] == 1
+    assert metrics["committed"] == 1 and metrics["clients"] == 3
+    [dropped] = strategy.history[0]["dropped"]
+    assert (dropped["client"], dropped["node"]) == (1, 107)
+    assert re.search(reason, dropped["reason"]), dropped["reason"]
+    weights = {0: 10.0, 2: 30.0, 3: 40.0}
+    for key in GLOBAL:
+        mean = sum(w * _update(p)[key].astype(np.float64) for p, w in weights.items())
+        expected = GLOBAL[key] - (mean / sum(weights.values())).astype(np.float32)
+        np.testing.assert_allclose(_numpy(arrays)[key], expected, rtol=1e-6, atol=1e-7)
+
+
+def _optimizer_state(strategy: AggkitStrategy) -> list[torch.Tensor]:
+    return [
+        value.clone()
+        for state in strategy.server_optimizer.state_dict()["state"].values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
 @pytest.mark.parametrize(
-    ("bad", "message"),
-    [
-        (lambda t, m: ({**t, "w": t["w"][:2]}, m), r"partition 1\), tensor \['w'\]: shape \(2,\)"),
-        (lambda t, m: ({"w": t["w"]}, m), r"node 107 \(partition 1\).*keys"),
-        (lambda t, m: ({**t, "b": t["b"].astype(np.float64)}, m), r"tensor \['b'\]: dtype"),
-        (lambda t, m: (t, {"train_loss": 0.0}), r"partition 1\) replied without 'num-examples'"),
-        (lambda t, m: (t, {**m, "num-examples": -3}), r"num-examples=-3.0"),
-    ],
-    ids=["shape", "keys", "dtype", "no-weight", "negative-weight"],
+    "examples",
+    [lambda p: 0, lambda p: 1e308 if p < 2 else 0, lambda p: math.inf],
+    ids=["all-zero", "two-at-1e308-rest-zero", "all-inf"],
 )
-def test_structural_mismatch_is_rejected_naming_the_client(bad, message):
-    strategy = _strategy(ak.robust_aggregator())
-    grid = _grid(_scripted_app({1: bad}))
+def test_a_round_without_usable_replies_changes_nothing_and_says_so(examples):
+    # Before: all-zero counts wrote NaN into the model and the momentum buffer and advanced the
+    # aggregator state, then raised ZeroDivisionError; two nodes at 1e308 raised OverflowError.
+    strategy = _strategy(ak.robust_aggregator(), server_momentum=0.9)
+    good = _grid(_scripted_app())
+    arrays, _ = _run_round(strategy, good)  # round 1 commits: the momentum buffer exists
+    state, momentum = strategy.aggregator_state, _optimizer_state(strategy)
+    assert momentum
+    bad = _grid(_scripted_app(examples=examples))
+    unchanged, metrics = _run_round(strategy, bad, 2, arrays)
+    assert unchanged is None  # Flower keeps the previous global arrays
+    assert metrics["committed"] == 0 and metrics["dropped-clients"] == 4
+    assert strategy.aggregator_state is state
+    assert all(torch.equal(a, b) for a, b in zip(momentum, _optimizer_state(strategy), strict=True))
+    assert strategy.history[-1]["failure"] == "no usable client update"
+    assert not any(k.startswith("aggregator/") for k in metrics)
+    # Round 3 continues from round 1's model exactly as if round 2 had not happened.
+    after, _ = _run_round(strategy, good, 3, arrays)
+    reference = _strategy(ak.robust_aggregator(), server_momentum=0.9)
+    _run_round(reference, good, 1)
+    expected, _ = _run_round(reference, good, 3, arrays)
+    for key in GLOBAL:
+        np.testing.assert_array_equal(_numpy(after)[key], _numpy(expected)[key])
+
+
+def test_one_node_cannot_take_over_through_its_num_examples():
+    def takeover(trained, metrics):
+        return trained, {**metrics, "num-examples": 1e12}
+
+    grid = _grid(_scripted_app({1: takeover}))
+    honest = {0: 10.0, 1: 20.0, 2: 30.0, 3: 40.0}
+
+    def mean_step(weights):
+        total = sum(weights.values())
+        return sum(w * _update(p)["w"].astype(np.float64) for p, w in weights.items()) / total
+
+    # Trusting the counts, the global step is partition 1's own update: the attack.
+    trusting = _strategy(ak.mean(), client_weighting="num_examples")
+    arrays, _ = _run_round(trusting, grid)
+    np.testing.assert_allclose(GLOBAL["w"] - _numpy(arrays)["w"], _update(1)["w"], atol=1e-6)
+    # The default caps it at 4 x the round's median count (median of 10, 30, 40, 1e12 = 35).
+    default = _strategy(ak.mean())
+    arrays, metrics = _run_round(default, grid)
+    expected = mean_step({**honest, 1: 4 * 35.0})
+    np.testing.assert_allclose(GLOBAL["w"] - _numpy(arrays)["w"], expected, rtol=1e-6)
+    assert metrics["capped-clients"] == 1 and default.history[0]["examples"] == 220
+    # Knowing the partition sizes, the server caps each one at its own count: honest FedAvg.
+    sized = AggkitStrategy(
+        ak.mean(),
+        FedAvgConfig(clients_per_round=4, seed=3),
+        fraction_evaluate=0.0,
+        partition_sizes=[10, 20, 30, 40],
+    )
+    arrays, metrics = _run_round(sized, grid)
+    np.testing.assert_allclose(GLOBAL["w"] - _numpy(arrays)["w"], mean_step(honest), rtol=1e-6)
+    # With the robust preset, the step is the robust aggregate of the same rows with the
+    # policy's weights: trusted, 1e12 makes it the attacker's (clipped) update alone.
+    layout = ak.Layout({k: ak.TensorSpec(v.shape, v.dtype) for k, v in GLOBAL.items()})
+    process = ak.robust_aggregator().create(layout)
+    order = [int(p) for p in default.sample_partitions(1, 4)]
+    rows = [_update(p) for p in order]
+    alone = process.next(process.initialize(), [_update(1)], [1.0]).result["w"]
+    for policy, weights in (("num_examples", {**honest, 1: 1e12}), ("capped", {**honest, 1: 140})):
+        robust = _strategy(ak.robust_aggregator(), client_weighting=policy)
+        arrays, _ = _run_round(robust, grid)
+        step = GLOBAL["w"] - _numpy(arrays)["w"]
+        by_hand = process.next(process.initialize(), rows, [weights[p] for p in order]).result
+        np.testing.assert_allclose(step, by_hand["w"], rtol=1e-6, atol=1e-7)
+        assert np.allclose(step, alone, atol=1e-6) == (policy == "num_examples")
+
+
+def test_a_reply_from_a_node_not_sampled_or_twice_is_dropped():
+    strategy = _strategy(ak.mean(), clients_per_round=2)
+    grid = _grid(_scripted_app())
     messages = list(strategy.configure_train(1, _arrays(GLOBAL), ConfigRecord(), grid))
-    state = strategy.aggregator_state
-    with pytest.raises(ak.InvalidUpdateError, match=message):
-        strategy.aggregate_train(1, grid.send_and_receive(messages))
-    assert strategy.aggregator_state is state and strategy.history == []
+    replies = grid.send_and_receive(messages)
+    sampled = {m.metadata.dst_node_id for m in messages}
+    stranger = next(n for n in grid.node_configs if n not in sampled)
+    extra = Message(
+        RecordDict({"arrays": _arrays(GLOBAL), "metrics": MetricRecord({"num-examples": 10})}),
+        dst_node_id=stranger,
+        message_type="train",
+    )
+    forged = grid.client_app(extra, _context(grid, stranger))
+    _, metrics = strategy.aggregate_train(1, [*replies, replies[0], forged])
+    assert metrics["clients"] == 2 and metrics["committed"] == 1
+    reasons = {d["reason"] for d in strategy.history[0]["dropped"]}
+    assert reasons == {"replied more than once", "was not sampled this round"}
 
 
 def test_integer_global_arrays_are_refused():
@@ -269,17 +405,42 @@ def test_dropouts_and_nodes_without_partition():
     assert sorted(strategy.history[1]["clients"]) == [0, 1, 2, 3]
 
 
-def test_inconsistent_partitions_are_refused():
+def test_inconsistent_partition_answers_exclude_those_nodes_not_the_run():
+    # A node whose num-partitions disagrees with the others' is left out (before: ValueError).
     grid = _grid(_scripted_app())
     first = next(iter(grid.node_configs))
     grid.node_configs[first]["num-partitions"] = 5
-    with pytest.raises(ValueError, match=r"num-partitions=.*every node"):
-        _run_round(_strategy(), grid)
+    strategy = _strategy(clients_per_round=3)
+    _, metrics = _run_round(strategy, grid)
+    assert metrics["excluded-nodes"] == [first]
+    assert "num-partitions=5, but there are 4" in strategy.history[0]["excluded"][0]["reason"]
+    assert 0 not in strategy.history[0]["clients"]
+    # Two nodes claiming one partition: neither serves it (before: ValueError).
     grid = _grid(_scripted_app())
     nodes = list(grid.node_configs)
     grid.node_configs[nodes[1]]["partition-id"] = grid.node_configs[nodes[0]]["partition-id"]
-    with pytest.raises(ValueError, match="both hold partition 0"):
-        _run_round(_strategy(clients_per_round=3), grid)
+    strategy = _strategy(clients_per_round=4)
+    _, metrics = _run_round(strategy, grid)
+    assert sorted(metrics["excluded-nodes"]) == sorted(nodes[:2])
+    assert sorted(strategy.history[0]["clients"]) == [2, 3] and metrics["committed"] == 1
+    # A malformed answer (partition-id outside [0, num-partitions)) excludes its node only.
+    grid = _grid(_scripted_app())
+    grid.node_configs[nodes[3]]["partition-id"] = 7
+    strategy = _strategy(clients_per_round=3)
+    _, metrics = _run_round(strategy, grid)
+    assert metrics["excluded-nodes"] == [nodes[3]]
+    assert "partition-id 7 of 4" in strategy.history[0]["excluded"][0]["reason"]
+
+
+def test_too_few_partitions_for_the_round_leave_it_uncommitted():
+    # Every node says num-partitions=2 but 4 clients are asked for (before: ValueError).
+    grid = _grid(_scripted_app(), partitions=2)
+    strategy = AggkitStrategy(
+        ak.mean(), FedAvgConfig(clients_per_round=4), min_available_nodes=2, fraction_evaluate=0
+    )
+    arrays, metrics = _run_round(strategy, grid)
+    assert arrays is None and metrics["committed"] == 0
+    assert "exceeds the number of partitions (2)" in strategy.history[0]["failure"]
 
 
 def test_random_node_sampling_without_partitions():
