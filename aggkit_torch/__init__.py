@@ -7,6 +7,9 @@ Submodules load on first use, so ``import aggkit_torch`` does not import torch:
 - :mod:`aggkit_torch.local_training`: the fast client step and evaluation;
 - :mod:`aggkit_torch.params`: views between model parameters and aggkit structures;
 - :mod:`aggkit_torch.federated`: the federated-averaging trainer;
+- :mod:`aggkit_torch.rounds`: the server side of a round, shared by the trainer and the Flower
+  strategy (client weighting, dropped clients, transactional commits);
+- :mod:`aggkit_torch.checkpoint`: checkpoint files that cannot run code when loaded;
 - :mod:`aggkit_torch.mnist`: the federated MNIST command line (``python -m aggkit_torch.mnist``).
 """
 
@@ -15,7 +18,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["data", "federated", "local_training", "mnist", "models", "params"]
+__all__ = [
+    "checkpoint",
+    "data",
+    "federated",
+    "local_training",
+    "mnist",
+    "models",
+    "params",
+    "rounds",
+]
 
 _SUBMODULES = frozenset(__all__)
 

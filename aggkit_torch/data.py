@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from aggkit._checks import integer
+
 if TYPE_CHECKING:
     import torch
 
@@ -424,17 +426,8 @@ def _as_labels(labels: object) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; TypeError / ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_num_clients(num_clients: object, n: int, per_client: int = 1) -> int:
-    num_clients = _check_int("num_clients", num_clients)
+    num_clients = integer(num_clients, "num_clients", low=1)
     if num_clients * per_client > n:
         raise ValueError(
             f"num_clients={num_clients} needs at least {num_clients * per_client} examples "
@@ -520,8 +513,8 @@ def partition_dirichlet(
     (1000, True)
     """
     y = _as_labels(labels)
-    min_size = _check_int("min_size", min_size)
-    max_tries = _check_int("max_tries", max_tries)
+    min_size = integer(min_size, "min_size", low=1)
+    max_tries = integer(max_tries, "max_tries", low=1)
     k = _check_num_clients(num_clients, len(y), min_size)
     alpha = float(alpha)
     if not np.isfinite(alpha) or alpha <= 0:
@@ -603,7 +596,7 @@ def partition_shards(
     [10, 10]
     """
     y = _as_labels(labels)
-    shards_per_client = _check_int("shards_per_client", shards_per_client)
+    shards_per_client = integer(shards_per_client, "shards_per_client", low=1)
     k = _check_num_clients(num_clients, len(y), shards_per_client)
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(len(y))

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aggkit_torch.data import _check_int
+from aggkit._checks import integer
 
 __all__ = [
     "CHANNELS_LAST_DEFAULT",
@@ -96,7 +96,7 @@ def configure_threads(num_threads: int | None = None) -> int:
             num_threads = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             num_threads = os.cpu_count() or 1
-    torch.set_num_threads(_check_int("num_threads", num_threads))
+    torch.set_num_threads(integer(num_threads, "num_threads", low=1))
     return torch.get_num_threads()
 
 
@@ -166,11 +166,11 @@ def examples_per_round(
     >>> examples_per_round(100, epochs=2), examples_per_round(100, steps=3, batch_size=64)
     (200, 164)
     """
-    size = _check_int("size", size)
-    batch_size = _check_int("batch_size", batch_size)
+    size = integer(size, "size", low=1)
+    batch_size = integer(batch_size, "batch_size", low=1)
     if steps is None:
-        return _check_int("epochs", epochs) * size
-    steps = _check_int("steps", steps)
+        return integer(epochs, "epochs", low=1) * size
+    steps = integer(steps, "steps", low=1)
     per_pass = -(-size // batch_size)
     full, rest = divmod(steps, per_pass)
     return full * size + rest * batch_size  # rest < per_pass: those batches are all full
@@ -245,10 +245,10 @@ def train_local(
     LocalResult
         ``(num_examples, mean_loss)``: examples processed and their mean loss.
     """
-    batch_size = _check_int("batch_size", batch_size)
-    epochs = _check_int("epochs", epochs)
+    batch_size = integer(batch_size, "batch_size", low=1)
+    epochs = integer(epochs, "epochs", low=1)
     if steps is not None:
-        steps = _check_int("steps", steps)
+        steps = integer(steps, "steps", low=1)
     idx = _as_index_tensor(indices)
     if idx.numel() == 0:
         raise ValueError("indices must not be empty")
@@ -305,7 +305,7 @@ def evaluate(
     EvalResult
         ``(accuracy, loss)``, accuracy in ``[0, 1]``.
     """
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = integer(batch_size, "batch_size", low=1)
     n = images.shape[0]
     if n == 0:
         raise ValueError("images must not be empty")

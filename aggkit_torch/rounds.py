@@ -287,7 +287,8 @@ class Round:
             except ak.InvalidUpdateError as error:
                 if error.client is None or not 0 <= error.client < self.count:
                     return self._failed(state, f"the aggregator refused the round: {error}")
-                self._remove(error.client, f"refused by the aggregator: {error}")
+                where = "" if error.path is None else f" ({error.path})"
+                self._remove(error.client, f"refused by the aggregator{where}: {error.detail}")
                 continue
             except (ArithmeticError, ValueError) as error:
                 return self._failed(state, f"{type(error).__name__}: {error}")

@@ -137,11 +137,17 @@ class AggkitStrategy(FedAvg):
     process : aggkit.AggregationProcess or None
         The aggregator's process (created at the first round).
     aggregator_state
-        Its state, carried across rounds.
+        Its state, carried across rounds (replaced only by a committed round).
+    server_optimizer : torch.optim.Optimizer or None
+        The server optimizer over the global arrays (created at the first round).
+    trusted_examples : list of int or None
+        The example count trusted for each partition (from ``partition_sizes``).
     history : list of dict
-        One entry per aggregated round, with the keys of :meth:`FederatedTrainer.run_round
+        One entry per round, with the keys of :meth:`FederatedTrainer.run_round
         <aggkit_torch.federated.FederatedTrainer.run_round>`'s metrics (``clients`` holds the
-        partitions, or the node ids without partition sampling).
+        partitions, or the node ids without partition sampling; each ``dropped`` entry also
+        has the ``node``), plus ``excluded``: the connected nodes left out of sampling, with
+        the reason.
     """
 
     def __init__(
@@ -554,7 +560,7 @@ class AggkitStrategy(FedAvg):
         try:
             self.layout.flatten(self._reply_arrays(reply), out=row)  # type: ignore[union-attr]
         except ak.InvalidUpdateError as error:
-            return self._drop(rnd, label, node, partition, str(error))
+            return self._drop(rnd, label, node, partition, _reason(error))
         except (ValueError, TypeError) as error:  # an Array whose bytes do not decode
             return self._drop(rnd, label, node, partition, f"unreadable arrays ({error})")
         np.subtract(self._global, row, out=row)  # the update: global - trained
@@ -608,6 +614,14 @@ def _describe(node: int, partition: int | None) -> str:
     if partition is None:
         return f"node {node}"
     return f"node {node} (partition {partition})"
+
+
+def _reason(error: ak.InvalidUpdateError) -> str:
+    """What is wrong with a reply, from the error's structured fields (its tensor, if any)."""
+    if error.path is None:
+        return error.detail
+    where = "weight" if error.path == "weight" else f"tensor {error.path}"
+    return f"{where}: {error.detail}"
 
 
 def _raw_metric(reply: Message, key: str) -> Any:
