@@ -463,7 +463,10 @@ class AggkitStrategy(FedAvg):
         rnd = self._core.begin(max(len(self._sampled), 1))
         admitted: list[RecordDict] = []
         losses: list[float] = []
-        for node, partition, reply in self._in_sampling_order(rnd, replies):
+        ordered, refused = self.sampled_replies(replies)
+        for node, partition, reason in refused:
+            self._drop(rnd, node if partition is None else partition, node, partition, reason)
+        for node, partition, reply in ordered:
             if self._admit(rnd, reply, node, partition):
                 admitted.append(reply.content)
                 loss = _metric(reply, "train_loss")
@@ -517,32 +520,35 @@ class AggkitStrategy(FedAvg):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _in_sampling_order(
-        self, rnd: Round, replies: Iterable[Message]
-    ) -> list[tuple[int, int | None, Message]]:
-        """The sampled nodes' replies as ``(node, partition, reply)`` in sampling order.
+    def sampled_replies(
+        self, replies: Iterable[Message]
+    ) -> tuple[list[tuple[int, int | None, Message]], list[tuple[int, int | None, str]]]:
+        """This round's replies sorted out: ``(ordered, refused)``.
 
-        Error replies, replies from nodes not sampled this round and second replies are dropped.
+        ``ordered`` holds ``(node, partition, reply)`` for the sampled nodes' first replies that
+        are not errors, in sampling order (the order of the round's rows); ``refused`` holds
+        ``(node, partition, reason)`` for error replies, replies from nodes not sampled this
+        round and second replies (``partition`` None where the node has none).
         """
         known: dict[int, tuple[int, int | None, Message]] = {}
+        refused: list[tuple[int, int | None, str]] = []
         for reply in replies:
             node = reply.metadata.src_node_id
             if node not in self._sampled:
-                self._drop(rnd, node, node, None, "was not sampled this round")
+                refused.append((node, None, "was not sampled this round"))
                 continue
             row, partition = self._sampled[node]
-            label = partition if partition is not None else node
             if node in known:
-                self._drop(rnd, label, node, partition, "replied more than once")
+                refused.append((node, partition, "replied more than once"))
             elif reply.has_error():
-                reason = f"replied with an error ({reply.error.reason})"
-                self._drop(rnd, label, node, partition, reason)
+                refused.append((node, partition, f"replied with an error ({reply.error.reason})"))
             else:
                 known[node] = (row, partition, reply)
-        return [
+        ordered = [
             (node, part, reply)
             for node, (_, part, reply) in sorted(known.items(), key=lambda item: item[1][0])
         ]
+        return ordered, refused
 
     def _drop(self, rnd: Round, label: Any, node: int, partition: int | None, reason: str) -> bool:
         log(WARNING, "%s: dropped from the round: %s", _describe(node, partition), reason)

@@ -75,7 +75,7 @@ class MaskedReference(AggkitStrategy):
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
-        order = [p for _, p in self._in_sampling_order([r for r in replies if not r.has_error()])]
+        order = [p for _, p, _ in self.sampled_replies(replies)[0]]
         plan: dict[str, list[int]] = {}
         for partition, (dead_round, stage) in self.deaths.items():
             if dead_round == server_round and partition in order and stage != STAGES[0]:
