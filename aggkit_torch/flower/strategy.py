@@ -29,9 +29,10 @@ train message as with Flower's ``FedAvg``: their trained arrays (one ``ArrayReco
    unweighted ones get none;
 5. applies the aggregate as a pseudo-gradient with the server optimizer (SGD with learning
    rate 1.0 is FedAvg; momentum is FedAvgM; Adam is FedAdam);
-6. returns the new arrays and a ``MetricRecord``: the clients' metrics averaged as Flower does,
-   the aggregator's measurements flattened under ``"aggregator/"`` (``aggregator/zeroing_norm``,
-   ``aggregator/zeroing/clipping_norm``, ...), ``"clients"``, ``"nonfinite-clients"``,
+6. returns the new arrays and a ``MetricRecord``: the clients' metrics averaged with the weights
+   the round used, the aggregator's measurements flattened under ``"aggregator/"``
+   (``aggregator/zeroing_norm``, ``aggregator/zeroing/clipping_norm``, ...), ``"clients"``,
+   ``"nonfinite-clients"``,
    ``"capped-clients"``, ``"dropped-clients"`` and ``"dropped-nodes"`` (their node ids; the
    reasons are in the log and in :attr:`AggkitStrategy.history`), and ``"committed"`` (1 or 0).
 
@@ -43,7 +44,7 @@ would not be finite) returns no arrays, so Flower keeps the previous ones, repor
 ``aggregate_train``: a bad node is dropped, never the run. Nodes that answer the partition query
 inconsistently (a ``num-partitions`` other than the majority's or ``partition_sizes``', a
 partition another node also claims, a malformed answer) are left out of sampling and reported in
-the next round's metrics.
+every round's metrics (``"excluded-nodes"``).
 
 Given the same seeds, partitions and initial weights, a Flower run of the MNIST apps computes
 the same global model as :class:`FederatedTrainer`: the same clients train with the same
