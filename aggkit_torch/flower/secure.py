@@ -240,6 +240,9 @@ class SecureAggkitStrategy(AggkitStrategy):
         aggregated = time.perf_counter()
         stats["server_seconds"] += aggregated - started
         arrays = self._apply(output.result)
+        if arrays is None:  # the server step would make the model non-finite: commit nothing
+            log(WARNING, "round %d: non-finite server step; the model is unchanged", server_round)
+            return None, None
         self.aggregator_state = output.state
         measurements = flatten_measurements(output.measurements)
         metrics = MetricRecord({MEASUREMENT_PREFIX + k: v for k, v in measurements.items()})
