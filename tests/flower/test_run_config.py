@@ -35,7 +35,7 @@ def test_defaults_are_the_main_jobs():
 
 def test_every_main_job_option_is_a_run_config_key():
     options = {name.replace("_", "-") for name in vars(mnist.parse_args([]))}
-    not_for_flower = {"out", "checkpoint", "no-progress", "no-download"}
+    not_for_flower = {"out", "checkpoint", "no-progress", "no-download", "attack", "malicious"}
     assert options - not_for_flower == set(RUN_CONFIG) - set(FLOWER_KEYS)
 
 
@@ -56,7 +56,7 @@ def test_values_reach_the_parser():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"aggregator": "median"}, "invalid choice: 'median'"),
+        ({"aggregator": "medoid"}, "invalid choice: 'medoid'"),
         ({"rounds": "three"}, "invalid int value"),
         ({"rounds": True}, "rounds=True: expected a string or a number"),
     ],
