@@ -27,17 +27,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RULE_NAMES = (
-    "mean",
-    "robust_aggregator",
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-    "bulyan",
-    "geometric_median",
-    "centered_clipping",
-)
+from aggkit_torch.attacks import RULES  # NumPy only; torch loads later
+
+RULE_NAMES = ("mean", "robust_aggregator", *RULES)
 ATTACK_NAMES = ("sign_flip", "gaussian", "scaled", "alie", "ipm", "label_flip")
 
 

@@ -130,44 +130,13 @@ def test_main_job_flags_parse():
 def test_accuracy_attacks_script_quick(mnist_root, tmp_path):
     from benchmarks import accuracy_attacks
 
-    text = accuracy_attacks.main(
-        [
-            "--quick",
-            "--data",
-            str(mnist_root),
-            "--out",
-            str(tmp_path),
-            "--partitions",
-            "iid",
-            "--fractions",
-            "0.2",
-            "--attacks",
-            "sign_flip",
-            "--rules",
-            "mean,median",
-        ]
-    )
+    argv = ["--quick", "--data", str(mnist_root), "--out", str(tmp_path), "--partitions", "iid"]
+    argv += ["--fractions", "0.2", "--attacks", "sign_flip", "--rules", "mean,median"]
+    text = accuracy_attacks.main(argv)
     assert "| median |" in text and "sign_flip 20%" in text
     assert "Command: `python benchmarks/accuracy_attacks.py --model cnn --rounds 1 " in text
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4  # 2 rules x (no attack, sign_flip at 20%)
     assert (tmp_path / "accuracy_attacks.png").read_bytes()[:4] == b"\x89PNG"
-    # A second call resumes: nothing is run again.
-    accuracy_attacks.main(
-        [
-            "--quick",
-            "--data",
-            str(mnist_root),
-            "--out",
-            str(tmp_path),
-            "--partitions",
-            "iid",
-            "--fractions",
-            "0.2",
-            "--attacks",
-            "sign_flip",
-            "--rules",
-            "mean,median",
-        ]
-    )
+    accuracy_attacks.main(argv)  # a second call resumes: nothing runs again
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
