@@ -101,6 +101,8 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             run = json.loads(line)
             done[_key(run)] = run
     todo = [(p, a, f, r) for p, a, f in scenarios(args) for r in args.rules.split(",")]
+    if args.report_only:
+        return [done[k] for k in todo if k in done]
     worst = max(float(x) for x in args.fractions.split(","))
     started = time.perf_counter()
     for index, (partition, attack, fraction, rule) in enumerate(todo, 1):
@@ -281,6 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rules", default=",".join(RULE_NAMES))
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the runs without attack (another worker)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the table of the finished runs, run none"
     )
     parser.add_argument("--data", default=None)
     parser.add_argument("--threads", type=int, default=1)
