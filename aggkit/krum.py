@@ -64,7 +64,11 @@ def lowest(scores: np.ndarray, count: int) -> np.ndarray:
 def pairwise_distances(round_: WholeRound, matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """Squared distances between the round's contributions, with non-finite clients named
     (InvalidUpdateError) and overflowing distances made ``inf``."""
-    distances = kernels.distances.pairwise_sq_distances(matrix, coef)
+    # Relative to the client of median norm: a typical update (fewer than half attack), so that
+    # neither a common part nor one huge update swamps the others' distances.
+    norms = round_.contributions(matrix, coef).norms(2.0)
+    reference = int(np.lexsort((np.arange(len(norms)), norms))[(len(norms) - 1) // 2])
+    distances = kernels.distances.pairwise_sq_distances(matrix, coef, reference)
     if not np.isfinite(distances).all():
         round_.raise_nonfinite(matrix, coef)
         distances = np.where(np.isnan(distances), np.inf, distances)

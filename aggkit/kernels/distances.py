@@ -6,12 +6,13 @@ Pairwise (:func:`pairwise_sq_distances`). Krum needs ``||x_i - x_j||^2`` for eve
 (Flower's ``_compute_distances``) reads the matrix ``K`` times; here they come from the Gram matrix
 ``G = Y Y^T`` as ``G_ii + G_jj - 2 G_ij``, reading the matrix once. The columns are cut into blocks
 of :data:`GRAM_COLUMNS`; each block's contributions are copied into a float64 scratch matrix and
-*centered* (the block's column means are subtracted: distances do not change, and the Gram entries
-shrink to the size of the spread, so that ``G_ii + G_jj - 2 G_ij`` does not cancel away the
-distance of two updates that share a large common part). Each block's Gram matrix is formed in
-2 x 2 tiles of rows (each loaded value feeds two products) and added, in float64, to its task's
-partial Gram matrix; the :data:`TASKS` partial sums are added in task order. Two identical rows
-get a distance of exactly 0 (their products are the same numbers, summed in the same order).
+*centered* on a reference row (its contribution is subtracted: distances do not change, and the
+Gram entries shrink to the size of the spread, so that ``G_ii + G_jj - 2 G_ij`` does not cancel
+away the distance of two updates that share a large common part). The reference is a typical
+row, not the mean: one huge client would dominate a mean and, through it, every entry. Each
+block's Gram matrix is formed in 4 x 4 tiles of rows (each loaded value feeds four products) and
+added, in float64, to its task's partial Gram matrix; the :data:`TASKS` partial sums are added in
+task order. Two identical rows get a distance of exactly 0 (their products are the same numbers, summed in the same order).
 
 To a center (:func:`center_distances`): ``||coef[i] * matrix[i] - center||`` for every row, as a
 sum of squared differences in float64 (no cancellation), per block and task as above.
@@ -47,7 +48,7 @@ TASKS = 32
 
 
 @kernel(parallel=True, fastmath_reassoc=True, fastmath_contract=True)
-def _gram(matrix, coef, width, partial):  # pragma: no cover
+def _gram(matrix, coef, ref, width, partial):  # pragma: no cover
     k, n = matrix.shape
     kp = partial.shape[1]  # k rounded up to a multiple of 4; the extra rows stay zero
     num_blocks = (n + width - 1) // width
@@ -55,14 +56,19 @@ def _gram(matrix, coef, width, partial):  # pragma: no cover
     per_task = (num_blocks + tasks - 1) // tasks
     for t in prange(tasks):
         y = np.zeros((kp, width), dtype=np.float64)
-        mean = np.empty(width, dtype=np.float64)
+        center = np.empty(width, dtype=np.float64)
         g = partial[t]
         for b in range(t * per_task, min((t + 1) * per_task, num_blocks)):
             lo = b * width
             hi = min(lo + width, n)
             m = hi - lo
             for j in range(width):
-                mean[j] = 0.0
+                center[j] = 0.0
+            cr = coef[ref]
+            if cr != 0.0:
+                sref = matrix[ref, lo:hi]
+                for j in range(m):
+                    center[j] = cr * np.float64(sref[j])
             for r in range(k):
                 dst = y[r]
                 c = coef[r]
@@ -72,17 +78,13 @@ def _gram(matrix, coef, width, partial):  # pragma: no cover
                     continue
                 src = matrix[r, lo:hi]
                 for j in range(m):
-                    v = c * np.float64(src[j])
-                    dst[j] = v
-                    mean[j] += v
+                    dst[j] = c * np.float64(src[j])
                 for j in range(m, width):
                     dst[j] = 0.0
-            for j in range(width):
-                mean[j] /= k
             for r in range(k):
                 dst = y[r]
                 for j in range(m):
-                    dst[j] -= mean[j]
+                    dst[j] -= center[j]
             for i in range(0, kp, 4):
                 a0 = y[i]
                 a1 = y[i + 1]
@@ -158,8 +160,12 @@ def _check_rows(matrix: np.ndarray, coef: np.ndarray) -> None:
     )
 
 
-def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
+def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray, reference: int = 0) -> np.ndarray:
     """``float64[K, K]``: squared L2 distances between the contributions ``coef[i] * matrix[i]``.
+
+    Every contribution is taken relative to row ``reference``'s (distances do not change): pick a
+    typical row (Krum takes the one of median norm), so that neither a large part common to all
+    rows nor one huge row can cancel the others' distances away.
 
     A row with coefficient 0 is the zero vector (its values are not read). Non-finite values give
     non-finite distances (the caller checks finiteness first). The result is symmetric with a zero
@@ -175,13 +181,22 @@ def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     k, n = matrix.shape
     if k == 0:
         return np.zeros((0, 0))
+    reference = _checks.integer(reference, "reference", low=0)
+    if reference >= k:
+        raise ValueError(f"reference must be a row index below {k}, got {reference}")
     kp = -(-k // 4) * 4
     num_blocks = -(-n // GRAM_COLUMNS)
     tasks = max(1, min(TASKS, num_blocks))
     partial = np.zeros((tasks, kp, kp))
     if n:
         with threads_for(tasks):
-            _gram(matrix, np.ascontiguousarray(coef, dtype=np.float64), GRAM_COLUMNS, partial)
+            _gram(
+                matrix,
+                np.ascontiguousarray(coef, dtype=np.float64),
+                reference,
+                GRAM_COLUMNS,
+                partial,
+            )
     gram = partial[0].copy()
     for t in range(1, tasks):
         gram += partial[t]
@@ -190,9 +205,11 @@ def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return _to_sq_distances(lower + np.tril(gram, -1).T)
 
 
-def pairwise_sq_distances_numpy(matrix: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """NumPy twin of :func:`pairwise_sq_distances`: the same centered blocks, Gram matrices by
-    ``np.dot`` (equal up to the order of each dot product's sum)."""
+def pairwise_sq_distances_numpy(
+    matrix: np.ndarray, coef: np.ndarray, reference: int = 0
+) -> np.ndarray:
+    """NumPy twin of :func:`pairwise_sq_distances`: the same blocks relative to the reference
+    row, Gram matrices by ``np.dot`` (equal up to the order of each dot product's sum)."""
     k, n = matrix.shape
     c = np.asarray(coef, dtype=np.float64)[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
@@ -200,7 +217,7 @@ def pairwise_sq_distances_numpy(matrix: np.ndarray, coef: np.ndarray) -> np.ndar
     gram = np.zeros((k, k))
     for lo in range(0, n, GRAM_COLUMNS):
         y = contrib[:, lo : lo + GRAM_COLUMNS]
-        y = y - y.sum(axis=0) / k
+        y = y - y[reference]
         gram += y @ y.T
     return _to_sq_distances(gram)
 

@@ -13,12 +13,7 @@ from tests.adversarial import matrix as M
 
 #: Failures found by the matrix in other areas, reported and pinned here until fixed (strict:
 #: the test fails once they pass, so that the entry is removed).
-KNOWN = {
-    ("krum", "one client at the dtype's max"): (
-        "kernels.distances centers the Gram matrix by the clients' mean: one huge finite client "
-        "cancels the honest clients' distances (computed as 0), so Krum's choice is arbitrary"
-    ),
-}
+KNOWN: dict = {}
 
 
 @pytest.mark.parametrize("subject", M.SUBJECTS, ids=[s.name for s in M.SUBJECTS])

@@ -32,13 +32,15 @@ def _exact_sq(matrix, coef):
     return ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2), x
 
 
-@given(matrices())
-def test_pairwise_matches_twin_and_differences(case):
+@given(matrices(), st.data())
+def test_pairwise_matches_twin_and_differences(case, data):
     matrix, coef = case
-    ours = pairwise_sq_distances(matrix, coef)
+    reference = data.draw(st.integers(0, len(matrix) - 1))
+    ours = pairwise_sq_distances(matrix, coef, reference)
     exact, x = _exact_sq(matrix, coef)
     scale = max(1.0, float((x**2).sum()))
-    np.testing.assert_allclose(ours, pairwise_sq_distances_numpy(matrix, coef), atol=1e-12 * scale)
+    twin = pairwise_sq_distances_numpy(matrix, coef, reference)
+    np.testing.assert_allclose(ours, twin, atol=1e-12 * scale)
     np.testing.assert_allclose(ours, exact, rtol=1e-9, atol=1e-12 * scale)
     assert (ours >= 0).all() and (np.diag(ours) == 0).all()
     np.testing.assert_array_equal(ours, ours.T)
@@ -53,6 +55,16 @@ def test_identical_rows_are_exactly_zero_apart_and_a_large_common_part_cancels()
     assert ours[1, 4] == 0.0
     exact, _ = _exact_sq(matrix, np.ones(6))
     np.testing.assert_allclose(ours, exact, rtol=1e-6)
+
+
+def test_one_huge_row_leaves_the_others_distances_intact():
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((6, 3_000)).astype(np.float32)
+    matrix[0] = np.finfo(np.float32).max
+    ours = pairwise_sq_distances(matrix, np.ones(6), reference=3)
+    exact, _ = _exact_sq(matrix, np.ones(6))
+    np.testing.assert_allclose(ours[1:, 1:], exact[1:, 1:], rtol=1e-9)
+    assert (ours[0, 1:] > 1e70).all()
 
 
 def test_rows_with_zero_coefficient_are_not_read():
