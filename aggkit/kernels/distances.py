@@ -12,7 +12,8 @@ away the distance of two updates that share a large common part). The reference 
 row, not the mean: one huge client would dominate a mean and, through it, every entry. Each
 block's Gram matrix is formed in 4 x 4 tiles of rows (each loaded value feeds four products) and
 added, in float64, to its task's partial Gram matrix; the :data:`TASKS` partial sums are added in
-task order. Two identical rows get a distance of exactly 0 (their products are the same numbers, summed in the same order).
+task order. Two identical rows get a distance of exactly 0 (their products are the same numbers,
+summed in the same order).
 
 To a center (:func:`center_distances`): ``||coef[i] * matrix[i] - center||`` for every row, as a
 sum of squared differences in float64 (no cancellation), per block and task as above.
