@@ -81,8 +81,11 @@ def test_short_real_mnist_run_learns(mnist, name):
     trainer = _trainer(mnist, mnist_cli.make_aggregator(name, args), client_weighting=weighting)
     history = trainer.run(2, progress=False, log=None)
     # Chance is 0.1. DP starts from a clip norm of 0.1 (TFF's default) that adapts upwards over
-    # rounds, so two short rounds move it less far (0.40 measured; the others 0.7-0.9).
-    assert history[-1]["test_accuracy"] > (0.25 if name == "dp" else 0.6)
+    # rounds, so two short rounds move it less far (0.40 measured; the others 0.7-0.9). Krum
+    # (one selected client) applies a single client's update per round, so two rounds learn from
+    # two clients' data instead of eight: the bar is "well above chance", as for DP.
+    bar = 0.25 if name in ("dp", "krum") else 0.6
+    assert history[-1]["test_accuracy"] > bar
     assert history[-1]["nonfinite_clients"] == 0
     if name == "robust":
         assert {"zeroing_norm", "zeroed_count", "zeroing/clipping_norm"} <= set(
