@@ -415,6 +415,17 @@ def _fresh_accountant(accountant: str, relation: Any = None) -> Any:
     return dpa.pld.PLDAccountant(neighboring_relation=relation)
 
 
+def _has_zero_noise(event: Any) -> bool:
+    """Whether ``event`` holds a Gaussian with noise multiplier 0 (a release without privacy)."""
+    dpa = _dp_accounting()
+    if isinstance(event, dpa.GaussianDpEvent):
+        return event.noise_multiplier == 0
+    if isinstance(event, dpa.ComposedDpEvent):
+        return any(_has_zero_noise(e) for e in event.events)
+    inner = getattr(event, "event", None)  # self-composed and sampled events
+    return isinstance(inner, dpa.DpEvent) and _has_zero_noise(inner)
+
+
 def _sampling_relation(event: DpEvent) -> Any:
     """The neighbouring relation ``event``'s client sampling is accounted under.
 
@@ -498,7 +509,10 @@ def epsilon_of_event(event: DpEvent, delta: float, accountant: str = "rdp") -> f
         raise TypeError(f"event must be a dp_accounting DpEvent, got {type(event).__name__}")
     delta = _check_delta(delta)
     accountant = _check_accountant(accountant)
-    acc = _fresh_accountant(accountant, _sampling_relation(event))
+    relation = _sampling_relation(event)
+    if _has_zero_noise(event):  # no privacy (dp-accounting divides by the multiplier inside)
+        return math.inf
+    acc = _fresh_accountant(accountant, relation)
     if not acc.supports(event):
         raise ValueError(f"the {accountant!r} accountant does not support event {event!r}")
     with _quiet():

@@ -203,6 +203,12 @@ def test_zero_rounds_and_zero_noise():
     assert privacy.epsilon(0.0, rounds=1, **kwargs) == math.inf
     assert privacy.epsilon(0.0, rounds=1, accountant="pld", **kwargs) == math.inf
     assert privacy.noise_multiplier(1.0, rounds=0, **kwargs) == 0.0
+    # Zero noise inside sampling and composition (a DP layer run with z = 0): no privacy, not a
+    # ZeroDivisionError from dp-accounting's effective-multiplier sum.
+    zero = dpa.ComposedDpEvent([dpa.GaussianDpEvent(0.0), dpa.GaussianDpEvent(0.0)])
+    for sampling in privacy.SAMPLINGS:
+        event = privacy.sampled_event(zero, clients_per_round=10, population=100, sampling=sampling)
+        assert privacy.epsilon_of_event(dpa.SelfComposedDpEvent(event, 3), 1e-5) == math.inf
 
 
 # --------------------------------------------------------------------------------------------
