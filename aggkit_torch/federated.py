@@ -2,7 +2,10 @@
 
 Each round (McMahan et al. 2017, with the server-optimizer view of Reddi et al. 2021):
 
-1. sample ``clients_per_round`` clients, reproducibly from ``(seed, round)``;
+1. sample the round's clients, reproducibly from ``(seed, round)``: exactly
+   ``clients_per_round`` without replacement (``sampling="fixed_size"``), or each client
+   independently with probability ``clients_per_round / num_clients`` (``"poisson"``; the
+   round's size varies, and a DP aggregator divides by the expected count);
 2. for each client: copy the global weights into one reusable worker module (never aliased),
    train locally with a fresh client optimizer (SGD with momentum by default), and write the
    update ``global - trained`` straight into that client's row of a :class:`~aggkit.ClientBatch`;
@@ -22,6 +25,11 @@ not a finite positive number up to 2**53 drops the client from the round, report
 state change only if it succeeded (``committed``); otherwise everything stays as it was, and only
 the round counter moves on. Unweighted aggregators (``dp_aggregator``) get no weights. A run
 checkpoints and resumes bit-exactly: every random draw is derived from ``(seed, round, client)``.
+
+With a DP aggregator every round's metrics carry the run's ``epsilon`` at ``config.delta``,
+accounted for the sampling the trainer really did (:class:`~aggkit_torch.accounting.RunAccountant`:
+Poisson under add-or-remove-one, fixed-size under replace-one); an aggregator whose own running
+epsilon assumes another scheme is refused (:class:`aggkit.privacy.SamplingMismatchError`).
 
 Examples
 --------
@@ -53,6 +61,7 @@ from torch import nn
 
 import aggkit as ak
 from aggkit_torch import checkpoint
+from aggkit_torch.accounting import RunAccountant
 from aggkit_torch.local_training import (
     evaluate,
     examples_per_round,
@@ -74,6 +83,7 @@ __all__ = [
 ]
 
 _SERVER_OPTIMIZERS = ("sgd", "adam")
+_SAMPLINGS = ("fixed_size", "poisson")  # the trainer's schemes (aggkit.privacy.SAMPLINGS)
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,12 @@ class FedAvgConfig:
     Attributes
     ----------
     clients_per_round : int
-        Clients sampled (without replacement) each round.
+        Clients per round: exactly this many (``"fixed_size"``) or this many on average
+        (``"poisson"``).
+    sampling : {"fixed_size", "poisson"}
+        ``"fixed_size"``: ``clients_per_round`` distinct clients uniformly at random.
+        ``"poisson"``: each client independently with probability ``clients_per_round /
+        num_clients`` (what DP amplification by sampling is usually stated for).
     local_epochs : int
         Passes over each client's data per round (ignored when ``local_steps`` is set).
     local_steps : int or None
@@ -110,6 +125,8 @@ class FedAvgConfig:
         Seeds client sampling and every client's shuffling.
     eval_every : int
         Evaluate on the test set every this many rounds (and after the last one).
+    delta : float
+        The delta at which a DP run reports its epsilon, in (0, 1).
     channels_last : bool or None
         Memory format of the models (None: ``channels_last``, see
         :data:`aggkit_torch.local_training.CHANNELS_LAST_DEFAULT`).
@@ -129,6 +146,8 @@ class FedAvgConfig:
     seed: int = 0
     eval_every: int = 1
     channels_last: bool | None = None
+    sampling: str = "fixed_size"
+    delta: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("clients_per_round", "local_epochs", "batch_size", "eval_every"):
@@ -150,6 +169,10 @@ class FedAvgConfig:
         if self.server_optimizer not in _SERVER_OPTIMIZERS:
             raise ValueError(f"server_optimizer must be one of {_SERVER_OPTIMIZERS}")
         check_weighting(self.client_weighting, self.weight_cap)
+        if self.sampling not in _SAMPLINGS:
+            raise ValueError(f"sampling must be one of {_SAMPLINGS}, got {self.sampling!r}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
 
 
 def seed_of(*fields: int) -> int:
@@ -160,11 +183,29 @@ def seed_of(*fields: int) -> int:
     return int(np.random.SeedSequence(list(fields)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def sample_clients(seed: int, round_index: int, num_clients: int, count: int) -> np.ndarray:
-    """The ``count`` clients (of ``num_clients``) of round ``round_index`` (0-based), without
-    replacement, reproducible from ``(seed, round_index)``."""
+def sample_clients(
+    seed: int, round_index: int, num_clients: int, count: int, sampling: str = "fixed_size"
+) -> np.ndarray:
+    """The clients (of ``num_clients``) of round ``round_index`` (0-based), from
+    ``(seed, round_index)`` alone, so a resumed run draws what an unbroken one draws.
+
+    ``"fixed_size"``: ``count`` distinct clients, uniformly without replacement (in draw order).
+    ``"poisson"``: each client independently with probability ``count / num_clients``, in
+    increasing order; the number drawn is Binomial(num_clients, count / num_clients).
+
+    >>> sample_clients(0, 0, 10, 3)
+    array([5, 9, 6])
+    >>> sample_clients(0, 0, 10, 3, "poisson")
+    array([1, 2, 3])
+    """
+    if not 0 < count <= num_clients:
+        raise ValueError(f"count must be in [1, num_clients={num_clients}], got {count}")
     rng = np.random.default_rng([seed, round_index])
-    return rng.choice(num_clients, count, replace=False)
+    if sampling == "fixed_size":
+        return rng.choice(num_clients, count, replace=False)
+    if sampling == "poisson":
+        return np.flatnonzero(rng.random(num_clients) < count / num_clients)
+    raise ValueError(f"sampling must be one of {_SAMPLINGS}, got {sampling!r}")
 
 
 def make_server_optimizer(params, config: FedAvgConfig) -> torch.optim.Optimizer:
@@ -277,6 +318,13 @@ class FederatedTrainer:
         self.server_optimizer = make_server_optimizer(self.model.parameters(), self.config)
         #: The last round's admitted updates, one row per client (``update_transform`` edits it).
         self.batch: ak.ClientBatch = self.core.begin(self.config.clients_per_round).batch()
+        #: The privacy the run has spent, for the sampling it does (None-valued for non-DP).
+        self.accountant = RunAccountant(
+            self.config.sampling,
+            clients_per_round=self.config.clients_per_round,
+            population=len(self.partitions),
+            delta=self.config.delta,
+        )
         self.round = 0
         self.history: list[dict[str, Any]] = []
 
@@ -284,8 +332,13 @@ class FederatedTrainer:
 
     def sample_clients(self, round_index: int) -> np.ndarray:
         """The clients of round ``round_index`` (0-based), reproducible from the seed."""
+        config = self.config
         return sample_clients(
-            self.config.seed, round_index, len(self.partitions), self.config.clients_per_round
+            config.seed,
+            round_index,
+            len(self.partitions),
+            config.clients_per_round,
+            config.sampling,
         )
 
     def run_round(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -323,7 +376,12 @@ class FederatedTrainer:
         trained = time.perf_counter()
         outcome = rnd.aggregate(self.aggregator_state)
         aggregated = time.perf_counter()
+        spent = None
         if outcome.ok:
+            # An aggregator's epsilon for another sampling scheme is refused before any change;
+            # a round that was aggregated is accounted even if its step is not applied below.
+            self.accountant.check(outcome.measurements)
+            spent = self.accountant.record(outcome.state)
             if self._apply(outcome.result):
                 self.aggregator_state = outcome.state
                 rnd.committed = True
@@ -337,7 +395,12 @@ class FederatedTrainer:
             "measurements": outcome.measurements,
             "train_seconds": trained - started,
             "aggregate_seconds": aggregated - trained,
+            "sampling": config.sampling,
         }
+        if spent is not None:
+            metrics.update(epsilon=spent["epsilon"], delta=spent["delta"])
+        elif self.accountant.rounds:  # a round that released nothing: the run's spend so far
+            metrics.update(epsilon=self.accountant.epsilon(), delta=config.delta)
         if self.test_images is not None and (self.round % config.eval_every == 0):
             accuracy, loss = self.evaluate()
             metrics.update(test_accuracy=accuracy, test_loss=loss)
@@ -420,6 +483,7 @@ class FederatedTrainer:
             "model": self.model.state_dict(),
             "server_optimizer": self.server_optimizer.state_dict(),
             "aggregator_state": self.aggregator_state,
+            "accountant": self.accountant.state_dict(),
             "history": self.history,
             "config": asdict(self.config),
         }
@@ -431,6 +495,7 @@ class FederatedTrainer:
         self.model.load_state_dict(state["model"])
         self.server_optimizer.load_state_dict(state["server_optimizer"])
         self.aggregator_state = state["aggregator_state"]
+        self.accountant.load_state_dict(state["accountant"])
         self.history = list(state["history"])
         self.round = int(state["round"])
 
@@ -455,6 +520,10 @@ def format_round(metrics: dict[str, Any]) -> str:
         parts.append(f"test accuracy {metrics['test_accuracy']:.4f}")
     if math.isfinite(metrics["train_loss"]):
         parts.append(f"train loss {metrics['train_loss']:.4f}")
+    if "epsilon" in metrics:
+        parts.append(
+            f"epsilon {metrics['epsilon']:.3g} (delta {metrics['delta']:g}, {metrics['sampling']})"
+        )
     parts.append(f"{metrics['round_seconds']:.1f}s (aggregate {metrics['aggregate_seconds']:.3f}s)")
     shown = {
         k: (f"{v:.4g}" if isinstance(v, float) else str(v))

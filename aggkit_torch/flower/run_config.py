@@ -6,9 +6,10 @@ keys are the long options of the main job (``aggregator``, ``clients``, ``rounds
 ``local-steps``, ...) and are read by the main job's own parser (:func:`mnist_args`), so a
 Flower run and ``python -m aggkit_torch.mnist`` given the same options train the same model.
 TOML has no null: ``0`` or ``""`` stands for "not set" where the command line's default is
-None (``clients-per-round``, ``local-steps``, ``weighting``, ``num-byzantine``,
-``trim-fraction``, ``data``, ``train-subset``, ``threads``). The main job's simulated attacks
-(``attack``, ``malicious``) act inside its in-process trainer and are not run-config keys.
+None (``clients-per-round``, ``local-steps``, ``weighting``, ``sampling``, ``target-epsilon``,
+``num-byzantine``, ``trim-fraction``, ``data``, ``train-subset``, ``threads``). The main job's
+simulated attacks (``attack``, ``malicious``) act inside its in-process trainer and are not
+run-config keys.
 
 The strategy tells each client how to train in the train message's config
 (:func:`client_train_config`; read back with :func:`client_train_settings`), so one client
@@ -68,9 +69,12 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "server-momentum": 0.0,
     "weighting": "",
     "weight-cap": 4.0,
-    "noise-multiplier": 0.1,
+    "noise-multiplier": 0.6072,
     "num-byzantine": 0,
     "trim-fraction": 0.0,
+    "target-epsilon": 0.0,
+    "delta": 1e-5,
+    "sampling": "",
     "data": "",
     "train-subset": 0,
     "eval-every": 1,
@@ -96,6 +100,8 @@ _UNSET = {
     "weighting": "",
     "num-byzantine": 0,
     "trim-fraction": 0.0,
+    "target-epsilon": 0.0,
+    "sampling": "",
     "data": "",
     "train-subset": 0,
     "threads": 0,

@@ -5,7 +5,8 @@ run by ``strategy.start(grid, arrays, num_rounds)`` in a ``ServerApp``). Clients
 train message as with Flower's ``FedAvg``: their trained arrays (one ``ArrayRecord``) and a
 ``MetricRecord`` holding ``"num-examples"``. Each round the strategy
 
-1. samples ``config.clients_per_round`` clients. By default it samples *partitions* exactly as
+1. samples the round's clients (``config.clients_per_round`` of them, or that many on average
+   with ``config.sampling="poisson"``). By default it samples *partitions* exactly as
    :meth:`FederatedTrainer.sample_clients <aggkit_torch.federated.FederatedTrainer.sample_clients>`
    does, from ``(seed, round)``: it asks every new node once which partition it holds (a
    ``"query.partition"`` message, which :mod:`aggkit_torch.flower.client_app` answers from the
@@ -34,7 +35,10 @@ train message as with Flower's ``FedAvg``: their trained arrays (one ``ArrayReco
    (``aggregator/zeroing_norm``, ``aggregator/zeroing/clipping_norm``, ...), ``"clients"``,
    ``"nonfinite-clients"``,
    ``"capped-clients"``, ``"dropped-clients"`` and ``"dropped-nodes"`` (their node ids; the
-   reasons are in the log and in :attr:`AggkitStrategy.history`), and ``"committed"`` (1 or 0).
+   reasons are in the log and in :attr:`AggkitStrategy.history`), and ``"committed"`` (1 or 0);
+   with a DP aggregator also the run's ``"epsilon"`` at ``config.delta``, accounted for the
+   sampling the strategy did (:class:`~aggkit_torch.accounting.RunAccountant`; without
+   partition sampling the population is unknown and no amplification by sampling is claimed).
 
 Steps 3 to 5 are :mod:`aggkit_torch.rounds`, the round core :class:`FederatedTrainer` runs too. A
 round is a transaction: the global arrays, the server optimizer and the aggregator state change
@@ -73,6 +77,7 @@ import numpy as np
 import torch
 
 import aggkit as ak
+from aggkit_torch.accounting import RunAccountant
 from aggkit_torch.federated import FedAvgConfig, make_server_optimizer, sample_clients
 from aggkit_torch.flower import require_flwr
 from aggkit_torch.flower.run_config import client_train_config
@@ -181,6 +186,11 @@ class AggkitStrategy(FedAvg):
             raise ValueError(f"min_available_nodes must be >= 0, got {min_available_nodes}")
         if not query_timeout > 0:
             raise ValueError(f"query_timeout must be positive, got {query_timeout!r}")
+        if config.sampling == "poisson" and not partition_sampling:
+            raise ValueError(
+                "sampling='poisson' needs partition_sampling=True: each partition joins a round "
+                "with probability clients_per_round / num-partitions"
+            )
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=fraction_evaluate,
@@ -214,6 +224,7 @@ class AggkitStrategy(FedAvg):
         self.process: ak.AggregationProcess | None = None
         self.aggregator_state: Any = None
         self.history: list[dict[str, Any]] = []
+        self.accountant: RunAccountant | None = None  # created once the population is known
         self._core: RoundCore | None = None
         self._params: dict[str, torch.Tensor] = {}
         self.server_optimizer: torch.optim.Optimizer | None = None
@@ -307,7 +318,9 @@ class AggkitStrategy(FedAvg):
             raise ValueError(
                 f"clients_per_round ({k}) exceeds the number of partitions ({num_partitions})"
             )
-        return sample_clients(self.config.seed, server_round - 1, num_partitions, k)
+        return sample_clients(
+            self.config.seed, server_round - 1, num_partitions, k, self.config.sampling
+        )
 
     def _discover(self, nodes: Sequence[int], grid: Grid) -> None:
         """Ask ``nodes`` which partition they hold (once per node that answers)."""
@@ -479,7 +492,19 @@ class AggkitStrategy(FedAvg):
             rnd.fail(self._no_targets)
         aggregated = time.perf_counter()
         arrays = None
+        spent = None
         if outcome.ok:
+            if self.accountant is None:
+                self.accountant = RunAccountant(
+                    self.config.sampling,
+                    clients_per_round=self.config.clients_per_round,
+                    population=self._num_partitions if self.partition_sampling else None,
+                    delta=self.config.delta,
+                )
+            # An aggregator's epsilon for another sampling scheme is refused before any change;
+            # a round that was aggregated is accounted even if its step is not applied below.
+            self.accountant.check(outcome.measurements)
+            spent = self.accountant.record(outcome.state)
             arrays = self._apply(outcome.result)  # type: ignore[arg-type]
             if arrays is None:
                 rnd.fail("the server step would make the global model non-finite")
@@ -505,6 +530,10 @@ class AggkitStrategy(FedAvg):
         metrics["dropped-nodes"] = [int(item["node"]) for item in report["dropped"]]
         metrics["excluded-nodes"] = [int(item["node"]) for item in self._excluded]
         metrics["committed"] = int(rnd.committed)
+        privacy_spent = {}
+        if spent is not None:
+            privacy_spent = {"epsilon": spent["epsilon"], "delta": spent["delta"]}
+            metrics["epsilon"], metrics["delta"] = spent["epsilon"], spent["delta"]
         self.history.append(
             {
                 "round": server_round,
@@ -515,6 +544,8 @@ class AggkitStrategy(FedAvg):
                 "train_seconds": received - self._round_started,
                 "aggregate_seconds": aggregated - started,
                 "round_seconds": time.perf_counter() - self._round_started,
+                "sampling": self.config.sampling,
+                **privacy_spent,
             }
         )
         return arrays, metrics

@@ -74,9 +74,8 @@ def presets(settings: Settings) -> dict[str, ak.Factory]:
     return {
         "mean": ak.mean(),
         "robust": ak.robust_aggregator(),
-        "dp": ak.dp_aggregator(
-            NOISE_MULTIPLIER, settings.clients_per_round, population=settings.num_clients, seed=0
-        ),
+        # The trainer reports the epsilon of the sampling it does (exactly clients_per_round).
+        "dp": ak.dp_aggregator(NOISE_MULTIPLIER, settings.clients_per_round, seed=0),
         "compression": ak.compression_aggregator(),
         "secure": ak.secure_aggregator(),
     }
@@ -127,8 +126,7 @@ def summarize(histories: dict[str, list[dict]], settings: Settings) -> str:
         ),
         "dp": lambda h: (
             f"clip {last(h, 'zeroing/dp_query_metrics/clip'):.3g}, epsilon "
-            f"{last(h, 'zeroing/privacy/epsilon'):.3g} at delta "
-            f"{last(h, 'zeroing/privacy/delta'):.2g}"
+            f"{h[-1]['epsilon']:.3g} at delta {h[-1]['delta']:.2g} ({h[-1]['sampling']})"
         ),
         "compression": lambda h: (
             f"{last(h, 'zeroing/clipping/mean_value/bytes_per_client'):,} bytes per client, "
