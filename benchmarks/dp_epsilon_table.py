@@ -35,20 +35,33 @@ _SAME_TRAINING = (
 ROWS: list[tuple[str, str, str]] = [
     ("eps1", "dp, target epsilon 1", "--aggregator dp --target-epsilon 1"),
     ("eps2", "dp, target epsilon 2", "--aggregator dp --target-epsilon 2"),
-    ("z1", "dp, noise multiplier 1", "--aggregator dp --noise-multiplier 1"),
-    ("eps4", "dp, target epsilon 4", "--aggregator dp --target-epsilon 4"),
-    ("z07", "dp, noise multiplier 0.7", "--aggregator dp --noise-multiplier 0.7"),
+    ("default", "dp, defaults (noise multiplier 0.7, server lr 2)", "--aggregator dp"),
+    ("eps8", "dp, target epsilon 8", "--aggregator dp --target-epsilon 8"),
     (
-        "eps8",
-        "dp, target epsilon 8 (the default's noise, 0.6072, unrounded)",
-        "--aggregator dp --target-epsilon 8",
+        "z1",
+        "dp, noise multiplier 1, server lr 1",
+        "--aggregator dp --noise-multiplier 1 --server-lr 1",
+    ),
+    (
+        "z07",
+        "dp, noise multiplier 0.7, server lr 1",
+        "--aggregator dp --noise-multiplier 0.7 --server-lr 1",
+    ),
+    (
+        "eps8lr1",
+        "dp, target epsilon 8, server lr 1",
+        "--aggregator dp --target-epsilon 8 --server-lr 1",
     ),
     (
         "nonoise",
         "dp pipeline without noise (clipping only)",
         "--aggregator dp --noise-multiplier 0",
     ),
-    ("robust", "robust preset, same training", f"--aggregator robust {_SAME_TRAINING}"),
+    (
+        "robust",
+        "robust preset, same clients and local training, server lr 1",
+        f"--aggregator robust {_SAME_TRAINING}",
+    ),
 ]
 
 

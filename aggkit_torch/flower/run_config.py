@@ -69,7 +69,7 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "server-momentum": 0.0,
     "weighting": "",
     "weight-cap": 4.0,
-    "noise-multiplier": 0.6072,
+    "noise-multiplier": 0.7,
     "num-byzantine": 0,
     "trim-fraction": 0.0,
     "target-epsilon": 0.0,

@@ -200,8 +200,9 @@ def test_run_accountant_checks_its_arguments():
 def test_dp_job_defaults_target_epsilon_and_help():
     args = mnist_cli.parse_args(["--aggregator", "dp"])
     assert (args.clients, args.clients_per_round, args.rounds) == (1000, 100, 5)
-    assert (args.sampling, args.noise_multiplier, args.delta) == ("poisson", 0.6072, 1e-5)
-    assert (args.local_epochs, args.batch_size, args.lr, args.server_momentum) == (2, 20, 0.05, 0.9)
+    assert (args.sampling, args.noise_multiplier, args.delta) == ("poisson", 0.7, 1e-5)
+    assert (args.local_epochs, args.batch_size, args.lr) == (2, 20, 0.05)
+    assert (args.server_lr, args.server_momentum) == (2.0, 0.9)
     plain = mnist_cli.parse_args(["--aggregator", "robust"])
     assert (plain.clients, plain.sampling, plain.rounds) == (10, "fixed_size", 3)
 
@@ -292,7 +293,7 @@ def test_epsilon_table_renders_the_runs_it_finds(tmp_path):
     assert rows == [
         "| dp, target epsilon 2 | 1.600 | 2.00 | 0.6100 | "
         "`python -m aggkit_torch.mnist --aggregator dp --target-epsilon 2 --threads 1` |",
-        "| robust preset, same training | - | - | 0.9300 | "
+        "| robust preset, same clients and local training, server lr 1 | - | - | 0.9300 | "
         f"`python -m aggkit_torch.mnist --aggregator robust {dp_epsilon_table._SAME_TRAINING} "
         "--threads 1` |",
     ]
