@@ -48,6 +48,11 @@ ROWS: list[tuple[str, str, str]] = [
         "--aggregator dp --noise-multiplier 0.7 --server-lr 1",
     ),
     (
+        "eps2lr1",
+        "dp, target epsilon 2, server lr 1",
+        "--aggregator dp --target-epsilon 2 --server-lr 1",
+    ),
+    (
         "eps8lr1",
         "dp, target epsilon 8, server lr 1",
         "--aggregator dp --target-epsilon 8 --server-lr 1",
