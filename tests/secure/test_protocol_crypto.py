@@ -41,7 +41,7 @@ def test_seal_binds_session_and_direction():
         (key, session, 4, 3, ct),
         (key, os.urandom(16), 3, 4, ct),
         (os.urandom(32), session, 3, 4, ct),
-        (key, session, 3, 4, ct[:-1] + b"\0"),
+        (key, session, 3, 4, ct[:-1] + bytes([ct[-1] ^ 1])),  # a changed tag byte
     ]:
         with pytest.raises(AuthenticationError):
             crypto.unseal(*args)
