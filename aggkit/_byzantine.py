@@ -99,8 +99,8 @@ class WholeRound(Round):
 
     def finish(self):
         matrix, coef, weights = self.gathered()
-        if weights is not None:  # huge weights: the same ratios, without overflow (exact)
-            weights = np.ldexp(weights, -weight_shift(weights))
+        if weights is not None:  # huge or tiny weights: the same ratios, exact, no over/underflow
+            weights = np.ldexp(weights, -weight_shift(weights, scale_up=True))
         return self.compute(matrix, coef, weights)
 
 

@@ -33,23 +33,34 @@ COUNT_LAYOUT = Layout(TensorSpec((), np.int32))
 #: mean depends on the ratios of the weights only): the weight total and every weighted float32
 #: value summed over up to ``2**63`` clients then stay finite in float64.
 MAX_WEIGHT_EXPONENT = 832
+#: A whole round whose largest weight is below ``2**-MIN_WEIGHT_EXPONENT`` has its weights scaled
+#: up by a power of two into ``[0.5, 1)``: a weighted value then underflows only where the value
+#: itself is below the float64 normals, and it cannot exceed the value, so nothing new overflows.
+MIN_WEIGHT_EXPONENT = 512
 
 
-def weight_shift(weights: np.ndarray) -> int:
+def weight_shift(weights: np.ndarray, *, scale_up: bool = False) -> int:
     """The power of two that weights are divided by so that none exceeds
     ``2**MAX_WEIGHT_EXPONENT`` (0 for ordinary weights, which then keep their bits).
 
     A weighted mean, and any rule built from weighted sums and their ratios, depends on the
     weights' ratios only, and dividing by a power of two is exact, so the scaled weights give
-    the same result without overflowing float64.
+    the same result without overflowing float64. With ``scale_up`` (allowed only when these
+    weights are the whole round: a later block could not be scaled alike), weights whose largest
+    is below ``2**-MIN_WEIGHT_EXPONENT`` get a negative shift that brings the largest into
+    ``[0.5, 1)``, so the products of tiny weights and small values do not underflow.
 
     >>> weight_shift(np.array([1.0, 1e6])), weight_shift(np.array([1e308]))
     (0, 192)
+    >>> weight_shift(np.array([1e-300])), weight_shift(np.array([1e-300]), scale_up=True)
+    (0, -996)
     """
     top = float(weights.max()) if weights.size else 0.0
-    if top <= 2.0**MAX_WEIGHT_EXPONENT:
-        return 0
-    return math.frexp(top)[1] - MAX_WEIGHT_EXPONENT
+    if top > 2.0**MAX_WEIGHT_EXPONENT:
+        return math.frexp(top)[1] - MAX_WEIGHT_EXPONENT
+    if scale_up and 0.0 < top < 2.0**-MIN_WEIGHT_EXPONENT:
+        return math.frexp(top)[1]
+    return 0
 
 
 @dataclass(frozen=True)
@@ -164,22 +175,23 @@ class _MeanRound(Round):
         self.weight_round = weight_round
         self.no_nan_division = no_nan_division
         self.dtype = dtype
-        #: Weights are divided by ``2**shift`` (0 unless some weight exceeds the limit).
+        #: Weights are divided by ``2**shift`` (0 unless some weight is beyond the limits).
         self.shift = 0
         self.started = False
 
-    def _scale(self, weights: np.ndarray) -> np.ndarray:
-        """``weights`` divided by ``2**shift``, the shift set by the round's first block."""
-        need = weight_shift(weights)
-        if need > self.shift:
-            if self.started:
-                raise OverflowError(
-                    f"a weight of {float(weights.max())} came after the first block of a "
-                    "streamed round, whose weights were scaled for at most "
-                    f"2**{MAX_WEIGHT_EXPONENT + self.shift}; pass the round as a sequence or "
-                    "ClientBatch"
-                )
+    def _scale(self, weights: np.ndarray, *, whole: bool = False) -> np.ndarray:
+        """``weights`` divided by ``2**shift``, the shift set by the round's first block
+        (``whole``: this block is the whole round, so tiny weights may be scaled up)."""
+        need = weight_shift(weights, scale_up=whole)
+        if not self.started:
             self.shift = need
+        elif need > self.shift:
+            raise OverflowError(
+                f"a weight of {float(weights.max())} came after the first block of a "
+                "streamed round, whose weights were scaled for at most "
+                f"2**{MAX_WEIGHT_EXPONENT + self.shift}; pass the round as a sequence or "
+                "ClientBatch"
+            )
         self.started = True
         return np.ldexp(weights, -self.shift) if self.shift else weights
 
@@ -189,7 +201,7 @@ class _MeanRound(Round):
         self.weight_round.add(_weight_block(block, weights), None)
 
     def add_last(self, block: Contributions, weights: np.ndarray | None) -> None:
-        weights = self._scale(weights)
+        weights = self._scale(weights, whole=not self.started)
         # The value sum may keep its last block and divide in the same pass (finish_divided).
         self.value_round.add_last(block.scaled(weights), None)
         self.weight_round.add_last(_weight_block(block, weights), None)

@@ -182,6 +182,28 @@ def test_float_sum_that_overflows_raises_instead_of_returning_inf(shape):
         _next(ak.sum(), T(shape, np.float64), [np.full(shape, 1e308)] * 2)
 
 
+@pytest.mark.parametrize(
+    "factory",
+    [ak.mean(), ak.geometric_median(), ak.centered_clipping(1.0)],
+    ids=["mean", "geometric_median", "centered_clipping"],
+)
+@pytest.mark.parametrize(
+    ("values", "weights"),
+    [
+        ([4.3981101420465504e-275], [4.3981101420465504e-275]),  # found by hypothesis
+        ([1e-200, 3e-200], [1e-200, 1e-200]),
+        ([1e-200, 3e-200], [1e-300, 3e-300]),
+    ],
+)
+def test_weighted_mean_with_tiny_weights_does_not_underflow(factory, values, weights):
+    # Products of tiny weights and tiny values fall below float64's normals (1e-400 -> 0); the
+    # weights of a whole round are scaled up by a power of two first (exact: only ratios count).
+    if isinstance(factory, type(ak.geometric_median())) and len(set(weights)) > 1:
+        weights = [weights[0]] * len(weights)  # a geometric median is the mean only when equal
+    got = _next(factory, T((3,), np.float64), [np.full(3, v) for v in values], weights)
+    np.testing.assert_allclose(got, np.full(3, float(_exact_mean(values, weights))), rtol=1e-12)
+
+
 def test_streamed_mean_with_huge_weights():
     values = [np.full(3, v, np.float32) for v in (0.1, 0.2, 0.4)]
     weights = [1e308, 1e308, 1.0]
