@@ -19,8 +19,8 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.errors import EmptyRoundError
-from aggkit.mean import weight_shift
-from aggkit.process import Contributions, Round
+from aggkit.mean import WEIGHT_LAYOUT, weight_shift
+from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
 
 __all__ = ["WholeRound", "check_floating", "check_int", "require_clients"]
@@ -102,6 +102,32 @@ class WholeRound(Round):
         if weights is not None:  # huge or tiny weights: the same ratios, exact, no over/underflow
             weights = np.ldexp(weights, -weight_shift(weights, scale_up=True))
         return self.compute(matrix, coef, weights)
+
+
+def resolve_sums(factory: Factory) -> None:
+    """Set a sum-based rule's ``value_sum``/``weight_sum`` fields (``None`` -> ``ak.sum()``)."""
+    for name in ("value_sum", "weight_sum"):
+        object.__setattr__(factory, name, _checks.unweighted_factory(getattr(factory, name), name))
+
+
+class SumsProcess(AggregationProcess):
+    """The process of a weighted rule built from sums (geometric median, centered clipping): it
+    holds its factory and the inner value- and weight-sum processes, whose states it threads."""
+
+    is_weighted = True
+
+    def __init__(self, layout: Layout, factory: Factory):
+        super().__init__(layout)
+        self.factory = factory
+        self.value_sum = factory.value_sum.create(layout)
+        self.weight_sum = factory.weight_sum.create(WEIGHT_LAYOUT)
+        self.stats_needed = self.value_sum.stats_needed
+
+    def initialize(self) -> State:
+        return {
+            "value_sum_process": self.value_sum.initialize(),
+            "weight_sum_process": self.weight_sum.initialize(),
+        }
 
 
 class Sums:

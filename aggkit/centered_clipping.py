@@ -32,10 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import _checks, kernels
-from aggkit._byzantine import Sums, WholeRound, check_floating, check_int, require_clients
-from aggkit.mean import WEIGHT_LAYOUT
-from aggkit.process import AggregationProcess, EstimationProcess, Factory, Round, State
+from aggkit import kernels
+from aggkit._byzantine import (
+    Sums,
+    SumsProcess,
+    WholeRound,
+    check_floating,
+    check_int,
+    require_clients,
+    resolve_sums,
+)
+from aggkit.process import EstimationProcess, Factory, Round, State
 from aggkit.robust import _threshold
 from aggkit.structure import ClientBatch, Layout
 
@@ -55,21 +62,11 @@ class CenteredClippingFactory(Factory):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "iterations", check_int(self.iterations, "iterations", 1))
-        object.__setattr__(
-            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
-        )
-        object.__setattr__(
-            self, "weight_sum", _checks.unweighted_factory(self.weight_sum, "weight_sum")
-        )
+        resolve_sums(self)
 
     def _create(self, layout: Layout) -> CenteredClippingProcess:
         check_floating(layout, "ak.centered_clipping")
-        return CenteredClippingProcess(
-            layout,
-            self,
-            self.value_sum.create(layout),
-            self.weight_sum.create(WEIGHT_LAYOUT),
-        )
+        return CenteredClippingProcess(layout, self)
 
 
 def centered_clipping(
@@ -106,30 +103,14 @@ def centered_clipping(
     return CenteredClippingFactory(_threshold(radius, "radius"), iterations, value_sum, weight_sum)
 
 
-class CenteredClippingProcess(AggregationProcess):
+class CenteredClippingProcess(SumsProcess):
     """Process of :func:`aggkit.centered_clipping`."""
-
-    is_weighted = True
-
-    def __init__(
-        self,
-        layout: Layout,
-        factory: CenteredClippingFactory,
-        value_sum: AggregationProcess,
-        weight_sum: AggregationProcess,
-    ):
-        super().__init__(layout)
-        self.factory = factory
-        self.value_sum = value_sum
-        self.weight_sum = weight_sum
-        self.stats_needed = value_sum.stats_needed
 
     def initialize(self) -> State:
         return {
             "center": np.zeros(self.layout.size, dtype=self.layout.dtype),
             "radius": self.factory.radius.initialize(),
-            "value_sum_process": self.value_sum.initialize(),
-            "weight_sum_process": self.weight_sum.initialize(),
+            **super().initialize(),
         }
 
     def begin_round(self, state: State) -> Round:

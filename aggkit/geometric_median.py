@@ -36,9 +36,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggkit import _checks, kernels
-from aggkit._byzantine import Sums, WholeRound, check_floating, check_int, require_clients
-from aggkit.mean import WEIGHT_LAYOUT
-from aggkit.process import AggregationProcess, Factory, Round, State
+from aggkit._byzantine import (
+    Sums,
+    SumsProcess,
+    WholeRound,
+    check_floating,
+    check_int,
+    require_clients,
+    resolve_sums,
+)
+from aggkit.process import Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
 
 __all__ = ["GeometricMedianFactory", "GeometricMedianProcess", "geometric_median"]
@@ -70,21 +77,11 @@ class GeometricMedianFactory(Factory):
         object.__setattr__(
             self, "smoothing", _positive(self.smoothing, "smoothing", allow_zero=False)
         )
-        object.__setattr__(
-            self, "value_sum", _checks.unweighted_factory(self.value_sum, "value_sum")
-        )
-        object.__setattr__(
-            self, "weight_sum", _checks.unweighted_factory(self.weight_sum, "weight_sum")
-        )
+        resolve_sums(self)
 
     def _create(self, layout: Layout) -> GeometricMedianProcess:
         check_floating(layout, "ak.geometric_median")
-        return GeometricMedianProcess(
-            layout,
-            self,
-            self.value_sum.create(layout),
-            self.weight_sum.create(WEIGHT_LAYOUT),
-        )
+        return GeometricMedianProcess(layout, self)
 
 
 def geometric_median(
@@ -125,29 +122,8 @@ def geometric_median(
     return GeometricMedianFactory(max_iterations, tolerance, smoothing, value_sum, weight_sum)
 
 
-class GeometricMedianProcess(AggregationProcess):
+class GeometricMedianProcess(SumsProcess):
     """Process of :func:`aggkit.geometric_median`."""
-
-    is_weighted = True
-
-    def __init__(
-        self,
-        layout: Layout,
-        factory: GeometricMedianFactory,
-        value_sum: AggregationProcess,
-        weight_sum: AggregationProcess,
-    ):
-        super().__init__(layout)
-        self.factory = factory
-        self.value_sum = value_sum
-        self.weight_sum = weight_sum
-        self.stats_needed = value_sum.stats_needed
-
-    def initialize(self) -> State:
-        return {
-            "value_sum_process": self.value_sum.initialize(),
-            "weight_sum_process": self.weight_sum.initialize(),
-        }
 
     def begin_round(self, state: State) -> Round:
         return _GeometricMedianRound(self, state)
