@@ -48,8 +48,8 @@ from aggkit.hadamard import (
     check_rotation_overflow,
     split_seed_state,
 )
-from aggkit.process import Contributions, Factory, Round, State
-from aggkit.structure import ClientBatch, Layout, TensorSpec
+from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
+from aggkit.structure import ClientBatch, Layout
 
 __all__ = ["DftFactory", "DftProcess", "dft"]
 
@@ -67,17 +67,14 @@ class DftFactory(HadamardFactory):
     Shares :class:`~aggkit.hadamard.HadamardFactory`'s parameters and their checks.
     """
 
-    def _create(self, layout: Layout) -> DftProcess:
-        kinds = {s.dtype.kind in "iu" for s in layout.specs}
-        if len(kinds) > 1:
-            raise TypeError("ak.dft needs all-floating or all-integer tensors, got a mix")
+    _name = "ak.dft"
 
-        def padded_spec(spec: TensorSpec) -> TensorSpec:
-            dtype = np.float64 if spec.dtype == np.float64 else np.float32
-            return TensorSpec((_padded_size(spec.size),), dtype)
+    @staticmethod
+    def _padded_size(n: int) -> int:
+        return _padded_size(n)
 
-        padded = layout.map_specs(padded_spec)
-        return DftProcess(layout, padded, self.inner.create(padded), self.num_repeats, self.seed)
+    def _process(self, layout: Layout, padded: Layout, inner: AggregationProcess):
+        return DftProcess(layout, padded, inner, self.num_repeats, self.seed)
 
 
 def dft(

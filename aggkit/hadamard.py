@@ -81,6 +81,17 @@ class HadamardFactory(Factory):
         object.__setattr__(self, "num_repeats", repeats)
         object.__setattr__(self, "seed", _checks.seed(self.seed))
 
+    #: The public name in errors, and the padded length of a rotated tensor of ``n`` values
+    #: (``ak.dft`` subclasses this factory and overrides both, and ``_process``).
+    _name = "ak.hadamard"
+
+    @staticmethod
+    def _padded_size(n: int) -> int:
+        return kernels.hadamard.padded_size(n)
+
+    def _process(self, layout: Layout, padded: Layout, inner: AggregationProcess):
+        return HadamardProcess(layout, padded, inner, self.num_repeats, self.seed)
+
     def _create(self, layout: Layout) -> HadamardProcess:
         kinds = {s.dtype.kind in "iu" for s in layout.specs}
         if len(kinds) > 1:
@@ -88,17 +99,15 @@ class HadamardFactory(Factory):
                 f"{p}: {s.dtype}" for p, s in zip(layout.paths, layout.specs, strict=True)
             )
             raise TypeError(
-                f"ak.hadamard needs all-floating or all-integer tensors, got a mix ({described})"
+                f"{self._name} needs all-floating or all-integer tensors, got a mix ({described})"
             )
 
         def padded_spec(spec: TensorSpec) -> TensorSpec:
             dtype = np.float64 if spec.dtype == np.float64 else np.float32
-            return TensorSpec((kernels.hadamard.padded_size(spec.size),), dtype)
+            return TensorSpec((self._padded_size(spec.size),), dtype)
 
         padded = layout.map_specs(padded_spec)
-        return HadamardProcess(
-            layout, padded, self.inner.create(padded), self.num_repeats, self.seed
-        )
+        return self._process(layout, padded, self.inner.create(padded))
 
 
 def hadamard(
