@@ -23,19 +23,7 @@ from aggkit.mean import WEIGHT_LAYOUT, weight_shift
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
 
-__all__ = ["WholeRound", "check_floating", "check_int", "require_clients"]
-
-
-def check_int(value, name: str, low: int) -> int:
-    """``value`` as an int ``>= low``; TypeError for a non-integer (bools included), ValueError
-    below ``low`` (the rule of :func:`aggkit._checks.integer`)."""
-    return _checks.integer(value, name, low=low)
-
-
-def check_floating(layout: Layout, who: str) -> None:
-    """TypeError naming the tensors of ``layout`` that are not float32/float64 (the rule of
-    :func:`aggkit._checks.floating_layout` with ``kernel_floats``)."""
-    _checks.floating_layout(layout, who, kernel_floats=True)
+__all__ = ["Sums", "SumsProcess", "WholeRound", "require_clients", "resolve_sums"]
 
 
 def require_clients(count: int, needed: int, who: str, why: str) -> None:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels, kernels
-from aggkit._byzantine import WholeRound, check_floating, check_int, require_clients
+from aggkit import _checks, channels, kernels
+from aggkit._byzantine import WholeRound, require_clients
 from aggkit.krum import krum_scores, lowest, pairwise_distances
 from aggkit.median import order_statistic_result
 from aggkit.process import AggregationProcess, Factory, Round, State
@@ -61,10 +61,12 @@ class BulyanFactory(Factory):
     is_weighted = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "num_byzantine", check_int(self.num_byzantine, "num_byzantine", 0))
+        object.__setattr__(
+            self, "num_byzantine", _checks.integer(self.num_byzantine, "num_byzantine", low=0)
+        )
 
     def _create(self, layout: Layout) -> BulyanProcess:
-        check_floating(layout, "ak.bulyan")
+        _checks.floating_layout(layout, "ak.bulyan", kernel_floats=True)
         return BulyanProcess(layout, self.num_byzantine)
 
 

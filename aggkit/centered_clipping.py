@@ -32,13 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import kernels
+from aggkit import _checks, kernels
 from aggkit._byzantine import (
     Sums,
     SumsProcess,
     WholeRound,
-    check_floating,
-    check_int,
     require_clients,
     resolve_sums,
 )
@@ -61,11 +59,13 @@ class CenteredClippingFactory(Factory):
     is_weighted = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "iterations", check_int(self.iterations, "iterations", 1))
+        object.__setattr__(
+            self, "iterations", _checks.integer(self.iterations, "iterations", low=1)
+        )
         resolve_sums(self)
 
     def _create(self, layout: Layout) -> CenteredClippingProcess:
-        check_floating(layout, "ak.centered_clipping")
+        _checks.floating_layout(layout, "ak.centered_clipping", kernel_floats=True)
         return CenteredClippingProcess(layout, self)
 
 

@@ -40,8 +40,6 @@ from aggkit._byzantine import (
     Sums,
     SumsProcess,
     WholeRound,
-    check_floating,
-    check_int,
     require_clients,
     resolve_sums,
 )
@@ -49,10 +47,6 @@ from aggkit.process import Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
 
 __all__ = ["GeometricMedianFactory", "GeometricMedianProcess", "geometric_median"]
-
-
-def _positive(value, name: str, *, allow_zero: bool) -> float:
-    return _checks.real(value, name, low=0.0, low_open=not allow_zero)
 
 
 @dataclass(frozen=True)
@@ -69,18 +63,16 @@ class GeometricMedianFactory(Factory):
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "max_iterations", check_int(self.max_iterations, "max_iterations", 1)
+            self, "max_iterations", _checks.integer(self.max_iterations, "max_iterations", low=1)
         )
+        object.__setattr__(self, "tolerance", _checks.real(self.tolerance, "tolerance", low=0.0))
         object.__setattr__(
-            self, "tolerance", _positive(self.tolerance, "tolerance", allow_zero=True)
-        )
-        object.__setattr__(
-            self, "smoothing", _positive(self.smoothing, "smoothing", allow_zero=False)
+            self, "smoothing", _checks.real(self.smoothing, "smoothing", low=0.0, low_open=True)
         )
         resolve_sums(self)
 
     def _create(self, layout: Layout) -> GeometricMedianProcess:
-        check_floating(layout, "ak.geometric_median")
+        _checks.floating_layout(layout, "ak.geometric_median", kernel_floats=True)
         return GeometricMedianProcess(layout, self)
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels, kernels
-from aggkit._byzantine import WholeRound, check_floating, check_int, require_clients
+from aggkit import _checks, channels, kernels
+from aggkit._byzantine import WholeRound, require_clients
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -85,11 +85,15 @@ class KrumFactory(Factory):
     is_weighted = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "num_byzantine", check_int(self.num_byzantine, "num_byzantine", 0))
-        object.__setattr__(self, "num_selected", check_int(self.num_selected, "num_selected", 1))
+        object.__setattr__(
+            self, "num_byzantine", _checks.integer(self.num_byzantine, "num_byzantine", low=0)
+        )
+        object.__setattr__(
+            self, "num_selected", _checks.integer(self.num_selected, "num_selected", low=1)
+        )
 
     def _create(self, layout: Layout) -> KrumProcess:
-        check_floating(layout, "ak.krum")
+        _checks.floating_layout(layout, "ak.krum", kernel_floats=True)
         return KrumProcess(layout, self.num_byzantine, self.num_selected)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import channels, kernels
-from aggkit._byzantine import WholeRound, check_floating, require_clients
+from aggkit import _checks, channels, kernels
+from aggkit._byzantine import WholeRound, require_clients
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import Layout
 
@@ -60,7 +60,7 @@ class MedianFactory(Factory):
     is_weighted = False
 
     def _create(self, layout: Layout) -> MedianProcess:
-        check_floating(layout, "ak.median")
+        _checks.floating_layout(layout, "ak.median", kernel_floats=True)
         return MedianProcess(layout)
 
 

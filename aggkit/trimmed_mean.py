@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import kernels
-from aggkit._byzantine import WholeRound, check_floating, require_clients
+from aggkit import _checks, kernels
+from aggkit._byzantine import WholeRound, require_clients
 from aggkit.median import order_statistic_result
 from aggkit.process import AggregationProcess, Factory, Round, State
 from aggkit.structure import Layout
@@ -45,7 +45,7 @@ class TrimmedMeanFactory(Factory):
         object.__setattr__(self, "trim_fraction", float(value))
 
     def _create(self, layout: Layout) -> TrimmedMeanProcess:
-        check_floating(layout, "ak.trimmed_mean")
+        _checks.floating_layout(layout, "ak.trimmed_mean", kernel_floats=True)
         return TrimmedMeanProcess(layout, self.trim_fraction)
 
 
