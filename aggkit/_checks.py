@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aggkit.errors import InvalidUpdateError
 from aggkit.kernels.limits import INT64_MAX
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -59,6 +60,7 @@ __all__ = [
     "learning_rate",
     "noise_multiplier",
     "offsets",
+    "positive_total_weight",
     "real",
     "seed",
     "shape",
@@ -304,6 +306,27 @@ def clip_factors(norms: np.ndarray, clip: float) -> np.ndarray:
         factors = np.where(norms > clip, clip / norms, 1.0)
     factors[~np.isfinite(norms)] = 0.0
     return factors
+
+
+def positive_total_weight(total: float, count: int, who: str, what: str) -> None:
+    """Raise :class:`~aggkit.InvalidUpdateError` (on the weights) unless a round's total weight
+    ``total`` over ``count`` clients is positive: a weighted rule ``who`` whose result ``what`` is
+    a ratio by the total weight is undefined when every weight is 0 (and no client is to blame).
+
+    Examples
+    --------
+    >>> positive_total_weight(0.0, 3, "ak.geometric_median", "the weighted geometric median")
+    Traceback (most recent call last):
+    ...
+    aggkit.errors.InvalidUpdateError: weight: ak.geometric_median: the weighted geometric median \
+is undefined when the total weight is 0 (all 3 clients of the round have weight 0)
+    """
+    if not total > 0.0:
+        raise InvalidUpdateError(
+            f"{who}: {what} is undefined when the total weight is 0 "
+            f"(all {count} clients of the round have weight 0)",
+            path="weight",
+        )
 
 
 def sharing_threshold(value: Any, name: str = "threshold") -> int | float | None:

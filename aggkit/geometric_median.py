@@ -144,7 +144,14 @@ class _GeometricMedianRound(WholeRound):
                 self.raise_nonfinite(matrix, coef)
             return d
 
-        center = weighted_mean(weights)
+        # The first weighted mean's denominator is the total weight: with every weight 0 the
+        # weighted median is undefined (and the 0/0 center would blame a client for its NaN).
+        total = sums.rows(batch, coef * weights)
+        total_weight = sums.scalar(weights)
+        _checks.positive_total_weight(
+            total_weight, k, "ak.geometric_median", "the weighted geometric median"
+        )
+        center = total / total_weight
         d = distances(center)
         objective = sums.scalar(weights * d)
         iterations = 0

@@ -436,3 +436,17 @@ def test_attackers_sending_a_large_shared_vector(factory, attackers, in_range):
     assert np.linalg.norm(out.result - honest_mean) < 2 * spread
     plain_mean = run(ak.unweighted_mean(), matrix).result
     assert np.linalg.norm(plain_mean - honest_mean) > 1000 * spread
+
+
+def test_geometric_median_refuses_a_round_of_zero_total_weight():
+    # Every weight 0: the weighted median is undefined. The error says so and blames no client
+    # (a 0/0 center used to be reported as "client 0 holds NaN").
+    matrix = np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32)
+    process = ak.geometric_median().create(ak.TensorSpec((3,), np.float32))
+    with pytest.raises(ak.InvalidUpdateError, match="total weight is 0") as caught:
+        process.next(process.initialize(), matrix, weights=np.zeros(4))
+    assert caught.value.client is None and caught.value.path == "weight"
+    assert "holds NaN" not in str(caught.value)
+    # One positive weight is enough: the result is that client's update.
+    out = process.next(process.initialize(), matrix, weights=np.array([0.0, 0.0, 2.0, 0.0]))
+    np.testing.assert_allclose(out.result, matrix[2], rtol=1e-6)
