@@ -60,6 +60,7 @@ __all__ = [
     "Outcome",
     "Round",
     "RoundCore",
+    "all_finite",
     "check_weighting",
     "flatten_measurements",
     "server_step",
@@ -98,6 +99,24 @@ def flatten_measurements(measurements: Any, prefix: str = "") -> dict[str, float
             measurements.item() if hasattr(measurements, "item") else (measurements)
         )
     return flat
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether a floating vector holds no NaN or Inf.
+
+    A NaN or an Inf among the values makes their sum NaN or infinite, so a finite sum proves
+    them finite without the boolean temporary of ``np.isfinite(values).all()``; a non-finite
+    sum (a NaN or Inf, or finite values whose sum overflowed) is settled element by element.
+
+    >>> all_finite(np.array([1.0, -2.0], np.float32)), all_finite(np.array([1.0, np.nan]))
+    (True, False)
+    >>> all_finite(np.array([3e38, 3e38], np.float32))  # the sum overflows; the values do not
+    True
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(np.add.reduce(values)):
+            return True
+    return bool(np.isfinite(values).all())
 
 
 def _count_problem(value: object) -> str | None:
@@ -210,21 +229,29 @@ class Round:
         return _count_problem(reported) if self.core.reads_counts else None
 
     def add(
-        self, client: Any, *, reported: object = None, known: float | None = None, **details: Any
+        self,
+        client: Any,
+        *,
+        reported: object = None,
+        known: float | None = None,
+        finite: bool | None = None,
+        **details: Any,
     ) -> bool:
         """Admit the update written into :meth:`next_row`; returns whether it counts.
 
         ``reported`` is the client's own example count (ignored under ``"uniform"`` and by
-        unweighted processes); ``known`` the count the server trusts for this client, if any.
-        An unusable count drops the client (returns False, row reused); a non-finite update is
-        zeroed and admitted with weight 0 (returns False).
+        unweighted processes); ``known`` the count the server trusts for this client, if any;
+        ``finite`` whether the row holds no NaN or Inf, if the caller found out while writing
+        it (else the row is checked here). An unusable count drops the client (returns False,
+        row reused); a non-finite update is zeroed and admitted with weight 0 (returns False).
         """
         problem = self.count_problem(reported)
         if problem is not None:
             self.drop(client, problem, **details)
             return False
         row = self._matrix[self.count]
-        finite = bool(np.isfinite(row).all())
+        if finite is None:
+            finite = all_finite(row)
         if not finite:
             row[:] = 0.0
         self.clients.append(client)
@@ -293,7 +320,7 @@ class Round:
             except (ArithmeticError, ValueError) as error:
                 return self._failed(state, f"{type(error).__name__}: {error}")
             break
-        if not all(np.isfinite(np.asarray(v)).all() for v in _leaves(output.result)):
+        if not all(_finite_leaf(v) for v in _leaves(output.result)):
             return self._failed(state, "the aggregate is not finite")
         measurements = flatten_measurements(output.measurements)
         return Outcome(True, output.state, output.result, measurements, None)
@@ -351,6 +378,52 @@ def _leaves(structure: Any) -> Iterable[Any]:
         yield structure
 
 
+def _finite_leaf(value: Any) -> bool:
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        return all_finite(array.reshape(-1))
+    return bool(np.isfinite(array).all())
+
+
+def _cpu_numpy(tensor: torch.Tensor) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor (None for other devices or dtypes NumPy lacks).
+
+    The server step's copies and checks go through it: NumPy does them in the calling thread,
+    where torch spreads a 400,000-value copy over its thread pool, whose hand-offs cost more
+    than the copy on a busy machine (11 ms a ``torch.isfinite`` at load 20 on 2 cores).
+    """
+    if tensor.device.type != "cpu":
+        return None
+    try:
+        return tensor.detach().numpy()
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _tensor_finite(tensor: torch.Tensor) -> bool:
+    view = _cpu_numpy(tensor)
+    if view is not None and view.dtype.kind == "f":
+        return all_finite(view.reshape(-1))
+    return bool(torch.isfinite(tensor).all())
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    view = _cpu_numpy(tensor)
+    return tensor.detach().clone() if view is None else torch.from_numpy(view.copy())
+
+
+def _gradient(param: torch.Tensor, value: np.ndarray) -> torch.Tensor:
+    """``value`` as a fresh gradient tensor of ``param``'s shape and dtype."""
+    view = _cpu_numpy(param)
+    if view is not None:
+        grad = np.empty(view.shape, dtype=view.dtype)
+        np.copyto(grad, np.asarray(value).reshape(view.shape), casting="same_kind")
+        return torch.from_numpy(grad)
+    grad = torch.empty_like(param)
+    grad.copy_(torch.from_numpy(np.asarray(value)))
+    return grad
+
+
 def server_step(
     optimizer: torch.optim.Optimizer,
     named_params: Iterable[tuple[str, torch.Tensor]],
@@ -363,17 +436,15 @@ def server_step(
     parameters and the optimizer state are restored and False is returned: nothing changed.
     """
     params = list(named_params)
-    saved_params = [p.detach().clone() for _, p in params]
+    saved_params = [_snapshot(p) for _, p in params]
     saved_state = copy.deepcopy(optimizer.state_dict())
     optimizer.zero_grad(set_to_none=True)
     for name, p in params:
         if name in update:
-            grad = torch.empty_like(p)
-            grad.copy_(torch.from_numpy(np.asarray(update[name])))
-            p.grad = grad
+            p.grad = _gradient(p, update[name])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if all(bool(torch.isfinite(p).all()) for _, p in params):
+    if all(_tensor_finite(p) for _, p in params):
         return True
     with torch.no_grad():
         for (_, p), saved in zip(params, saved_params, strict=True):

@@ -80,6 +80,7 @@ import aggkit as ak
 from aggkit_torch.accounting import RunAccountant
 from aggkit_torch.federated import FedAvgConfig, make_server_optimizer, sample_clients
 from aggkit_torch.flower import require_flwr
+from aggkit_torch.flower.rows import RowDecoder
 from aggkit_torch.flower.run_config import client_train_config
 from aggkit_torch.local_training import examples_per_round
 from aggkit_torch.rounds import Round, RoundCore, server_step
@@ -226,6 +227,7 @@ class AggkitStrategy(FedAvg):
         self.history: list[dict[str, Any]] = []
         self.accountant: RunAccountant | None = None  # created once the population is known
         self._core: RoundCore | None = None
+        self._decoder: RowDecoder | None = None
         self._params: dict[str, torch.Tensor] = {}
         self.server_optimizer: torch.optim.Optimizer | None = None
         self._global: np.ndarray | None = None
@@ -298,6 +300,7 @@ class AggkitStrategy(FedAvg):
             process, weighting=self.config.client_weighting, weight_cap=self.config.weight_cap
         )
         self.layout, self.process, self.aggregator_state = layout, process, state
+        self._decoder = RowDecoder(list(structure), layout)
         self._params, self.server_optimizer, self._core = params, optimizer, core
 
     def _apply(self, update: dict[str, np.ndarray]) -> ArrayRecord | None:
@@ -306,7 +309,8 @@ class AggkitStrategy(FedAvg):
         assert self.server_optimizer is not None
         if not server_step(self.server_optimizer, self._params.items(), update):
             return None
-        return ArrayRecord({k: Array(p.detach().numpy().copy()) for k, p in self._params.items()})
+        # Array serializes at once (np.save into its bytes): no copy of the parameters first.
+        return ArrayRecord({k: Array(p.detach().numpy()) for k, p in self._params.items()})
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -596,21 +600,27 @@ class AggkitStrategy(FedAvg):
             return self._drop(rnd, label, node, partition, f"{self.weighted_by_key}: {problem}")
         row = rnd.next_row()
         try:
-            self.layout.flatten(self._reply_arrays(reply), out=row)  # type: ignore[union-attr]
+            record = self._reply_record(reply)
+            # The update global - trained, decoded in place when the reply has the global
+            # model's .npy form (the usual case), else through Array.numpy() and the layout.
+            finite = self._decoder.update_into(record, self._global, row)  # type: ignore
+            if finite is None:
+                arrays = {key: array.numpy() for key, array in record.items()}
+                self.layout.flatten(arrays, out=row)  # type: ignore[union-attr]
+                np.subtract(self._global, row, out=row)
         except ak.InvalidUpdateError as error:
             return self._drop(rnd, label, node, partition, _reason(error))
         except (ValueError, TypeError) as error:  # an Array whose bytes do not decode
             return self._drop(rnd, label, node, partition, f"unreadable arrays ({error})")
-        np.subtract(self._global, row, out=row)  # the update: global - trained
         known = None
         if self.trusted_examples is not None and partition is not None:
             known = self.trusted_examples[partition]
-        if rnd.add(label, reported=reported, known=known, node=node):
+        if rnd.add(label, reported=reported, known=known, finite=finite, node=node):
             return True
         log(WARNING, "%s sent a non-finite update: zeroed, weight 0", _describe(node, partition))
         return False
 
-    def _reply_arrays(self, reply: Message) -> dict[str, np.ndarray]:
+    def _reply_record(self, reply: Message) -> ArrayRecord:
         records = reply.content.array_records
         if self.arrayrecord_key in records:
             record = records[self.arrayrecord_key]
@@ -621,7 +631,7 @@ class AggkitStrategy(FedAvg):
                 f"replied with ArrayRecords {sorted(records)}; expected one, "
                 f"{self.arrayrecord_key!r}"
             )
-        return {key: array.numpy() for key, array in record.items()}
+        return record
 
     def _client_metrics(self, contents: list[RecordDict], rnd: Round) -> MetricRecord:
         """The admitted clients' own metrics, averaged with the weights the round used.
