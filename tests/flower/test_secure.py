@@ -138,3 +138,82 @@ def test_the_apps_mode_is_explicit():
     with pytest.raises(ValueError, match="secagg-mode must be"):
         secure_strategy({"secagg-mode": "trusting"})
     assert secure_strategy({"secagg-mode": "honest-but-curious"}).keywords["honest_but_curious"]
+
+
+def _fixed_update_app():
+    """A secure ClientApp whose "training" adds a fixed noise drawn from the partition id."""
+    from flwr.app import Array, ArrayRecord, MetricRecord
+    from flwr.clientapp import ClientApp
+
+    from aggkit_torch.flower import client_app as plain
+    from aggkit_torch.flower import secure_apps
+
+    app = ClientApp()
+    app.query("partition")(plain.query_partition)
+    app.query("secagg")(secure_apps.secagg)
+
+    @app.train()
+    def train(message, context):
+        partition = int(context.node_config["partition-id"])
+        rng = np.random.default_rng(1000 + partition)
+        arrays = message.content.array_records["arrays"]
+        trained = {
+            k: a.numpy() + rng.normal(0, 0.1, a.shape).astype(np.float32) for k, a in arrays.items()
+        }
+        record = ArrayRecord({k: Array(v) for k, v in trained.items()})
+        metrics = MetricRecord({"num-examples": 10 + partition, "train_loss": 0.0})
+        return secure_apps.answer_train(message, context, record, metrics)
+
+    return app
+
+
+def _secure_run(empty_rounds: set[int], rounds: int):
+    """Secure rounds of ``ak.secure_aggregator()`` over 5 in-process nodes; nobody is sampled
+    in ``empty_rounds``. Returns the strategy and the final arrays."""
+    from flwr.app import Array, ArrayRecord
+
+    import aggkit as ak
+    from aggkit_torch.federated import FedAvgConfig
+    from aggkit_torch.flower.secure import SecureAggkitStrategy
+    from tests.flower.local_grid import LocalGrid
+
+    class Strategy(SecureAggkitStrategy):
+        def sample_partitions(self, server_round, num_partitions):
+            if server_round in empty_rounds:
+                return np.array([], dtype=np.int64)
+            return super().sample_partitions(server_round, num_partitions)
+
+    run_config = {
+        "aggregator": "secure",
+        "clients": NODES,
+        "clients-per-round": NODES,
+        "secagg-mode": "honest-but-curious",
+    }
+    nodes = {100 + p: {"partition-id": p, "num-partitions": NODES} for p in range(NODES)}
+    grid = LocalGrid(_fixed_update_app(), nodes, run_config)
+    strategy = Strategy(
+        ak.secure_aggregator(),
+        FedAvgConfig(clients_per_round=NODES),
+        honest_but_curious=True,
+        fraction_evaluate=0.0,
+        min_evaluate_nodes=0,
+    )
+    rng = np.random.default_rng(0)
+    initial = {"w": rng.normal(size=(40, 25)).astype(np.float32), "b": np.zeros(7, np.float32)}
+    arrays = ArrayRecord({k: Array(v) for k, v in initial.items()})
+    result = strategy.start(grid, arrays, num_rounds=rounds, timeout=60)
+    final = {k: a.numpy() for k, a in result.arrays.items()}
+    return strategy, initial, final
+
+
+def test_a_round_that_samples_no_node_changes_nothing():
+    """Round 1 samples nobody: no protocol runs, and neither the model nor the aggregator's
+    state moves, so round 2 ends where a one-round run ends (bit for bit)."""
+    skipped, initial, after_skip = _secure_run({1}, rounds=2)
+    plain, _, after_one = _secure_run(set(), rounds=1)
+    assert [h["round"] for h in skipped.secagg_history] == [2]
+    assert skipped.secagg_history[0]["included"] == list(range(NODES))
+    assert not np.array_equal(after_one["w"], initial["w"])  # the real round moved the model
+    for name in initial:
+        np.testing.assert_array_equal(after_skip[name], after_one[name], err_msg=name)
+    assert repr(skipped.aggregator_state) == repr(plain.aggregator_state)
