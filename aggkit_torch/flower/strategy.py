@@ -645,7 +645,7 @@ class AggkitStrategy(FedAvg):
             return MetricRecord()
         usable = []
         for content, weight in zip(contents, weights, strict=True):
-            records = list(content.metric_records.values())
+            records = _metric_records(content)
             if len(records) != 1:
                 return MetricRecord()
             record = MetricRecord(dict(records[0]))
@@ -672,9 +672,15 @@ def _reason(error: ak.InvalidUpdateError) -> str:
     return f"{where}: {error.detail}"
 
 
+def _metric_records(content: RecordDict) -> list[MetricRecord]:
+    """``content.metric_records.values()`` without building that typed view (6 us a reply,
+    taken three times per reply and round)."""
+    return [record for record in content.values() if isinstance(record, MetricRecord)]
+
+
 def _raw_metric(reply: Message, key: str) -> Any:
     """The value of ``key`` in the reply's MetricRecords as sent (None if absent)."""
-    for record in reply.content.metric_records.values():
+    for record in _metric_records(reply.content):
         if key in record:
             return record[key]
     return None
@@ -682,7 +688,7 @@ def _raw_metric(reply: Message, key: str) -> Any:
 
 def _metric(reply: Message, key: str) -> float | None:
     """A number from the reply's (first) MetricRecord, or None."""
-    for record in reply.content.metric_records.values():
+    for record in _metric_records(reply.content):
         value = record.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
