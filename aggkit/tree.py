@@ -68,6 +68,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,7 @@ from aggkit import _checks, dp, kernels
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import Layout, TensorSpec
 
-__all__ = ["TreeAggregationFactory", "tree_aggregation", "tree_dp_event"]
+__all__ = ["TreeAggregationFactory", "tree_aggregation", "tree_dp_event", "tree_noise_multiplier"]
 
 _EVENT_MODULE = "dp_accounting.dp_event"
 _TREE_EVENT = "SingleEpochTreeAggregationDpEvent"
@@ -133,6 +134,50 @@ def tree_dp_event(noise_multiplier: float, rounds: int, restart_rounds: int | No
     z = _checks.real(noise_multiplier, "noise_multiplier", low=0.0)
     rounds = _checks.integer(rounds, "rounds", low=1)
     return dp.event_from_data(_run_event_data(z, rounds, _check_restart(restart_rounds)))
+
+
+def tree_noise_multiplier(
+    epsilon: float, *, delta: float, rounds: int, restart_rounds: int | None = None
+) -> float:
+    """The smallest noise multiplier whose :func:`tree_dp_event` spends at most ``epsilon``.
+
+    Geometric bisection to a relative tolerance of 1e-6 on the noise multiplier; the returned
+    value always meets the target (``aggkit.privacy.epsilon(tree_dp_event(z, ...), delta) <=
+    epsilon``). The planning counterpart of :func:`aggkit.privacy.noise_multiplier` for tree
+    aggregation (no sampling; each client at most once per tree).
+
+    Example
+    -------
+    >>> z = tree_noise_multiplier(6.0, delta=1e-5, rounds=5, restart_rounds=10)
+    >>> round(z, 2)
+    1.41
+    """
+    from aggkit import privacy
+
+    target = _checks.real(epsilon, "epsilon", low=0.0, low_open=True)
+    rounds = _checks.integer(rounds, "rounds", low=1)
+    restart = _check_restart(restart_rounds)
+
+    def eps_of(z: float) -> float:
+        return privacy.epsilon(tree_dp_event(z, rounds, restart), delta=delta)
+
+    hi = 1.0
+    while eps_of(hi) > target:
+        hi *= 2.0
+        if hi > 1e6:
+            raise ValueError(f"epsilon={target} is unreachable at delta={delta}")
+    lo = hi / 2.0
+    while eps_of(lo) <= target:
+        hi, lo = lo, lo / 2.0
+        if lo < 1e-3:
+            return hi
+    while hi / lo > 1.0 + 1e-6:
+        mid = math.sqrt(lo * hi)
+        if eps_of(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _check_restart(value: Any) -> int | None:

@@ -15,6 +15,16 @@ round is refused with :class:`aggkit.privacy.SamplingMismatchError` before anyth
 Aggregators without DP release nothing this accountant can describe: their rounds carry no
 epsilon (``record`` returns None).
 
+Tree aggregation (DP-FTRL, :func:`aggkit.tree_aggregation`) is accounted differently: its state
+describes the whole run so far (one ``SingleEpochTreeAggregationDpEvent`` per tree), and that
+event holds only if **each client takes part in at most one round per tree**. Random sampling
+(Poisson or fixed-size) cannot promise that, so a tree aggregator is refused under them
+(:class:`~aggkit.privacy.SamplingMismatchError`); it needs ``"epochs"`` sampling, where every
+client joins exactly one round per epoch, with the tree restarting at every epoch boundary
+(``restart_rounds`` dividing the rounds per epoch, or a run no longer than one epoch). No
+amplification is claimed for ``"epochs"``: a Gaussian aggregator under it is accounted as
+unsampled Gaussian rounds (valid, but far larger than the tree's epsilon).
+
 Example
 -------
 >>> import numpy as np, aggkit as ak
@@ -37,10 +47,14 @@ from typing import Any
 
 from aggkit import privacy
 
-__all__ = ["RunAccountant"]
+__all__ = ["SAMPLINGS", "RunAccountant", "tree_lengths"]
 
 #: The delta of the reported epsilon unless one is given.
 DEFAULT_DELTA = 1e-5
+
+#: The client-sampling schemes a run can be accounted for: :data:`aggkit.privacy.SAMPLINGS`
+#: and ``"epochs"`` (every client once per epoch, in an order drawn per epoch: DP-FTRL's).
+SAMPLINGS = (*privacy.SAMPLINGS, "epochs")
 
 
 def _event_to_data(event: Any) -> dict[str, Any]:
@@ -52,6 +66,8 @@ def _event_to_data(event: Any) -> dict[str, Any]:
 
     if isinstance(event, dpa.GaussianDpEvent):
         return {"gaussian": float(event.noise_multiplier)}
+    if isinstance(event, dpa.SingleEpochTreeAggregationDpEvent):
+        return {"tree": float(event.noise_multiplier), "steps": int(event.step_counts)}
     if isinstance(event, dpa.ComposedDpEvent):
         return {"composed": [_event_to_data(e) for e in event.events]}
     if isinstance(event, dpa.SelfComposedDpEvent):
@@ -65,11 +81,67 @@ def _event_from_data(data: Any) -> Any:
 
     if isinstance(data, dict) and set(data) == {"gaussian"}:
         return dpa.GaussianDpEvent(float(data["gaussian"]))
+    if isinstance(data, dict) and set(data) == {"tree", "steps"}:
+        return dpa.SingleEpochTreeAggregationDpEvent(float(data["tree"]), int(data["steps"]))
     if isinstance(data, dict) and set(data) == {"composed"}:
         return dpa.ComposedDpEvent([_event_from_data(e) for e in data["composed"]])
     if isinstance(data, dict) and set(data) == {"self_composed", "count"}:
         return dpa.SelfComposedDpEvent(_event_from_data(data["self_composed"]), int(data["count"]))
     raise ValueError(f"not a checkpointed DP event: {data!r}")
+
+
+def _unsupported(event: Any) -> bool:
+    """Whether ``event`` holds a release dp-accounting cannot evaluate."""
+    import dp_accounting as dpa
+
+    if isinstance(event, dpa.UnsupportedDpEvent):
+        return True
+    if isinstance(event, dpa.ComposedDpEvent):
+        return any(_unsupported(e) for e in event.events)
+    inner = getattr(event, "event", None)
+    return isinstance(inner, dpa.DpEvent) and _unsupported(inner)
+
+
+def _reported_privacy(measurements: Any) -> dict | None:
+    """The first ``{"epsilon", "delta", ...}`` privacy entry of nested ``measurements``."""
+    if isinstance(measurements, dict):
+        entry = measurements.get("privacy")
+        if isinstance(entry, dict) and "epsilon" in entry and "delta" in entry:
+            return entry
+        for value in measurements.values():
+            found = _reported_privacy(value)
+            if found is not None:
+                return found
+    return None
+
+
+def tree_lengths(event: Any) -> list[int] | None:
+    """The rounds of each tree of a tree-aggregation run's event, in order; None for an event
+    without tree aggregation.
+
+    >>> import aggkit as ak
+    >>> from aggkit.tree import tree_dp_event
+    >>> tree_lengths(tree_dp_event(1.0, 10, restart_rounds=4))
+    [4, 4, 2]
+    >>> tree_lengths(ak.privacy.gaussian_event(1.0)) is None
+    True
+    """
+    import dp_accounting as dpa
+
+    if isinstance(event, dpa.SingleEpochTreeAggregationDpEvent):
+        steps = event.step_counts
+        return [int(steps)] if isinstance(steps, numbers.Integral) else [int(n) for n in steps]
+    if isinstance(event, dpa.SelfComposedDpEvent):
+        inner = tree_lengths(event.event)
+        return None if inner is None else inner * int(event.count)
+    if isinstance(event, dpa.ComposedDpEvent):
+        parts = [tree_lengths(e) for e in event.events]
+        if all(p is None for p in parts):
+            return None
+        if any(p is None for p in parts):
+            raise ValueError(f"an event mixing tree aggregation and other releases: {event!r}")
+        return [n for p in parts for n in p]
+    return None
 
 
 def _accounted_schemes(measurements: Any) -> list[str]:
@@ -108,6 +180,9 @@ class RunAccountant:
         counts as a Gaussian mechanism on the whole population (a valid, larger epsilon).
     delta : float
         The delta of the reported epsilon (default 1e-5; keep it below ``1 / population``).
+    rounds_per_epoch : int or None
+        With ``sampling="epochs"``: the rounds of one epoch (every client joins one of them).
+        A tree aggregator's trees must not straddle an epoch boundary.
 
     Attributes
     ----------
@@ -122,29 +197,104 @@ class RunAccountant:
         clients_per_round: float,
         population: int | None,
         delta: float = DEFAULT_DELTA,
+        rounds_per_epoch: int | None = None,
     ) -> None:
-        if sampling not in privacy.SAMPLINGS:
-            raise ValueError(f"sampling must be one of {privacy.SAMPLINGS}, got {sampling!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta < 1:
             raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
-        # Validates the sizes for the scheme (whole numbers for fixed_size, population >= count).
-        privacy.round_event(
-            1.0, clients_per_round=clients_per_round, population=population, sampling=sampling
-        )
+        if sampling == "epochs":
+            if (
+                isinstance(rounds_per_epoch, bool)
+                or not isinstance(rounds_per_epoch, numbers.Integral)
+                or rounds_per_epoch < 1
+            ):
+                raise ValueError(
+                    f"epochs sampling needs rounds_per_epoch, a positive int; got "
+                    f"{rounds_per_epoch!r}"
+                )
+            rounds_per_epoch = int(rounds_per_epoch)
+        else:
+            # Validates the sizes for the scheme (whole numbers for fixed_size, population >=
+            # count).
+            privacy.round_event(
+                1.0, clients_per_round=clients_per_round, population=population, sampling=sampling
+            )
         self.sampling = sampling
         self.clients_per_round = clients_per_round
         self.population = population
         self.delta = float(delta)
+        self.rounds_per_epoch = rounds_per_epoch
         self._released: list[Any] = []  # each round's DP event, before sampling
+        # Tree aggregation: each run of the tree's state (one entry per state the rounds
+        # continued; a round replayed from an older state starts a new entry, both released).
+        self._trees: list[Any] = []
+        self._tree_rounds = 0
+        # An aggregator that accounts for itself (distributed Skellam): its last running epsilon.
+        self._reported: float | None = None
+        self._reported_rounds = 0
 
     @property
     def rounds(self) -> int:
-        return len(self._released)
+        return len(self._released) + self._tree_rounds + self._reported_rounds
+
+    def _record_reported(self, event: Any, measurements: Any) -> None:
+        """A round whose release dp-accounting cannot express (distributed Skellam): the epsilon
+        the aggregator reports for the whole run so far, when it is for the run's sampling and
+        delta and nothing else was recorded."""
+        reported = _reported_privacy(measurements)
+        if reported is None or self._released or self._trees:
+            raise ValueError(
+                f"the aggregator released {event!r}, which dp-accounting cannot evaluate; it must "
+                "report its own running epsilon (give it population=) and be the run's only DP "
+                "release"
+            )
+        if self.sampling != "poisson" or float(reported["delta"]) != self.delta:
+            raise privacy.SamplingMismatchError(
+                f"the aggregator's epsilon is for poisson sampling at delta {reported['delta']}; "
+                f"this run samples {self.sampling!r} and reports delta {self.delta}"
+            )
+        self._reported = float(reported["epsilon"])
+        self._reported_rounds += 1
+
+    def _record_tree(self, event: Any, lengths: list[int]) -> None:
+        """Account for a tree-aggregation state's run ``event`` (trees of ``lengths`` rounds)."""
+        if self.sampling != "epochs":
+            raise privacy.SamplingMismatchError(
+                f"tree aggregation's guarantee needs each client in at most one round per tree; "
+                f"{self.sampling!r} sampling may draw a client into several rounds of one tree: "
+                "sample with 'epochs' (every client once per epoch) and restart the tree at every "
+                "epoch"
+            )
+        total = sum(lengths)
+        boundaries, at = set(), 0
+        for n in lengths:
+            at += n
+            boundaries.add(at)
+        epoch = self.rounds_per_epoch
+        straddled = [b for b in range(epoch, total, epoch) if b not in boundaries]
+        if straddled:
+            raise privacy.SamplingMismatchError(
+                f"a tree of the aggregator spans the epoch boundary after round {straddled[0]} "
+                f"(epochs of {epoch} rounds; trees of {lengths} rounds): a client may join two "
+                f"rounds of one tree; set restart_rounds to a divisor of {epoch}"
+            )
+        previous = tree_lengths(self._trees[-1]) if self._trees else None
+        if previous is not None and sum(previous) == total - 1:
+            self._trees[-1] = event  # the run continued: the new event covers the old one
+        else:
+            self._trees.append(event)
+        self._tree_rounds += 1
 
     def check(self, measurements: Any) -> None:
         """Raise :class:`~aggkit.privacy.SamplingMismatchError` when ``measurements`` carry an
         epsilon accounted for another sampling scheme than the run's."""
         for scheme in _accounted_schemes(measurements):
+            if self.sampling == "epochs":
+                raise privacy.SamplingMismatchError(
+                    f"an epsilon accounted for {scheme!r} sampling is no guarantee for a run that "
+                    "used 'epochs' sampling"
+                )
             privacy.check_sampling(scheme, self.sampling)
 
     def record(self, state: Any, measurements: Any = None) -> dict[str, Any] | None:
@@ -162,23 +312,33 @@ class RunAccountant:
             event = extract_dp_event(state)
         except ValueError:  # no DP layer in the aggregator: no privacy to account for
             return None
-        self._released.append(event)
+        if _unsupported(event):
+            self._record_reported(event, measurements)
+            return self.spent()
+        lengths = tree_lengths(event)
+        if lengths is not None:
+            self._record_tree(event, lengths)
+        else:
+            self._released.append(event)
         return self.spent()
 
     def epsilon(self) -> float:
         """The epsilon, at :attr:`delta`, of all recorded rounds (0.0 before any)."""
-        if not self._released:
+        if self._reported is not None:
+            return self._reported
+        if not self._released and not self._trees:
             return 0.0
+        unsampled = self.sampling == "epochs"  # no amplification claimed
         rounds = [
             privacy.sampled_event(
                 event,
                 clients_per_round=self.clients_per_round,
-                population=self.population,
-                sampling=self.sampling,
+                population=None if unsampled else self.population,
+                sampling="poisson" if unsampled else self.sampling,
             )
             for event in self._released
         ]
-        return privacy.epsilon_of_event(privacy.composed_event(rounds), self.delta)
+        return privacy.epsilon_of_event(privacy.composed_event(self._trees + rounds), self.delta)
 
     def spent(self) -> dict[str, Any]:
         """``{"epsilon", "delta", "sampling", "dp_rounds"}`` of the recorded rounds."""
@@ -195,6 +355,10 @@ class RunAccountant:
             "sampling": self.sampling,
             "delta": self.delta,
             "released": [_event_to_data(event) for event in self._released],
+            "trees": [_event_to_data(event) for event in self._trees],
+            "tree_rounds": self._tree_rounds,
+            "reported": self._reported,
+            "reported_rounds": self._reported_rounds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -205,3 +369,8 @@ class RunAccountant:
                 f"{state['delta']}; this run uses {self.sampling!r} at {self.delta}"
             )
         self._released = [_event_from_data(data) for data in state["released"]]
+        self._trees = [_event_from_data(data) for data in state.get("trees", [])]
+        self._tree_rounds = int(state.get("tree_rounds", 0))
+        reported = state.get("reported")
+        self._reported = None if reported is None else float(reported)
+        self._reported_rounds = int(state.get("reported_rounds", 0))

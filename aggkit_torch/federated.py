@@ -3,9 +3,11 @@
 Each round (McMahan et al. 2017, with the server-optimizer view of Reddi et al. 2021):
 
 1. sample the round's clients, reproducibly from ``(seed, round)``: exactly
-   ``clients_per_round`` without replacement (``sampling="fixed_size"``), or each client
+   ``clients_per_round`` without replacement (``sampling="fixed_size"``), each client
    independently with probability ``clients_per_round / num_clients`` (``"poisson"``; the
-   round's size varies, and a DP aggregator divides by the expected count);
+   round's size varies, and a DP aggregator divides by the expected count), or every client
+   once per epoch (``"epochs"``: an order drawn per epoch, ``clients_per_round`` at a time;
+   what DP-FTRL's tree aggregation needs);
 2. for each client: copy the global weights into one reusable worker module (never aliased),
    train locally with a fresh client optimizer (SGD with momentum by default), and write the
    update ``global - trained`` straight into that client's row of a :class:`~aggkit.ClientBatch`;
@@ -30,6 +32,14 @@ With a DP aggregator every round's metrics carry the run's ``epsilon`` at ``conf
 accounted for the sampling the trainer really did (:class:`~aggkit_torch.accounting.RunAccountant`:
 Poisson under add-or-remove-one, fixed-size under replace-one); an aggregator whose own running
 epsilon assumes another scheme is refused (:class:`aggkit.privacy.SamplingMismatchError`).
+
+DP-FTRL (Kairouz et al. 2021) is ``ak.tree_aggregation(z, clients_per_round, clip,
+restart_rounds=E)`` with ``sampling="epochs"`` (``E = num_clients // clients_per_round`` rounds
+an epoch, or a divisor of it): each round's aggregate is the tree's per-round value (the
+difference of consecutive noised cumulative sums), and the server optimizer applies it as a
+pseudo-gradient, so with SGD the model is the initial one minus the learning rate times the
+noised cumulative sum (DP-FTRL), and with server momentum it is the paper's DP-FTRLM (momentum on
+the per-round values). The epsilon is the tree's, with no amplification by sampling.
 
 Examples
 --------
@@ -83,7 +93,7 @@ __all__ = [
 ]
 
 _SERVER_OPTIMIZERS = ("sgd", "adam")
-_SAMPLINGS = ("fixed_size", "poisson")  # the trainer's schemes (aggkit.privacy.SAMPLINGS)
+_SAMPLINGS = ("fixed_size", "poisson", "epochs")  # the trainer's schemes (accounting.SAMPLINGS)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,10 @@ class FedAvgConfig:
         ``"fixed_size"``: ``clients_per_round`` distinct clients uniformly at random.
         ``"poisson"``: each client independently with probability ``clients_per_round /
         num_clients`` (what DP amplification by sampling is usually stated for).
+        ``"epochs"``: epochs of ``num_clients // clients_per_round`` rounds, in which every
+        client joins one round (an order drawn per epoch; the ``num_clients % clients_per_round``
+        clients last in that order sit the epoch out); for tree aggregation (DP-FTRL), whose
+        guarantee needs each client at most once per tree.
     local_epochs : int
         Passes over each client's data per round (ignored when ``local_steps`` is set).
     local_steps : int or None
@@ -192,14 +206,23 @@ def sample_clients(
     ``"fixed_size"``: ``count`` distinct clients, uniformly without replacement (in draw order).
     ``"poisson"``: each client independently with probability ``count / num_clients``, in
     increasing order; the number drawn is Binomial(num_clients, count / num_clients).
+    ``"epochs"``: round ``r`` is slice ``r % E`` (``count`` clients) of the permutation of epoch
+    ``r // E``, drawn from ``(seed, epoch)``, where ``E = num_clients // count``: every client
+    once per epoch (the last ``num_clients % count`` of the permutation sit it out).
 
     >>> sample_clients(0, 0, 10, 3)
     array([5, 9, 6])
     >>> sample_clients(0, 0, 10, 3, "poisson")
     array([1, 2, 3])
+    >>> sorted(int(c) for r in range(2) for c in sample_clients(0, r, 6, 3, "epochs"))
+    [0, 1, 2, 3, 4, 5]
     """
     if not 0 < count <= num_clients:
         raise ValueError(f"count must be in [1, num_clients={num_clients}], got {count}")
+    if sampling == "epochs":
+        epoch, position = divmod(round_index, num_clients // count)
+        order = np.random.default_rng([seed, epoch, 1]).permutation(num_clients)
+        return order[position * count : (position + 1) * count]
     rng = np.random.default_rng([seed, round_index])
     if sampling == "fixed_size":
         return rng.choice(num_clients, count, replace=False)
@@ -324,6 +347,7 @@ class FederatedTrainer:
             clients_per_round=self.config.clients_per_round,
             population=len(self.partitions),
             delta=self.config.delta,
+            rounds_per_epoch=len(self.partitions) // self.config.clients_per_round,
         )
         self.round = 0
         self.history: list[dict[str, Any]] = []
@@ -381,7 +405,7 @@ class FederatedTrainer:
             # An aggregator's epsilon for another sampling scheme is refused before any change;
             # a round that was aggregated is accounted even if its step is not applied below.
             self.accountant.check(outcome.measurements)
-            spent = self.accountant.record(outcome.state)
+            spent = self.accountant.record(outcome.state, outcome.measurements)
             if self._apply(outcome.result):
                 self.aggregator_state = outcome.state
                 rnd.committed = True

@@ -31,32 +31,17 @@ _SAME_TRAINING = (
     "--lr 0.05 --server-momentum 0.9 --sampling poisson"
 )
 
+#: The rows of the matched-epsilon comparison (``matched.md``): central DP, DP-FTRL and
+#: distributed DP at the dp job's default epsilon (6.0 over 5 rounds).
+MATCHED = ("default", "ftrl", "ddp")
+
 #: (row name, what it is, options of ``python -m aggkit_torch.mnist``).
 ROWS: list[tuple[str, str, str]] = [
     ("eps1", "dp, target epsilon 1", "--aggregator dp --target-epsilon 1"),
     ("eps2", "dp, target epsilon 2", "--aggregator dp --target-epsilon 2"),
-    ("default", "dp, defaults (noise multiplier 0.7, server lr 2)", "--aggregator dp"),
+    ("eps4", "dp, target epsilon 4", "--aggregator dp --target-epsilon 4"),
+    ("default", "dp, defaults (noise multiplier 0.7)", "--aggregator dp"),
     ("eps8", "dp, target epsilon 8", "--aggregator dp --target-epsilon 8"),
-    (
-        "z1",
-        "dp, noise multiplier 1, server lr 1",
-        "--aggregator dp --noise-multiplier 1 --server-lr 1",
-    ),
-    (
-        "z07",
-        "dp, noise multiplier 0.7, server lr 1",
-        "--aggregator dp --noise-multiplier 0.7 --server-lr 1",
-    ),
-    (
-        "eps2lr1",
-        "dp, target epsilon 2, server lr 1",
-        "--aggregator dp --target-epsilon 2 --server-lr 1",
-    ),
-    (
-        "eps8lr1",
-        "dp, target epsilon 8, server lr 1",
-        "--aggregator dp --target-epsilon 8 --server-lr 1",
-    ),
     (
         "nonoise",
         "dp pipeline without noise (clipping only)",
@@ -66,6 +51,12 @@ ROWS: list[tuple[str, str, str]] = [
         "robust",
         "robust preset, same clients and local training, server lr 1",
         f"--aggregator robust {_SAME_TRAINING}",
+    ),
+    ("ftrl", "dp-ftrl, defaults (tree noise multiplier 1.41)", "--aggregator dp-ftrl"),
+    (
+        "ddp",
+        "distributed-dp, defaults (Skellam, noise multiplier 0.7)",
+        "--aggregator distributed-dp",
     ),
 ]
 
@@ -94,13 +85,8 @@ def run_rows(out: Path, names: list[str], extra: str) -> None:
         subprocess.run(argv, check=True)
 
 
-def render(out: Path, extra: str = "") -> str:
-    """``table.md`` and ``accuracy_epsilon.png`` from the rows' ``metrics.json`` files."""
-    rows = []
-    for name, what, options in ROWS:
-        path = out / name / "metrics.json"
-        if path.exists():
-            rows.append((name, what, options, json.loads(path.read_text())))
+def _table(rows: list, extra: str) -> str:
+    """The markdown table of ``rows`` (``(name, what, options, metrics)``)."""
     lines = [
         "| run | noise multiplier | epsilon (delta 1e-5) | test accuracy after 5 rounds | "
         "command |",
@@ -108,15 +94,26 @@ def render(out: Path, extra: str = "") -> str:
     ]
     for _, what, options, metrics in rows:
         args = metrics["args"]
-        private = args["aggregator"] == "dp"
+        private = args["aggregator"] in ("dp", "dp-ftrl", "distributed-dp")
         z = f"{args['noise_multiplier']:.3f}" if private else "-"
         epsilon = metrics.get("epsilon")
         eps = "-" if not private else ("inf" if not math.isfinite(epsilon) else f"{epsilon:.2f}")
         shown = f"python -m aggkit_torch.mnist {options} {extra}".strip()
         lines.append(f"| {what} | {z} | {eps} | {metrics['test_accuracy']:.4f} | `{shown}` |")
-    table = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def render(out: Path, extra: str = "") -> str:
+    """``table.md`` and ``accuracy_epsilon.png`` from the rows' ``metrics.json`` files."""
+    rows = []
+    for name, what, options in ROWS:
+        path = out / name / "metrics.json"
+        if path.exists():
+            rows.append((name, what, options, json.loads(path.read_text())))
+    table = _table(rows, extra)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
+    (out / "matched.md").write_text(_table([r for r in rows if r[0] in MATCHED], extra))
 
     import matplotlib
 
@@ -139,7 +136,7 @@ def render(out: Path, extra: str = "") -> str:
                 fontsize=8,
             )
     ax.set_xscale("log")
-    ax.set_xlabel("epsilon spent so far (delta 1e-5, Poisson sampling), one point per round")
+    ax.set_xlabel("epsilon spent so far (delta 1e-5), one point per round")
     ax.set_ylabel("MNIST test accuracy")
     ax.set_title("Federated MNIST, 1,000 clients, 100 per round on average")
     ax.grid(True, alpha=0.3, which="both")

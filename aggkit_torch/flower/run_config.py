@@ -70,6 +70,7 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "weighting": "",
     "weight-cap": 4.0,
     "noise-multiplier": 0.7,
+    "clip": 0.12,
     "num-byzantine": 0,
     "trim-fraction": 0.0,
     "target-epsilon": 0.0,

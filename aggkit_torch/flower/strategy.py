@@ -187,6 +187,11 @@ class AggkitStrategy(FedAvg):
             raise ValueError(f"min_available_nodes must be >= 0, got {min_available_nodes}")
         if not query_timeout > 0:
             raise ValueError(f"query_timeout must be positive, got {query_timeout!r}")
+        if config.sampling == "epochs":
+            raise ValueError(
+                "sampling='epochs' (DP-FTRL's every client once per epoch) is a FederatedTrainer "
+                "scheme; the strategy samples 'fixed_size' or 'poisson'"
+            )
         if config.sampling == "poisson" and not partition_sampling:
             raise ValueError(
                 "sampling='poisson' needs partition_sampling=True: each partition joins a round "
@@ -508,7 +513,7 @@ class AggkitStrategy(FedAvg):
             # An aggregator's epsilon for another sampling scheme is refused before any change;
             # a round that was aggregated is accounted even if its step is not applied below.
             self.accountant.check(outcome.measurements)
-            spent = self.accountant.record(outcome.state)
+            spent = self.accountant.record(outcome.state, outcome.measurements)
             arrays = self._apply(outcome.result)  # type: ignore[arg-type]
             if arrays is None:
                 rnd.fail("the server step would make the global model non-finite")

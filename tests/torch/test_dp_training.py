@@ -276,6 +276,7 @@ def test_epsilon_table_renders_the_runs_it_finds(tmp_path):
     for name, aggregator, z, epsilons, accuracy in [
         ("eps2", "dp", 1.6, [1.4, 2.0], 0.61),
         ("robust", "robust", None, [], 0.93),
+        ("ftrl", "dp-ftrl", 1.41, [3.2, 6.0], 0.55),
     ]:
         history = [{"round": r + 1, "test_accuracy": accuracy - 0.1 * (1 - r)} for r in range(2)]
         for m, eps in zip(history, epsilons, strict=False):
@@ -296,5 +297,124 @@ def test_epsilon_table_renders_the_runs_it_finds(tmp_path):
         "| robust preset, same clients and local training, server lr 1 | - | - | 0.9300 | "
         f"`python -m aggkit_torch.mnist --aggregator robust {dp_epsilon_table._SAME_TRAINING} "
         "--threads 1` |",
+        "| dp-ftrl, defaults (tree noise multiplier 1.41) | 1.410 | 6.00 | 0.5500 | "
+        "`python -m aggkit_torch.mnist --aggregator dp-ftrl --threads 1` |",
     ]
+    # The matched-epsilon comparison: the rows of dp_epsilon_table.MATCHED that ran.
+    assert (tmp_path / "matched.md").read_text().splitlines()[2:] == rows[2:]
     assert (tmp_path / "accuracy_epsilon.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------------------------
+# DP-FTRL (tree aggregation) and distributed DP in training
+# --------------------------------------------------------------------------------------------
+
+
+def test_epochs_sampling_takes_every_client_once_per_epoch():
+    n, count = 23, 5  # 4 rounds an epoch; 3 clients sit each epoch out
+    for epoch in range(3):
+        rounds = [sample_clients(9, 4 * epoch + r, n, count, "epochs") for r in range(4)]
+        seen = np.concatenate(rounds)
+        assert all(len(r) == count for r in rounds)
+        assert len(seen) == len(set(seen.tolist())) == 20  # no client twice in an epoch
+    first = np.concatenate([sample_clients(9, r, n, count, "epochs") for r in range(4)])
+    second = np.concatenate([sample_clients(9, r, n, count, "epochs") for r in range(4, 8)])
+    assert not np.array_equal(first, second)  # a new order each epoch
+    np.testing.assert_array_equal(
+        sample_clients(9, 6, n, count, "epochs"), sample_clients(9, 6, n, count, "epochs")
+    )
+
+
+def test_run_accountant_takes_the_tree_event_of_the_run():
+    from aggkit.tree import tree_dp_event
+
+    process = ak.tree_aggregation(1.3, 4, clip=0.5, restart_rounds=3, seed=0).create(
+        ak.TensorSpec((8,), np.float32)
+    )
+    accountant = RunAccountant("epochs", clients_per_round=4, population=12, rounds_per_epoch=3)
+    state = process.initialize()
+    for t in range(1, 8):
+        state = process.next(state, [np.ones(8, np.float32)] * 4).state
+        spent = accountant.record(state)
+        expected = privacy.epsilon(tree_dp_event(1.3, t, restart_rounds=3), delta=1e-5)
+        assert spent["epsilon"] == pytest.approx(expected, rel=1e-12)
+        assert accountant.rounds == t
+    # A round replayed from an older state released its tree's noise again: both count.
+    replay = RunAccountant("epochs", clients_per_round=4, population=12, rounds_per_epoch=3)
+    replay.load_state_dict(accountant.state_dict())  # plain data, trees included
+    assert replay.epsilon() == accountant.epsilon()
+    replay.record(state)
+    assert replay.epsilon() > accountant.epsilon()
+
+
+def test_run_accountant_refuses_a_tree_a_client_can_join_twice():
+    process = ak.tree_aggregation(1.0, 4, clip=0.5, seed=0).create(ak.TensorSpec((8,), np.float32))
+    state = process.next(process.initialize(), [np.ones(8, np.float32)] * 4).state
+    for sampling in ("poisson", "fixed_size"):
+        accountant = RunAccountant(sampling, clients_per_round=4, population=12)
+        with pytest.raises(privacy.SamplingMismatchError, match="at most one round per tree"):
+            accountant.record(state)
+    # A tree that never restarts, in a run longer than an epoch of 3 rounds.
+    accountant = RunAccountant("epochs", clients_per_round=4, population=12, rounds_per_epoch=3)
+    for _ in range(3):
+        accountant.record(state)
+        state = process.next(state, [np.ones(8, np.float32)] * 4).state
+    with pytest.raises(privacy.SamplingMismatchError, match="epoch boundary after round 3"):
+        accountant.record(state)
+    with pytest.raises(ValueError, match="rounds_per_epoch"):
+        RunAccountant("epochs", clients_per_round=4, population=12)
+    # No amplification under 'epochs': a Gaussian round is a plain Gaussian mechanism.
+    gauss = ak.gaussian_fixed(1.0, 4, clip=0.5, seed=0).create(ak.TensorSpec((8,), np.float32))
+    g_state = gauss.next(gauss.initialize(), [np.ones(8, np.float32)] * 4).state
+    plain = RunAccountant("epochs", clients_per_round=4, population=12, rounds_per_epoch=3)
+    assert plain.record(g_state)["epsilon"] == pytest.approx(
+        privacy.epsilon(1.0, clients_per_round=4, population=None, rounds=1, delta=1e-5),
+        rel=1e-12,
+    )
+
+
+def test_run_accountant_reports_distributed_skellams_own_epsilon():
+    factory = ak.distributed_dp(1.0, 4, bits=16, clip=0.5, population=12, delta=1e-5, seed=0)
+    process = factory.create(ak.TensorSpec((8,), np.float32))
+    accountant = RunAccountant("poisson", clients_per_round=4, population=12)
+    state = process.initialize()
+    for t in range(1, 3):
+        out = process.next(state, [np.ones(8, np.float32)] * 4)
+        state = out.state
+        spent = accountant.record(state, out.measurements)
+        assert spent["epsilon"] == out.measurements["privacy"]["epsilon"]
+        assert accountant.rounds == t
+    # Skellam has no dp-accounting event: without the aggregator's own epsilon it is refused,
+    # and its Poisson epsilon is no guarantee for another sampling or delta.
+    with pytest.raises(ValueError, match="cannot evaluate"):
+        RunAccountant("poisson", clients_per_round=4, population=12).record(state)
+    other = RunAccountant("poisson", clients_per_round=4, population=12, delta=1e-6)
+    with pytest.raises(privacy.SamplingMismatchError, match="delta"):
+        other.record(state, out.measurements)
+
+
+def test_dp_ftrl_job_defaults_and_target_epsilon():
+    from aggkit.tree import tree_dp_event
+
+    args = mnist_cli.parse_args(["--aggregator", "dp-ftrl"])
+    assert (args.clients, args.clients_per_round, args.sampling) == (1000, 100, "epochs")
+    assert (args.server_lr, args.server_momentum, args.clip) == (2.0, 0.9, mnist_cli.CLIP)
+    factory = mnist_cli.make_aggregator("dp-ftrl", args)
+    assert factory.restart_rounds == 10 and factory.clip == mnist_cli.CLIP
+    # The default spends what dp's default does (6.0 over 5 rounds): the docs compare the two.
+    tree_eps = privacy.epsilon(tree_dp_event(args.noise_multiplier, 5, 10), delta=1e-5)
+    central_eps = privacy.epsilon(
+        mnist_cli.NOISE_MULTIPLIER, clients_per_round=100, population=1000, rounds=5, delta=1e-5
+    )
+    assert tree_eps <= 6.0 and tree_eps == pytest.approx(central_eps, abs=0.05)
+    args = mnist_cli.parse_args(["--aggregator", "dp-ftrl", "--target-epsilon", "4"])
+    assert privacy.epsilon(tree_dp_event(args.noise_multiplier, 5, 10), delta=1e-5) <= 4.0
+    assert privacy.epsilon(tree_dp_event(args.noise_multiplier * 0.999, 5, 10), delta=1e-5) > 4.0
+    with pytest.raises(SystemExit):
+        mnist_cli.parse_args(["--aggregator", "dp-ftrl", "--sampling", "poisson"])
+    ddp = mnist_cli.parse_args(["--aggregator", "distributed-dp", "--target-epsilon", "4"])
+    assert ddp.sampling == "poisson"
+    assert (
+        ddp.noise_multiplier
+        == mnist_cli.parse_args(["--aggregator", "dp", "--target-epsilon", "4"]).noise_multiplier
+    )

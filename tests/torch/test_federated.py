@@ -74,7 +74,11 @@ def _trainer(mnist, aggregator, **config):
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("name", mnist_cli.AGGREGATORS)
+# dp-ftrl and distributed-dp need far more clients per round than four to learn through their
+# noise: tests/torch/test_dp_training.py trains them in a setting that should.
+@pytest.mark.parametrize(
+    "name", [n for n in mnist_cli.AGGREGATORS if n not in ("dp-ftrl", "distributed-dp")]
+)
 def test_short_real_mnist_run_learns(mnist, name):
     # Four clients per round: the dp job's default noise multiplier (1.0, for 100 per round)
     # exceeds what the adaptive clip's count noise allows there; 0.1 does not.
