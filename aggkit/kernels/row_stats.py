@@ -28,6 +28,7 @@ How it is fast (see ``docs/design.md``, "Contributions: a composition as coeffic
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,52 +204,78 @@ def _key_min_max64(x):  # pragma: no cover - compiled
     return kmin, kmax
 
 
-@kernel(parallel=True)
-def _row_stats_partials(
-    matrix, bits, groups, starts, ends, wide, with_l1, with_minmax, p_sq, p_abs, p_bits
-):  # pragma: no cover - compiled
-    num_groups = groups.shape[0]
-    num_tasks = starts.shape[0]
-    for t in prange(num_groups * num_tasks):
-        g = t // num_tasks
-        c = t - g * num_tasks
-        lo = starts[c]
-        hi = ends[c]
-        r0 = groups[g, 0]
-        r1 = groups[g, 1]
-        r2 = groups[g, 2]
-        r3 = groups[g, 3]
-        r4 = groups[g, 4]
-        r5 = groups[g, 5]
-        r6 = groups[g, 6]
-        r7 = groups[g, 7]
-        x0, x1, x2, x3 = matrix[r0, lo:hi], matrix[r1, lo:hi], matrix[r2, lo:hi], matrix[r3, lo:hi]
-        x4, x5, x6, x7 = matrix[r4, lo:hi], matrix[r5, lo:hi], matrix[r6, lo:hi], matrix[r7, lo:hi]
-        b0, b1, b2, b3 = bits[r0, lo:hi], bits[r1, lo:hi], bits[r2, lo:hi], bits[r3, lo:hi]
-        b4, b5, b6, b7 = bits[r4, lo:hi], bits[r5, lo:hi], bits[r6, lo:hi], bits[r7, lo:hi]
-        if wide:
-            q = _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7)
-            a = _abs_max64_8(b0, b1, b2, b3, b4, b5, b6, b7)
-        else:
-            q, a = _sum_sq_abs_max32_8(
-                x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
+@functools.cache
+def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
+    """The statistics kernel for one case, compiled only when first used.
+
+    ``wide`` (float64 rows), ``with_l1`` and ``with_minmax`` are constants of the closure, so
+    numba prunes the branches a case does not take before it types and compiles them: a float32
+    round without L1 norms or min/max compiles neither the float64 helpers nor ``_sum_abs8``
+    nor the key min/max loops (one parallel kernel with every branch cost 4.5 s of CPU time to
+    compile, most of the first round of ``robust_aggregator()`` with an empty cache). Numba's
+    disk cache keys closures on their cells' values, so the cases are cached side by side.
+    """
+
+    def _row_stats_partials(
+        matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits
+    ):  # pragma: no cover - compiled
+        num_groups = groups.shape[0]
+        num_tasks = starts.shape[0]
+        for t in prange(num_groups * num_tasks):
+            g = t // num_tasks
+            c = t - g * num_tasks
+            lo = starts[c]
+            hi = ends[c]
+            r0 = groups[g, 0]
+            r1 = groups[g, 1]
+            r2 = groups[g, 2]
+            r3 = groups[g, 3]
+            r4 = groups[g, 4]
+            r5 = groups[g, 5]
+            r6 = groups[g, 6]
+            r7 = groups[g, 7]
+            x0, x1, x2, x3 = (
+                matrix[r0, lo:hi],
+                matrix[r1, lo:hi],
+                matrix[r2, lo:hi],
+                matrix[r3, lo:hi],
             )
-        if with_l1:
-            s = _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7)
-        for k in range(8):
-            r = groups[g, k]
-            p_sq[r, c] = q[k]
-            p_bits[r, c, 0] = a[k]
+            x4, x5, x6, x7 = (
+                matrix[r4, lo:hi],
+                matrix[r5, lo:hi],
+                matrix[r6, lo:hi],
+                matrix[r7, lo:hi],
+            )
+            b0, b1, b2, b3 = bits[r0, lo:hi], bits[r1, lo:hi], bits[r2, lo:hi], bits[r3, lo:hi]
+            b4, b5, b6, b7 = bits[r4, lo:hi], bits[r5, lo:hi], bits[r6, lo:hi], bits[r7, lo:hi]
+            if wide:
+                q = _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7)
+                a = _abs_max64_8(b0, b1, b2, b3, b4, b5, b6, b7)
+            else:
+                q, a = _sum_sq_abs_max32_8(
+                    x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
+                )
             if with_l1:
-                p_abs[r, c] = s[k]
-            if with_minmax:
-                x = bits[r, lo:hi]
-                if wide:
-                    kmin, kmax = _key_min_max64(x)
-                else:
-                    kmin, kmax = _key_min_max32(x)
-                p_bits[r, c, 1] = kmin
-                p_bits[r, c, 2] = kmax
+                s = _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7)
+            for k in range(8):
+                r = groups[g, k]
+                p_sq[r, c] = q[k]
+                p_bits[r, c, 0] = a[k]
+                if with_l1:
+                    p_abs[r, c] = s[k]
+                if with_minmax:
+                    x = bits[r, lo:hi]
+                    if wide:
+                        kmin, kmax = _key_min_max64(x)
+                    else:
+                        kmin, kmax = _key_min_max32(x)
+                    p_bits[r, c, 1] = kmin
+                    p_bits[r, c, 2] = kmax
+
+    _row_stats_partials.__qualname__ = (
+        f"_row_stats_partials_{'f64' if wide else 'f32'}{'_l1' * with_l1}{'_minmax' * with_minmax}"
+    )
+    return kernel(parallel=True)(_row_stats_partials)
 
 
 def _row_groups(num_rows: int) -> np.ndarray:
@@ -336,19 +363,8 @@ def row_stats(
     groups = _row_groups(num_rows)
     if num_rows and num_tasks:
         with threads_for(len(groups) * num_tasks):
-            _row_stats_partials(
-                matrix,
-                bits,
-                groups,
-                starts,
-                ends,
-                wide,
-                with_l1,
-                with_minmax,
-                p_sq,
-                p_abs,
-                p_bits,
-            )
+            partials = _partials_kernel(bool(wide), bool(with_l1), bool(with_minmax))
+            partials(matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits)
     sq = p_sq.sum(axis=1)
     finite = np.isfinite(sq)
     int_dtype = np.int64 if wide else np.int32
