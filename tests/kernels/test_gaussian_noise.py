@@ -287,3 +287,32 @@ def test_infinite_loss_bound_of_the_old_and_new_samplers():
     bounds = [limits.infinite_loss_bound(z) for z in zs]
     assert bounds == sorted(bounds, reverse=True)
     assert limits.infinite_loss_bound(0.04, 10) < limits.infinite_loss_bound(0.04, 10**9)
+
+
+def test_tail_pairs_added_by_the_wrapper_are_the_twins():
+    # Tail pairs (probability 2**-53) cannot be met by chance: add chosen counters as if they were.
+    from aggkit.kernels.gaussian_noise import _add_tail_pairs, _tail_counters
+
+    key = np.uint64(counter_rng.derive_key(counter_rng.seed_to_key(5), "tail", 0))
+    for dtype in (np.float32, np.float64):
+        flat = np.linspace(-1, 1, 40).astype(dtype)
+        expected = flat.copy()
+        counters = np.array([101, 105, 119], np.uint64)  # pairs 1, 5 and 19 of a stream at 100
+        _add_tail_pairs(flat, 0.7, key, 100, counters)
+        z0, z1 = counter_rng.normal_pair_tail_numpy(int(key), counters)
+        for p, a, b in zip([1, 5, 19], z0, z1, strict=True):
+            expected[2 * p] = dtype(np.float64(expected[2 * p]) + 0.7 * a)
+            expected[2 * p + 1] = dtype(np.float64(expected[2 * p + 1]) + 0.7 * b)
+        np.testing.assert_array_equal(flat, expected)
+    # No counter of an ordinary range is in the tail, as the head reports.
+    counters = np.arange(10_000, dtype=np.uint64)
+    assert _tail_counters(key, counters).size == 0
+
+
+def test_half_pairs_at_either_end_match_the_twin():
+    key = counter_rng.derive_key(counter_rng.seed_to_key(6), "halves", 0)
+    for offset, size in [(1, 8), (3, 7), (2, 9), (5, 1), (0, 1), (7, 0)]:
+        for dtype in (np.float32, np.float64):
+            got = gaussian_noise.add_gaussian_noise(np.ones(size, dtype), 0.3, key, offset)
+            want = gaussian_noise.add_gaussian_noise_numpy(np.ones(size, dtype), 0.3, key, offset)
+            np.testing.assert_array_equal(got, want)
