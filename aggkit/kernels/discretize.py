@@ -377,16 +377,16 @@ def discretize_rows_numpy(
     """The ``int64[K, n]`` codes of every float row: what each client sends.
 
     A secure-sum backend that runs the real protocol receives these, one row per client.
-    Coefficient-0 rows hold exact zeros.
+    Coefficient-0 rows hold exact zeros. (Whole-matrix NumPy, elementwise as row by row: a
+    secure round runs it on its few-column sums, where a loop over 100 rows cost more than the
+    round's kernels.)
     """
-    codes = np.empty(matrix.shape, dtype=np.int64)
-    for i in range(matrix.shape[0]):
-        if coef[i] == 0:
-            codes[i] = encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
-        else:
-            codes[i] = encode_float_numpy(
-                coef[i] * matrix[i].astype(np.float64), lo, hi, scale, shift
-            )
+    with np.errstate(invalid="ignore"):  # 0 * Inf in a coefficient-0 row: replaced below
+        values = coef[:, None] * matrix.astype(np.float64)
+    codes = encode_float_numpy(values, lo, hi, scale, shift)
+    zero = coef == 0
+    if zero.any():
+        codes[zero] = encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
     return codes
 
 
@@ -394,16 +394,19 @@ def clip_flags_numpy(matrix: np.ndarray, coef: np.ndarray, lo, hi) -> np.ndarray
     """``int64[K, 3]``: per row, elements of ``coef[i] * matrix[i]`` above ``hi``, below ``lo``,
     and NaN or +-Inf in ``matrix[i]`` (float rows). Coefficient-0 rows hold exact zeros."""
     flags = np.zeros((matrix.shape[0], 3), dtype=np.int64)
-    for i in range(matrix.shape[0]):
-        if coef[i] == 0:
-            flags[i] = _zero_row_flags(0, lo, hi, matrix.shape[1])
-        elif matrix.dtype.kind == "f":
-            x = matrix[i].astype(np.float64)
-            with np.errstate(invalid="ignore", over="ignore"):
-                v = coef[i] * x
-            flags[i] = [(v > hi).sum(), (v < lo).sum(), (~np.isfinite(x)).sum()]
-        else:
-            flags[i] = [(matrix[i] > hi).sum(), (matrix[i] < lo).sum(), 0]
+    if matrix.dtype.kind == "f":
+        x = matrix.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = coef[:, None] * x
+            flags[:, 0] = (v > hi).sum(axis=1)
+            flags[:, 1] = (v < lo).sum(axis=1)
+        flags[:, 2] = (~np.isfinite(x)).sum(axis=1)
+    else:
+        flags[:, 0] = (matrix > hi).sum(axis=1)
+        flags[:, 1] = (matrix < lo).sum(axis=1)
+    zero = coef == 0
+    if zero.any():
+        flags[zero] = _zero_row_flags(0, lo, hi, matrix.shape[1])
     return flags
 
 
@@ -552,10 +555,10 @@ def discretize_rows_int_numpy(
     matrix: np.ndarray, coef: np.ndarray, lo: int, hi: int, divisor: int
 ) -> np.ndarray:
     """The ``int64[K, n]`` codes of every integer row (coefficient-0 rows hold zeros)."""
-    codes = np.empty(matrix.shape, dtype=np.int64)
-    for i in range(matrix.shape[0]):
-        row = matrix[i] if coef[i] != 0 else np.zeros(1, np.int64)
-        codes[i] = encode_int_numpy(row, lo, hi, divisor)
+    codes = encode_int_numpy(matrix, lo, hi, divisor)
+    zero = coef == 0
+    if zero.any():
+        codes[zero] = encode_int_numpy(np.zeros(1, np.int64), lo, hi, divisor)[0]
     return codes
 
 
