@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from aggkit import _checks
+from aggkit import _checks, channels, kernels
 from aggkit.errors import EmptyRoundError
 from aggkit.mean import WEIGHT_LAYOUT, weight_shift
 from aggkit.process import AggregationProcess, Contributions, Factory, Round, State
 from aggkit.structure import ClientBatch, Layout
+from aggkit.sum import SumProcess
 
 __all__ = ["Sums", "SumsProcess", "WholeRound", "require_clients", "resolve_sums"]
 
@@ -133,6 +134,8 @@ class Sums:
         self.value_state = state["value_sum_process"]
         self.weight_state = state["weight_sum_process"]
         self.measurements: dict = {}
+        #: Plain ``ak.sum()`` rows: :meth:`center_step` may fuse the sum with the distances.
+        self.plain = type(value_process) is SumProcess
 
     @property
     def state(self) -> dict:
@@ -144,6 +147,56 @@ class Sums:
         round_.add_last(Contributions(batch, coef), None)
         self.value_state, total, self.measurements["value_sum"] = round_.finish()
         return np.asarray(total, dtype=np.float64)
+
+    def center_step(
+        self,
+        batch: ClientBatch,
+        coef: np.ndarray,
+        factors: np.ndarray,
+        denominator: float,
+        center: np.ndarray | None,
+        *,
+        keep: float = 0.0,
+        distances: bool = True,
+        dtype: np.dtype | type = np.float64,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(new, d)``: the center ``keep * center + sum_i coef[i] factors[i] x_i / denominator``
+        (float64; ``center``, float32 or float64, is not read when ``keep == 0``) and, with
+        ``distances``, every client's distance ``||coef[i] x_i - new||`` to it (else None, and
+        ``new`` is rounded once to ``dtype``: a last step's result).
+
+        With plain sums the server sees the rows anyway, and one pass of
+        :func:`aggkit.kernels.distances.center_step` computes both (recorded as the plain sum it
+        replaces). Otherwise, or when that pass meets a non-finite value (a client holding NaN or
+        Inf, or a sum that overflows float64 and needs :class:`~aggkit.sum.SumRound`'s rescaling),
+        the rows go through ``value_sum``'s process and the distances are a second pass, as each
+        client would compute its own from the broadcast center. The caller checks ``d``.
+        """
+        matrix = batch.matrix
+        if self.plain:
+            new = np.empty(matrix.shape[1], np.float64 if distances else dtype)
+            channels.record_plain(matrix.shape[1], matrix.shape[0], owner="sum")
+            d = kernels.distances.center_step(
+                matrix,
+                coef,
+                coef * factors,
+                denominator,
+                new,
+                keep=keep,
+                center=center,
+                distances=distances,
+            )
+            if np.isfinite(d).all():
+                self.measurements["value_sum"] = ()
+                return new, d if distances else None
+        total = self.rows(batch, coef * factors)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            new = total / denominator
+            if keep != 0.0:
+                new = np.asarray(center, np.float64) * keep + new
+        if not distances:
+            return new.astype(dtype, copy=False), None
+        return new, kernels.distances.center_distances(matrix, coef, new)
 
     def scalar(self, values: np.ndarray) -> float:
         """``sum_i values[i]`` (one non-negative scalar per client)."""

@@ -17,8 +17,10 @@ center. ``T`` goes through the ``value_sum`` factory, ``W``, ``S`` and the clipp
 :func:`aggkit.testing.assert_only_secure` passes.
 
 The radius is a positive number or an estimation process, as in :func:`aggkit.clipping`; a
-process is fed the round's distances ``||x_i - v||`` to the round's first center. Cost per
-iteration: one pass for the distances (:mod:`aggkit.kernels.distances`) and one for ``T``.
+process is fed the round's distances ``||x_i - v||`` to the round's first center. Cost: one pass
+for the first distances (:mod:`aggkit.kernels.distances`) and one per iteration for ``T``; with
+plain sums, an iteration's pass also computes the next iteration's distances to the moved center
+(:func:`aggkit.kernels.distances.center_step`), with other sums they are a pass of their own.
 
 State: ``{"center": array of the layout's size and dtype, "radius": radius state,
 "value_sum_process": ..., "weight_sum_process": ...}``. Measurements: ``{"radius": float,
@@ -127,9 +129,19 @@ class _CenteredClippingRound(WholeRound):
             raise ValueError(
                 f"the state's center has shape {center.shape}, not ({process.layout.size},)"
             )
-        self.center = center.astype(np.float64)  # a copy: the state is not modified
+        # Read, never written (each step writes a new center): the state is not modified.
+        if center.dtype in (np.float32, np.float64):
+            self.center = np.ascontiguousarray(center)
+        else:
+            self.center = center.astype(np.float64)
         self.radius = float(process.factory.radius.report(state["radius"]))
         self.sums = Sums(process.value_sum, process.weight_sum, state)
+
+    def distances(self, matrix: np.ndarray, coef: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``d`` once it is finite (else the InvalidUpdateError of the client holding NaN/Inf)."""
+        if not np.isfinite(d).all():
+            self.raise_nonfinite(matrix, coef)
+        return d
 
     def compute(self, matrix, coef, weights):
         k = matrix.shape[0]
@@ -139,27 +151,38 @@ class _CenteredClippingRound(WholeRound):
         tau = self.radius
         center = self.center
         total_weight = sums.scalar(weights)
-        first = None
-        clipped = 0
-        for _ in range(self.process.factory.iterations):
-            d = kernels.distances.center_distances(matrix, coef, center)
-            if not np.isfinite(d).all():
-                self.raise_nonfinite(matrix, coef)
-            over = d > tau
-            if first is None:
-                first = d
-                clipped = round(sums.scalar(over.astype(np.float64)))
+        d = self.distances(matrix, coef, kernels.distances.center_distances(matrix, coef, center))
+        first = d
+        clipped = round(sums.scalar((d > tau).astype(np.float64)))
+        iterations = self.process.factory.iterations
+        for iteration in range(iterations):
             with np.errstate(divide="ignore"):
-                scale = np.where(over, tau / d, 1.0)
+                scale = np.where(d > tau, tau / d, 1.0)
             factors = weights * scale
-            moved = sums.rows(batch, coef * factors)
             kept = sums.scalar(factors)
-            if total_weight > 0:
-                center = center * (1.0 - kept / total_weight) + moved / total_weight
+            if not total_weight > 0:  # nothing to average: the center stays
+                sums.rows(batch, coef * factors)
+                continue
+            # The next iteration's distances come from the same pass as the new center.
+            last = iteration == iterations - 1
+            center, d = sums.center_step(
+                batch,
+                coef,
+                factors,
+                total_weight,
+                center,
+                keep=1.0 - kept / total_weight,
+                distances=not last,
+                dtype=self.layout.dtype,
+            )
+            if not last:
+                d = self.distances(matrix, coef, d)
+        # A new array (never the state's center, which is only read).
+        result = center.astype(self.layout.dtype, copy=center is self.center)
         state = {
-            "center": center.astype(self.layout.dtype),
+            "center": result.copy(),
             "radius": self.process.factory.radius.next(self.state["radius"], first),
             **sums.state,
         }
         measurements = {"radius": tau, "clipped_count": clipped, **sums.measurements}
-        return state, center.astype(self.layout.dtype), measurements
+        return state, result, measurements

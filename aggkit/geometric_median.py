@@ -21,8 +21,10 @@ the ``value_sum`` factory, ``sum b_i`` and ``sum a_i d_i`` through ``weight_sum`
 channel and :func:`aggkit.testing.assert_only_secure` passes (the clients' distances are their own
 computation). The default factories are plain ``ak.sum()``.
 
-Cost per iteration: one pass over the client matrix for the distances
-(:mod:`aggkit.kernels.distances`) and one for the weighted sum; memory: the ``n``-vector estimate.
+Cost per iteration: with plain sums, one pass over the client matrix that computes the weighted
+mean and every client's distance to it (:func:`aggkit.kernels.distances.center_step`: each column
+block's rows are read again for the distances while they are in cache); with other sums, one pass
+for the weighted sum and one for the distances. Memory: the ``n``-vector estimate.
 
 State: ``{"value_sum_process": ..., "weight_sum_process": ...}`` (the inner processes', threaded
 through every sum). Measurements: ``{"iterations": int, "objective": float, "value_sum": ...,
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggkit import _checks, kernels
+from aggkit import _checks
 from aggkit._byzantine import (
     Sums,
     SumsProcess,
@@ -134,31 +136,26 @@ class _GeometricMedianRound(WholeRound):
         batch = ClientBatch(matrix, self.layout)
         sums = self.sums
 
-        def weighted_mean(factors: np.ndarray) -> np.ndarray:
-            total = sums.rows(batch, coef * factors)
-            return total / sums.scalar(factors)
-
-        def distances(center: np.ndarray) -> np.ndarray:
-            d = kernels.distances.center_distances(matrix, coef, center)
+        def weighted_mean(factors: np.ndarray, total: float) -> tuple[np.ndarray, np.ndarray]:
+            """The mean weighted by ``factors`` (of sum ``total``) and the clients' distances."""
+            center, d = sums.center_step(batch, coef, factors, total, None)
             if not np.isfinite(d).all():
                 self.raise_nonfinite(matrix, coef)
-            return d
+            return center, d
 
-        # The first weighted mean's denominator is the total weight: with every weight 0 the
-        # weighted median is undefined (and the 0/0 center would blame a client for its NaN).
-        total = sums.rows(batch, coef * weights)
+        # The first mean's denominator is the total weight: with every weight 0 the weighted
+        # median is undefined (and the 0/0 center would blame a client for its NaN).
         total_weight = sums.scalar(weights)
         _checks.positive_total_weight(
             total_weight, k, "ak.geometric_median", "the weighted geometric median"
         )
-        center = total / total_weight
-        d = distances(center)
+        center, d = weighted_mean(weights, total_weight)
         objective = sums.scalar(weights * d)
         iterations = 0
         while iterations < factory.max_iterations:
             previous = objective
-            center = weighted_mean(weights / np.maximum(factory.smoothing, d))
-            d = distances(center)
+            factors = weights / np.maximum(factory.smoothing, d)
+            center, d = weighted_mean(factors, sums.scalar(factors))
             objective = sums.scalar(weights * d)
             iterations += 1
             if abs(previous - objective) <= factory.tolerance * objective:

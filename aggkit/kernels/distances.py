@@ -31,14 +31,19 @@ from numba import prange
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels.weighted_sum import add_rows, weighted_row_sum_numpy
 
 __all__ = [
     "GRAM_COLUMNS",
+    "STEP_BYTES",
     "TASKS",
     "center_distances",
     "center_distances_numpy",
+    "center_step",
+    "center_step_numpy",
     "pairwise_sq_distances",
     "pairwise_sq_distances_numpy",
+    "step_columns",
 ]
 
 #: Columns per block: a ``K x 256`` float64 scratch (200 KiB for K=100) stays in L2 while its
@@ -223,30 +228,115 @@ def pairwise_sq_distances_numpy(
     return _to_sq_distances(gram)
 
 
-@kernel(parallel=True, fastmath_reassoc=True, fastmath_contract=True)
-def _center_sq(matrix, coef, center, width, partial):  # pragma: no cover
-    k, n = matrix.shape
+@kernel(fastmath_reassoc=True, fastmath_contract=True)
+def _block_center_sq(matrix, active, coef, v, lo, hi, acc):  # pragma: no cover
+    """``acc[r] += ||coef[r] * matrix[r, lo:hi] - v||^2`` for every row (``v`` is the center's
+    block). ``active`` lists the rows with ``coef != 0``, four at a time (each load of ``v``
+    feeds four rows); the others are zeros and are not read: they add ``||v||^2``."""
+    k = matrix.shape[0]
+    m = hi - lo
+    num_active = active.shape[0]
+    if num_active < k:
+        s = 0.0
+        for j in range(m):
+            vj = np.float64(v[j])
+            s += vj * vj
+        for r in range(k):
+            if coef[r] == 0.0:
+                acc[r] += s
+    i = 0
+    while i + 4 <= num_active:
+        r0 = active[i]
+        r1 = active[i + 1]
+        r2 = active[i + 2]
+        r3 = active[i + 3]
+        c0 = coef[r0]
+        c1 = coef[r1]
+        c2 = coef[r2]
+        c3 = coef[r3]
+        x0 = matrix[r0, lo:hi]
+        x1 = matrix[r1, lo:hi]
+        x2 = matrix[r2, lo:hi]
+        x3 = matrix[r3, lo:hi]
+        s0 = s1 = s2 = s3 = 0.0
+        for j in range(m):
+            vj = np.float64(v[j])
+            d0 = c0 * np.float64(x0[j]) - vj
+            d1 = c1 * np.float64(x1[j]) - vj
+            d2 = c2 * np.float64(x2[j]) - vj
+            d3 = c3 * np.float64(x3[j]) - vj
+            s0 += d0 * d0
+            s1 += d1 * d1
+            s2 += d2 * d2
+            s3 += d3 * d3
+        acc[r0] += s0
+        acc[r1] += s1
+        acc[r2] += s2
+        acc[r3] += s3
+        i += 4
+    while i < num_active:
+        r0 = active[i]
+        c0 = coef[r0]
+        x0 = matrix[r0, lo:hi]
+        s0 = 0.0
+        for j in range(m):
+            d0 = c0 * np.float64(x0[j]) - np.float64(v[j])
+            s0 += d0 * d0
+        acc[r0] += s0
+        i += 1
+
+
+@kernel(parallel=True)
+def _center_sq(matrix, active, coef, center, width, partial):  # pragma: no cover
+    n = matrix.shape[1]
     num_blocks = (n + width - 1) // width
     tasks = partial.shape[0]
     per_task = (num_blocks + tasks - 1) // tasks
     for t in prange(tasks):
-        acc = partial[t]
         for b in range(t * per_task, min((t + 1) * per_task, num_blocks)):
             lo = b * width
             hi = min(lo + width, n)
-            v = center[lo:hi]
-            for r in range(k):
-                c = coef[r]
-                s = 0.0
-                if c == 0.0:
-                    for j in range(hi - lo):
-                        s += v[j] * v[j]
-                else:
-                    src = matrix[r, lo:hi]
-                    for j in range(hi - lo):
-                        d = c * np.float64(src[j]) - v[j]
-                        s += d * d
-                acc[r] += s
+            _block_center_sq(matrix, active, coef, center[lo:hi], lo, hi, partial[t])
+
+
+@kernel(fastmath_reassoc=True, fastmath_contract=True)
+def _block_nonfinite(v, acc):  # pragma: no cover
+    """``acc[0] += sum_j v[j] * 0``: NaN once any ``v[j]`` is NaN or infinite, else 0."""
+    s = 0.0
+    for j in range(v.shape[0]):
+        s += np.float64(v[j]) * 0.0
+    acc[0] += s
+
+
+@kernel(parallel=True)
+def _step_center_sq(
+    matrix, rows, row_coef, active, coef, keep, denominator, width, center, out, partial, distances
+):  # pragma: no cover
+    n = matrix.shape[1]
+    num_blocks = (n + width - 1) // width
+    tasks = partial.shape[0]
+    per_task = (num_blocks + tasks - 1) // tasks
+    for t in prange(tasks):
+        acc = np.empty(width, dtype=np.float64)
+        for b in range(t * per_task, min((t + 1) * per_task, num_blocks)):
+            lo = b * width
+            hi = min(lo + width, n)
+            m = hi - lo
+            for j in range(m):
+                acc[j] = 0.0
+            add_rows(matrix, rows, row_coef, acc, lo, hi)
+            v = out[lo:hi]
+            if keep == 0.0:  # the old center is not read
+                for j in range(m):
+                    v[j] = acc[j] / denominator
+            else:
+                old = center[lo:hi]
+                for j in range(m):
+                    v[j] = old[j] * keep + acc[j] / denominator
+            if distances:  # the block's rows are still in cache
+                _block_center_sq(matrix, active, coef, v, lo, hi, partial[t])
+            else:  # a non-finite center shows as NaN in partial[t, 0]
+                _block_nonfinite(v, partial[t])
 
 
 #: Columns per block of :func:`center_distances`: long runs of each row for the prefetcher.
@@ -276,17 +366,121 @@ def center_distances(matrix: np.ndarray, coef: np.ndarray, center: np.ndarray) -
     partial = np.zeros((tasks, k))
     if k and n:
         with threads_for(tasks):
+            coef = np.ascontiguousarray(coef, dtype=np.float64)
             _center_sq(
                 matrix,
-                np.ascontiguousarray(coef, dtype=np.float64),
-                np.ascontiguousarray(center, dtype=np.float64),
+                np.flatnonzero(coef).astype(np.int64),
+                coef,
+                np.ascontiguousarray(center),
                 CENTER_COLUMNS,
                 partial,
             )
+    return _combined_sqrt(partial)
+
+
+def _combined_sqrt(partial: np.ndarray) -> np.ndarray:
+    """The tasks' partial squared distances added in task order, square-rooted."""
     total = partial[0].copy()
-    for t in range(1, tasks):
+    for t in range(1, partial.shape[0]):
         total += partial[t]
     return np.sqrt(total)
+
+
+#: Bytes of client rows per block of :func:`center_step`: the block's rows are read a second
+#: time, for the distances, and should still be in L2 then (half of a 1 MiB L2).
+STEP_BYTES = 1 << 19
+
+
+def step_columns(k: int, itemsize: int, distances: bool = True) -> int:
+    """Columns per block of :func:`center_step` for ``k`` rows of ``itemsize`` bytes: with
+    ``distances``, the largest power of two whose block fits :data:`STEP_BYTES`, within [256,
+    8192]; without, 16,384 (nothing is read twice, and long runs of each row suit the
+    prefetcher, as in :mod:`aggkit.kernels.weighted_sum`). Fixed by the shape, not by the thread
+    count.
+
+    >>> step_columns(100, 4), step_columns(32, 4), step_columns(100, 8), step_columns(100, 4, False)
+    (1024, 4096, 512, 16384)
+    """
+    if not distances:
+        return 1 << 14
+    fit = max(1, STEP_BYTES // max(1, k * itemsize))
+    return int(min(1 << 13, max(1 << 8, 1 << (fit.bit_length() - 1))))
+
+
+def center_step(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    row_coef: np.ndarray,
+    denominator: float,
+    out: np.ndarray,
+    *,
+    keep: float = 0.0,
+    center: np.ndarray | None = None,
+    distances: bool = True,
+    width: int | None = None,
+) -> np.ndarray:
+    """One step of an iterative center (RFA's Weiszfeld, centered clipping) in one pass.
+
+    Writes ``out = keep * center + S / denominator``, where ``S = sum_i row_coef[i] *
+    matrix[i]`` over the rows with ``row_coef[i] != 0`` (in row order, the bits of
+    :func:`aggkit.kernels.weighted_sum.weighted_row_sum`; with ``keep == 0`` no ``center`` is
+    read, and ``out`` may be ``center``; the sum and the step are float64, rounded once to
+    ``out``'s dtype). With ``distances`` it returns ``float64[K]``: ``||coef[i] * matrix[i] -
+    out||`` to the *new* center, as :func:`center_distances` (``out`` must be float64 then);
+    without, ``float64[1]``: 0.0 when ``out`` is finite, NaN when not (``out`` may be float32: a
+    last step writes its result in the layout's dtype). The columns are cut into blocks of
+    ``width`` (default :func:`step_columns`); each block's new center is computed and its
+    distances added while the block's rows are still in cache, so the matrix is read from memory
+    once for both: the two passes of an iteration become one.
+
+    Non-finite rows make the center and the distances non-finite (the caller checks); a row with
+    ``row_coef[i] == 0`` is not summed, one with ``coef[i] == 0`` is the zero vector, and neither
+    is read for that part.
+
+    Examples
+    --------
+    >>> m = np.array([[0, 0], [3, 4], [6, 8]], np.float32)
+    >>> out = np.empty(2)
+    >>> center_step(m, np.ones(3), np.ones(3), 3.0, out).tolist(), out.tolist()
+    ([5.0, 0.0, 5.0], [3.0, 4.0])
+    """
+    _check_rows(matrix, coef)
+    k, n = matrix.shape
+    row_coef = _checks.array(row_coef, "row_coef", dtype=np.float64, shape=(k,), contiguous=False)
+    out_dtypes = np.float64 if distances else (np.float32, np.float64)
+    _checks.array(out, "out", dtype=out_dtypes, shape=(n,), writeable=True)
+    denominator = _checks.real(denominator, "denominator")
+    keep = _checks.real(keep, "keep")
+    if keep != 0.0:
+        if center is None:
+            raise ValueError("center is required when keep != 0")
+        _checks.array(center, "center", dtype=(np.float32, np.float64), shape=(n,))
+    if width is None:
+        width = step_columns(k, matrix.dtype.itemsize, distances)
+    width = _checks.integer(width, "width", low=1)
+    num_blocks = -(-n // width)
+    tasks = max(1, min(TASKS, num_blocks))
+    partial = np.zeros((tasks, k if distances else 1))
+    if n:
+        coef = np.ascontiguousarray(coef, dtype=np.float64)
+        with threads_for(tasks):
+            _step_center_sq(
+                matrix,
+                np.flatnonzero(row_coef).astype(np.int64),
+                np.ascontiguousarray(row_coef),
+                np.flatnonzero(coef).astype(np.int64),
+                coef,
+                keep,
+                denominator,
+                width,
+                out if center is None else center,
+                out,
+                partial,
+                bool(distances),
+            )
+    if distances:
+        return _combined_sqrt(partial)
+    return partial.sum(axis=0)
 
 
 def center_distances_numpy(matrix: np.ndarray, coef: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -296,3 +490,25 @@ def center_distances_numpy(matrix: np.ndarray, coef: np.ndarray, center: np.ndar
         contrib = np.where(c == 0, 0.0, c * matrix.astype(np.float64))
     diff = contrib - np.asarray(center, dtype=np.float64)[None, :]
     return np.sqrt((diff * diff).sum(axis=1))
+
+
+def center_step_numpy(
+    matrix: np.ndarray,
+    coef: np.ndarray,
+    row_coef: np.ndarray,
+    denominator: float,
+    out: np.ndarray,
+    *,
+    keep: float = 0.0,
+    center: np.ndarray | None = None,
+    distances: bool = True,
+) -> np.ndarray:
+    """NumPy twin of :func:`center_step`: the same center bits (a row-order weighted sum, then
+    ``keep * center + S / denominator``), distances equal up to the order of each sum."""
+    total = weighted_row_sum_numpy(matrix, row_coef, np.zeros(matrix.shape[1]))
+    with np.errstate(all="ignore"):
+        step = total / denominator if keep == 0.0 else center.astype(np.float64) * keep
+        out[...] = step if keep == 0.0 else step + total / denominator
+        if not distances:
+            return np.array([0.0 if np.isfinite(out).all() else np.nan])
+    return center_distances_numpy(matrix, coef, out)

@@ -55,59 +55,68 @@ _NO_BITS = np.zeros(0, np.int64)
 _NO_QUOTIENT = np.zeros(0, np.float64)
 
 
+@kernel(inline=True)
+def add_rows(matrix, rows, coef, out, lo, hi):  # pragma: no cover
+    """``out += sum_i coef[rows[i]] * matrix[rows[i], lo:hi]``, eight rows at a time, each column
+    in row order (``((out + c0*x0) + c1*x1) + ...``); a device function of the kernels that sum
+    a block of columns (this module's and :mod:`aggkit.kernels.distances`)."""
+    num_rows = rows.shape[0]
+    m = hi - lo
+    i = 0
+    while i + 8 <= num_rows:
+        # Slices, not matrix[r][j] with a computed j: numba cannot prove j >= 0 and keeps a
+        # negative-index branch in the loop, which stops LLVM from vectorizing it.
+        x0 = matrix[rows[i], lo:hi]
+        x1 = matrix[rows[i + 1], lo:hi]
+        x2 = matrix[rows[i + 2], lo:hi]
+        x3 = matrix[rows[i + 3], lo:hi]
+        x4 = matrix[rows[i + 4], lo:hi]
+        x5 = matrix[rows[i + 5], lo:hi]
+        x6 = matrix[rows[i + 6], lo:hi]
+        x7 = matrix[rows[i + 7], lo:hi]
+        c0 = coef[rows[i]]
+        c1 = coef[rows[i + 1]]
+        c2 = coef[rows[i + 2]]
+        c3 = coef[rows[i + 3]]
+        c4 = coef[rows[i + 4]]
+        c5 = coef[rows[i + 5]]
+        c6 = coef[rows[i + 6]]
+        c7 = coef[rows[i + 7]]
+        for j in range(m):
+            a = out[j]
+            a += c0 * x0[j]
+            a += c1 * x1[j]
+            a += c2 * x2[j]
+            a += c3 * x3[j]
+            a += c4 * x4[j]
+            a += c5 * x5[j]
+            a += c6 * x6[j]
+            a += c7 * x7[j]
+            out[j] = a
+        i += 8
+    while i < num_rows:
+        x0 = matrix[rows[i], lo:hi]
+        c0 = coef[rows[i]]
+        for j in range(m):
+            out[j] += c0 * x0[j]
+        i += 1
+
+
 @kernel(parallel=True)
 def _weighted_row_sum(
     matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
 ):  # pragma: no cover
     n = matrix.shape[1]
-    num_rows = rows.shape[0]
     num_blocks = (n + block - 1) // block
     for b in prange(num_blocks):
         lo = b * block
         hi = min(lo + block, n)
-        # Slices, not matrix[r][j] with a computed j: numba cannot prove j >= 0 and keeps a
-        # negative-index branch in the loop, which stops LLVM from vectorizing it.
         out = acc[lo:hi]
         m = out.shape[0]
         if fresh:  # zero the block in cache, just before its rows are added
             for j in range(m):
                 out[j] = 0
-        i = 0
-        while i + 8 <= num_rows:
-            x0 = matrix[rows[i], lo:hi]
-            x1 = matrix[rows[i + 1], lo:hi]
-            x2 = matrix[rows[i + 2], lo:hi]
-            x3 = matrix[rows[i + 3], lo:hi]
-            x4 = matrix[rows[i + 4], lo:hi]
-            x5 = matrix[rows[i + 5], lo:hi]
-            x6 = matrix[rows[i + 6], lo:hi]
-            x7 = matrix[rows[i + 7], lo:hi]
-            c0 = coef[rows[i]]
-            c1 = coef[rows[i + 1]]
-            c2 = coef[rows[i + 2]]
-            c3 = coef[rows[i + 3]]
-            c4 = coef[rows[i + 4]]
-            c5 = coef[rows[i + 5]]
-            c6 = coef[rows[i + 6]]
-            c7 = coef[rows[i + 7]]
-            for j in range(m):
-                a = out[j]
-                a += c0 * x0[j]
-                a += c1 * x1[j]
-                a += c2 * x2[j]
-                a += c3 * x3[j]
-                a += c4 * x4[j]
-                a += c5 * x5[j]
-                a += c6 * x6[j]
-                a += c7 * x7[j]
-                out[j] = a
-            i += 8
-        while i < num_rows:
-            x0 = matrix[rows[i], lo:hi]
-            c0 = coef[rows[i]]
-            for j in range(m):
-                out[j] += c0 * x0[j]
-            i += 1
+        add_rows(matrix, rows, coef, out, lo, hi)
         if bits.shape[0]:  # while the block is in cache: its largest |value| as integer bits
             seg = bits[lo:hi]
             t = np.int64(0)

@@ -400,6 +400,18 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
             "center",
             lambda: distances.center_distances(_m(3, 100000), np.ones(3), np.zeros(1)),
         ),
+        (
+            "center_step",
+            "out shorter than n",
+            "out",
+            lambda: distances.center_step(_m(3, 100000), np.ones(3), np.ones(3), 1.0, np.zeros(1)),
+        ),
+        (
+            "center_step",
+            "row_coef shorter than K",
+            "row_coef",
+            lambda: distances.center_step(_m(3, 100000), np.ones(3), np.ones(1), 1.0, z64(100000)),
+        ),
         # order_stats
         (
             "order_statistic",

@@ -11,6 +11,8 @@ from aggkit.kernels.distances import (
     GRAM_COLUMNS,
     center_distances,
     center_distances_numpy,
+    center_step,
+    center_step_numpy,
     pairwise_sq_distances,
     pairwise_sq_distances_numpy,
 )
@@ -84,3 +86,44 @@ def test_center_distances_match_twin(case, data):
     center = data.draw(hnp.arrays(np.float64, matrix.shape[1], elements=st.floats(-1e3, 1e3)))
     ours = center_distances(matrix, coef, center)
     np.testing.assert_allclose(ours, center_distances_numpy(matrix, coef, center), rtol=1e-12)
+
+
+@given(matrices(), st.data())
+def test_center_step_matches_twin(case, data):
+    # The fused step: the new center has the twin's bits (a row-order weighted sum, then
+    # keep * center + S / denominator, no reassociation); the distances to it match the twin's
+    # up to the order of each sum, for any block width (blocks cut the distances' sums only).
+    matrix, coef = case
+    k, n = matrix.shape
+    row_coef = data.draw(hnp.arrays(np.float64, k, elements=st.sampled_from([0.0, 0.5, 1.0, 7.0])))
+    denominator = data.draw(st.sampled_from([1.0, 3.0, 0.1]))
+    keep = data.draw(st.sampled_from([0.0, 0.25, 1.0]))
+    center_dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    center = data.draw(hnp.arrays(center_dtype, n, elements=st.floats(-1e3, 1e3, width=32)))
+    distances = data.draw(st.booleans())
+    width = data.draw(st.sampled_from([None, 1, 5, 256]))
+    out_dtype = np.float64 if distances else data.draw(st.sampled_from([np.float32, np.float64]))
+    ours_out, twin_out = np.empty(n, out_dtype), np.empty(n, out_dtype)
+    kwargs = {"keep": keep, "center": center, "distances": distances}
+    ours = center_step(matrix, coef, row_coef, denominator, ours_out, width=width, **kwargs)
+    twin = center_step_numpy(matrix, coef, row_coef, denominator, twin_out, **kwargs)
+    np.testing.assert_array_equal(ours_out, twin_out)
+    if distances:
+        np.testing.assert_allclose(ours, twin, rtol=1e-12)
+        np.testing.assert_allclose(ours, center_distances(matrix, coef, ours_out), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(ours, [0.0])
+
+
+def test_center_step_reads_neither_zero_rows_nor_the_old_center_and_flags_nonfinite():
+    matrix = np.ones((3, 700), np.float32)
+    matrix[1, 5] = np.nan  # row 1 has coefficient 0 and row weight 0: never read
+    coef, row_coef = np.array([1.0, 0.0, 1.0]), np.array([1.0, 0.0, 3.0])
+    out = np.full(700, np.nan)  # keep == 0: the old center (here out itself) is not read
+    d = center_step(matrix, coef, row_coef, 4.0, out)
+    np.testing.assert_array_equal(out, np.ones(700))
+    np.testing.assert_allclose(d, [0.0, np.sqrt(700), 0.0], atol=1e-12)
+    flag = center_step(matrix, np.ones(3), np.ones(3), 3.0, np.empty(700), distances=False)
+    assert np.isnan(flag[0])  # the NaN row is summed: the center is not finite
+    d = center_step(matrix, np.ones(3), np.ones(3), 3.0, np.empty(700))
+    assert np.isnan(d).all()
