@@ -22,7 +22,7 @@ CNN_LAYERS = [(20, 1, 5, 5), (20,), (50, 20, 5, 5), (50,), (500, 800), (500,), (
 ZERO_LIMIT, CLIP_LIMIT = 21.0, 1.0  # the first round of robust_aggregator's defaults
 
 
-def _layer_shapes(n: int) -> list[tuple[int, ...]]:
+def layer_shapes(n: int) -> list[tuple[int, ...]]:
     if n == sum(int(np.prod(s)) for s in CNN_LAYERS):
         return CNN_LAYERS
     return [(n - 1000,), (1000,)]
@@ -35,7 +35,7 @@ def case(request, matrices):
     matrix = matrices(shape) * np.float32(0.01 / np.sqrt(shape[1] / 1e4))
     matrix[1] *= 1e5  # L-inf far above the first zeroing norm (21) at every size
     weights = np.random.default_rng(1).integers(50, 600, shape[0]).astype(np.float64)
-    shapes = _layer_shapes(shape[1])
+    shapes = layer_shapes(shape[1])
     template = [ak.TensorSpec(s, np.float32) for s in shapes]
     bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
     clients = [
@@ -62,7 +62,7 @@ def test_aggkit_robust_aggregator(benchmark, case):
     benchmark(lambda: process.next(state, batch, weights))
 
 
-def _numpy_straightforward(clients, weights):
+def numpy_straightforward(clients, weights):
     """What a NumPy user writes: per client, zero or clip (new arrays), then a weighted mean."""
     processed = []
     for layers in clients:
@@ -83,23 +83,25 @@ def _numpy_straightforward(clients, weights):
 def test_numpy_straightforward(benchmark, case):
     shape, matrix, weights, _, clients = case
     record(benchmark, group=f"robust|{shape_id(shape)}", nbytes=matrix.nbytes)
-    benchmark.pedantic(lambda: _numpy_straightforward(clients, weights), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: numpy_straightforward(clients, weights), rounds=3, iterations=1)
+
+
+def numpy_vectorized(matrix: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Zeroing, clipping and the weighted mean with whole-matrix NumPy calls (norms, then one
+    BLAS pass)."""
+    linf = np.abs(matrix).max(axis=1)
+    keep = np.isfinite(linf) & (linf <= ZERO_LIMIT)
+    norms = np.where(keep, np.linalg.norm(matrix, axis=1).astype(np.float64), 0.0)
+    scale = np.where(norms > CLIP_LIMIT, CLIP_LIMIT / np.maximum(norms, 1e-300), 1.0)
+    coef = (weights * keep * scale).astype(np.float32)
+    return (coef @ matrix) / weights.sum()
 
 
 def test_numpy_vectorized(benchmark, case):
     """The same steps written with whole-matrix NumPy calls (norms, then one BLAS pass)."""
     shape, matrix, weights, _, _ = case
-
-    def run():
-        linf = np.abs(matrix).max(axis=1)
-        keep = np.isfinite(linf) & (linf <= ZERO_LIMIT)
-        norms = np.where(keep, np.linalg.norm(matrix, axis=1).astype(np.float64), 0.0)
-        scale = np.where(norms > CLIP_LIMIT, CLIP_LIMIT / np.maximum(norms, 1e-300), 1.0)
-        coef = (weights * keep * scale).astype(np.float32)
-        return (coef @ matrix) / weights.sum()
-
     record(benchmark, group=f"robust|{shape_id(shape)}", nbytes=matrix.nbytes)
-    benchmark(run)
+    benchmark(lambda: numpy_vectorized(matrix, weights))
 
 
 def test_flower_aggregate(benchmark, case):

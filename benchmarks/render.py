@@ -147,10 +147,58 @@ def include(markdown: Path, out_dir: Path) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", relink, text).rstrip() + "\n"
 
 
+#: Human names of the benchmark groups' keys (the part before the first ``|``).
+GROUP_NAMES = {
+    "core": "Weighted mean",
+    "robust": "Robust aggregation (zeroing, clipping, weighted mean)",
+    "dp": "Differentially private mean",
+    "dp-distributed": "Distributed DP (discrete noise, modular sum)",
+    "dp-tree": "DP-FTRL tree aggregation",
+    "noise": "Gaussian noise",
+    "uniform": "Uniform random numbers",
+    "compression": "Compressed mean (stochastic quantization)",
+    "secure": "Secure mean (discretized sums)",
+    "secagg-aggregator": "SecAgg+ in the aggregator",
+    "secagg-authenticated": "SecAgg+, authenticated mode",
+    "secagg-flower": "SecAgg+ on Flower",
+    "secagg-mask": "SecAgg+ masks",
+    "secagg-round": "SecAgg+ round",
+    "secagg-scaling": "SecAgg+ scaling with the number of clients",
+    "byzantine": "Byzantine-robust rules",
+    "byzantine-flower": "Byzantine-robust rules against Flower's functions",
+    "byzantine-probe": "Byzantine-robust rules against the probe",
+    "flower-strategy": "Flower strategies' aggregate_train",
+    "federated": "Federated training",
+}
+
+
+def heading(group: str) -> str:
+    """A group key as a heading.
+
+    >>> heading("robust-paired|K=100xn=431,080")
+    'Robust aggregation (zeroing, clipping, weighted mean), 100 clients, 431,080 values, paired'
+    """
+    kind, *parts = group.split("|")
+    paired = kind.endswith("-paired")
+    kind = kind.removesuffix("-paired")
+    units = {"K": "clients", "n": "values", "xn": "values", "m": "values", "masks": "masks"}
+    words = []
+    for part in parts:
+        pairs = re.findall(r"(\w+)=([\d,]+)", part)
+        if not pairs:
+            words.append(part)
+        for key, value in pairs:
+            value = value.strip(",")
+            words.append(f"{value} {units[key]}" if key in units else f"{key} {value}")
+    return ", ".join([GROUP_NAMES.get(kind, kind), *words] + (["paired"] if paired else []))
+
+
 def _paired_table(group: str, benches: list[dict]) -> list[str]:
     """A paired group: each row's reference, both best times and the two ratios."""
     lines = [
-        f"## {group}",
+        f"## {heading(group)}",
+        "",
+        f"Group `{group}`.",
         "",
         "| benchmark | reference | reference best | contender best | best ratio | median ratio |",
         "|---|---|---:|---:|---:|---:|",
@@ -196,7 +244,9 @@ def render(
             continue
         probe = _probe(benches)
         lines += [
-            f"## {group}",
+            f"## {heading(group)}",
+            "",
+            f"Group `{group}`.",
             "",
             "| benchmark | best time | throughput | vs probe |",
             "|---|---:|---:|---:|",
@@ -240,6 +290,8 @@ def render(
 
 
 def main() -> None:
+    from benchmarks.summary import kept
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
@@ -253,7 +305,12 @@ def main() -> None:
     plotted = not args.no_plot and plot(results, args.out.parent / PLOT_NAME)
     texts = tuple(include(path, args.out.parent) for path in args.include)
     rendered_by = " ".join(["python benchmarks/render.py", *sys.argv[1:]])
-    args.out.write_text(render(results, with_plot=plotted, includes=texts, rendered_by=rendered_by))
+    page = render(results, with_plot=plotted, includes=texts, rendered_by=rendered_by)
+    summary = kept(args.out)  # benchmarks/summary.py's section stays on top
+    if summary is not None:
+        title, _, body = page.partition("\n\n")
+        page = f"{title}\n\n{summary}\n\n{body}"
+    args.out.write_text(page)
     print(f"wrote {args.out}")
 
 

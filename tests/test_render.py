@@ -68,3 +68,60 @@ def test_main_writes_page_plot_and_included_markdown(tmp_path, monkeypatch):
     assert (tmp_path / "docs" / "img" / "extra-acc.png").read_bytes() == b"\x89PNG fake"
     assert f"]({render.PLOT_NAME})" in page
     assert (tmp_path / "docs" / render.PLOT_NAME).stat().st_size > 1000
+
+
+def test_group_headings_read_as_words_and_keep_the_key():
+    assert render.heading("robust-paired|K=100xn=431,080") == (
+        "Robust aggregation (zeroing, clipping, weighted mean), 100 clients, 431,080 values, paired"
+    )
+    assert render.heading("noise|float32|n=431,080") == "Gaussian noise, float32, 431,080 values"
+    assert (
+        render.heading("secagg-mask|m=431,080,masks=15")
+        == "SecAgg+ masks, 431,080 values, 15 masks"
+    )
+    page = render.render([_results()])
+    assert "## Weighted mean, 2 clients\n\nGroup `core|K=2`." in page
+
+
+def test_the_summary_section_stays_on_top_when_the_page_is_rendered_again(tmp_path, monkeypatch):
+    from benchmarks import summary
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_results()))
+    out = tmp_path / "benchmarks.md"
+    monkeypatch.setattr("sys.argv", ["render", str(results), "--out", str(out), "--no-plot"])
+    render.main()
+    data = {
+        "started": "now",
+        "load_before": [1.0, 1.0, 1.0],
+        "load_after": [2.0, 2.0, 2.0],
+        "workloads": [
+            {
+                "key": "mean",
+                "title": "Weighted mean (FedAvg)",
+                "what": "Each client's update.",
+                "rounds": 2,
+                "rows": [
+                    {
+                        "name": "aggkit `ak.mean()`",
+                        "median_ms": 2.0,
+                        "best_ms": 1.5,
+                        "vs_aggkit": 1.0,
+                    },
+                    {
+                        "name": "Flower `aggregate`",
+                        "median_ms": 9.0,
+                        "best_ms": 8.0,
+                        "vs_aggkit": 4.5,
+                    },
+                ],
+            }
+        ],
+    }
+    summary.write_into(out, summary.section(data))
+    assert out.read_text().startswith("# Benchmarks\n\n" + summary.START)
+    assert "| Flower `aggregate` | 9.0 ms | 8.0 ms | 4.50x |" in out.read_text()
+    render.main()  # the raw groups again: the summary is kept, once, on top
+    page = out.read_text()
+    assert page.startswith("# Benchmarks\n\n" + summary.START)
+    assert page.count(summary.START) == 1 and "Group `core|K=2`." in page
