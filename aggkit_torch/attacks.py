@@ -180,30 +180,29 @@ def _retrain_flipped(trainer: Any, client: int, out: np.ndarray, num_classes: in
     import torch
 
     from aggkit_torch.federated import seed_of
-    from aggkit_torch.local_training import reset_optimizer, train_local
-    from aggkit_torch.params import parameters_to_vector, write_delta
+    from aggkit_torch.local_training import train_local
 
+    if trainer.partitions is None:
+        raise ValueError("label flipping retrains on in-memory tensor clients only")
     config = trainer.config
-    initial = parameters_to_vector(trainer.model)
-    with torch.no_grad():
-        for worker_p, global_p in zip(
-            trainer.worker.parameters(), trainer.model.parameters(), strict=True
-        ):
-            worker_p.copy_(global_p)
-    reset_optimizer(trainer.client_optimizer)
+    initial = trainer.global_vector()
+    trainer.begin_client(client)
     generator = torch.Generator().manual_seed(seed_of(config.seed, trainer.round, client))
-    train_local(
-        trainer.worker,
-        trainer.client_optimizer,
-        trainer.train_images,
-        (num_classes - 1) - trainer.train_labels,
-        trainer.partitions[client],
-        epochs=config.local_epochs,
-        steps=config.local_steps,
-        batch_size=config.batch_size,
-        generator=generator,
-    )
-    if not write_delta(initial, trainer.worker, out):
+    try:
+        train_local(
+            trainer.worker,
+            trainer.client_optimizer,
+            trainer.train_images,
+            (num_classes - 1) - trainer.train_labels,
+            trainer.partitions[client],
+            epochs=config.local_epochs,
+            steps=config.local_steps,
+            batch_size=config.batch_size,
+            generator=generator,
+        )
+    finally:
+        trainer.end_client(client)
+    if not trainer.write_update(initial, out):
         out[...] = 0.0
 
 

@@ -67,20 +67,39 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import aggkit as ak
 from aggkit_torch import checkpoint
 from aggkit_torch.accounting import RunAccountant
+from aggkit_torch.client_data import ClientData, as_client_data, passes
 from aggkit_torch.local_training import (
     evaluate,
+    evaluate_batches,
     examples_per_round,
     prepare_model,
+    proximal_term,
     reset_optimizer,
+    resolve_device,
+    train_batches,
     train_local,
 )
-from aggkit_torch.params import model_layout, parameters_to_vector, write_delta
-from aggkit_torch.rounds import RoundCore, check_weighting, flatten_measurements, server_step
+from aggkit_torch.params import (
+    aggregated_tensors,
+    flat_tensor,
+    model_layout,
+    parameters_to_vector,
+    write_delta,
+)
+from aggkit_torch.rounds import (
+    FedAdagrad,
+    FedYogi,
+    RoundCore,
+    check_weighting,
+    flatten_measurements,
+    server_step,
+)
 
 __all__ = [
     "FedAvgConfig",
@@ -92,8 +111,18 @@ __all__ = [
     "seed_of",
 ]
 
-_SERVER_OPTIMIZERS = ("sgd", "adam")
+_SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
+#: Each server optimizer's defaults where a FedAvgConfig leaves them unset (None): SGD and Adam
+#: with learning rate 1 (SGD 1.0 is FedAvg), FedAdagrad and FedYogi with Flower's.
+SERVER_DEFAULTS: dict[str, dict[str, float | None]] = {
+    "sgd": {"server_lr": 1.0, "server_beta1": None, "server_beta2": None, "server_tau": None},
+    "adam": {"server_lr": 1.0, "server_beta1": None, "server_beta2": None, "server_tau": None},
+    "adagrad": {"server_lr": 0.1, "server_beta1": 0.0, "server_beta2": None, "server_tau": 1e-3},
+    "yogi": {"server_lr": 0.01, "server_beta1": 0.9, "server_beta2": 0.99, "server_tau": 1e-3},
+}
 _SAMPLINGS = ("fixed_size", "poisson", "epochs")  # the trainer's schemes (accounting.SAMPLINGS)
+#: What happens to floating buffers (BatchNorm running statistics): see ``FedAvgConfig.buffers``.
+BUFFERS = ("aggregate", "local")
 
 
 @dataclass(frozen=True)
@@ -121,10 +150,24 @@ class FedAvgConfig:
         Local batch size.
     client_lr, client_momentum : float
         The client's SGD optimizer (the PyTorch MNIST example: lr 0.01; momentum 0.5 here).
-    server_optimizer : {"sgd", "adam"}
-        How the aggregate updates the global model.
-    server_lr, server_momentum : float
-        Server learning rate (1.0 with SGD is plain FedAvg) and SGD momentum (FedAvgM).
+    server_optimizer : {"sgd", "adam", "adagrad", "yogi"}
+        How the aggregate updates the global model: SGD (FedAvg; with momentum FedAvgM),
+        ``torch.optim.Adam`` (FedAdam), or Flower's FedAdagrad and FedYogi
+        (:class:`~aggkit_torch.rounds.FedAdagrad`, :class:`~aggkit_torch.rounds.FedYogi`).
+    server_lr : float or None
+        Server learning rate; None: the optimizer's default (:data:`SERVER_DEFAULTS`: 1.0 for
+        SGD, which is plain FedAvg, and Adam; Flower's ``eta`` for FedAdagrad, 0.1, and
+        FedYogi, 0.01).
+    server_momentum : float
+        SGD momentum (FedAvgM).
+    server_beta1, server_beta2, server_tau : float or None
+        FedAdagrad's and FedYogi's ``beta_1``, ``beta_2`` and ``tau``; None: Flower's defaults
+        (FedAdagrad: 0, unused, 1e-3; FedYogi: 0.9, 0.99, 1e-3).
+    proximal_mu : float
+        FedProx (Li et al. 2020): each client minimizes its loss plus ``mu / 2 * ||w -
+        w_global||^2`` (Flower's ``"proximal-mu"``); 0 (the default) is plain local training.
+        Applied as the term's gradient ``mu * (w - w_global)``, added to every trainable
+        parameter's gradient by a hook, so it reaches a custom ``local_update`` too.
     client_weighting : {"capped", "num_examples", "uniform"}
         How client-reported example counts become weights for weighted aggregators
         (:mod:`aggkit_torch.rounds`). ``"capped"`` (the default): the count, at most what the
@@ -144,6 +187,15 @@ class FedAvgConfig:
     channels_last : bool or None
         Memory format of the models (None: ``channels_last``, see
         :data:`aggkit_torch.local_training.CHANNELS_LAST_DEFAULT`).
+    buffers : {"aggregate", "local"}
+        Floating buffers (BatchNorm's running statistics): ``"aggregate"`` (the default) puts
+        them through the aggregator with the parameters and sets the server's to the aggregate
+        (``buffer - update``: the clients' weighted mean under a mean aggregator; never a server
+        optimizer step). ``"local"`` keeps them on the clients, as FedBN (Li et al. 2021) keeps
+        its normalization statistics: each client trains with its own from its second round on
+        (the server's before), and the server's are never changed. Integer buffers
+        (``num_batches_tracked``) are never aggregated: the server keeps its own, each client
+        starts from it (:mod:`aggkit_torch.params`).
     """
 
     clients_per_round: int = 10
@@ -153,7 +205,7 @@ class FedAvgConfig:
     client_lr: float = 0.01
     client_momentum: float = 0.5
     server_optimizer: str = "sgd"
-    server_lr: float = 1.0
+    server_lr: float | None = None
     server_momentum: float = 0.0
     client_weighting: str = "capped"
     weight_cap: float = 4.0
@@ -162,8 +214,26 @@ class FedAvgConfig:
     channels_last: bool | None = None
     sampling: str = "fixed_size"
     delta: float = 1e-5
+    buffers: str = "aggregate"
+    server_beta1: float | None = None
+    server_beta2: float | None = None
+    server_tau: float | None = None
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.server_optimizer not in _SERVER_OPTIMIZERS:
+            raise ValueError(f"server_optimizer must be one of {_SERVER_OPTIMIZERS}")
+        for name, default in SERVER_DEFAULTS[self.server_optimizer].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)  # frozen: resolved once, here
+        for name in ("server_beta1", "server_beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.server_tau is not None and not self.server_tau > 0:
+            raise ValueError(f"server_tau must be positive, got {self.server_tau!r}")
+        if not (isinstance(self.proximal_mu, (int, float)) and 0 <= self.proximal_mu < math.inf):
+            raise ValueError(f"proximal_mu must be finite and >= 0, got {self.proximal_mu!r}")
         for name in ("clients_per_round", "local_epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -180,13 +250,13 @@ class FedAvgConfig:
         for name in ("client_momentum", "server_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.server_optimizer not in _SERVER_OPTIMIZERS:
-            raise ValueError(f"server_optimizer must be one of {_SERVER_OPTIMIZERS}")
         check_weighting(self.client_weighting, self.weight_cap)
         if self.sampling not in _SAMPLINGS:
             raise ValueError(f"sampling must be one of {_SAMPLINGS}, got {self.sampling!r}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.buffers not in BUFFERS:
+            raise ValueError(f"buffers must be one of {BUFFERS}, got {self.buffers!r}")
 
 
 def seed_of(*fields: int) -> int:
@@ -233,9 +303,20 @@ def sample_clients(
 
 def make_server_optimizer(params, config: FedAvgConfig) -> torch.optim.Optimizer:
     """The server optimizer of ``config`` over ``params`` (SGD lr 1.0 = FedAvg)."""
-    if config.server_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.server_lr, momentum=config.server_momentum)
-    return torch.optim.Adam(params, lr=config.server_lr)
+    name, lr = config.server_optimizer, config.server_lr
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.server_momentum)
+    if name == "adagrad":
+        return FedAdagrad(params, lr=lr, tau=config.server_tau, beta1=config.server_beta1)
+    if name == "yogi":
+        return FedYogi(
+            params,
+            lr=lr,
+            beta1=config.server_beta1,
+            beta2=config.server_beta2,
+            tau=config.server_tau,
+        )
+    return torch.optim.Adam(params, lr=lr)
 
 
 def apply_update(optimizer: torch.optim.Optimizer, named_params, update) -> bool:
@@ -253,16 +334,36 @@ class FederatedTrainer:
     Parameters
     ----------
     model : torch.nn.Module
-        The global model (trained in place; its float32 trainable parameters are aggregated).
+        The global model, trained in place. Its trainable parameters of any floating dtype are
+        aggregated, with its floating buffers unless ``config.buffers="local"``; frozen
+        parameters and integer buffers are the server's own (:mod:`aggkit_torch.params`).
     aggregator : aggkit factory
         Weighted (given client weights) or unweighted (given none).
-    train_images, train_labels : torch.Tensor
-        All training examples in memory; clients are index sets into them.
+    train_images, train_labels : torch.Tensor, optional
+        All training examples in memory; clients are index sets into them (the fast path:
+        batches by ``index_select``). Leave them out when giving ``clients``.
     partitions : sequence of index arrays, or mapping of client name to index array
         One per client (``aggkit_torch.data.partition_*``), or named clients such as
         ``{"bob": range(0, 30000), "alice": range(30000, 60000)}``.
     test_images, test_labels : torch.Tensor, optional
         For :meth:`evaluate` and per-round test accuracy.
+    clients : ClientData, or sequence or mapping of Dataset, optional
+        Client data that is not in-memory tensors (:mod:`aggkit_torch.client_data`): one
+        ``Dataset`` per client (``torchvision.datasets`` objects with their transforms work as
+        they are), ``partition_dataset(dataset, partitions)``, or ``LoaderClients(factory,
+        names)`` for the user's own ``DataLoader`` s.
+    test_data : Dataset or iterable of batches, optional
+        A test ``Dataset`` (read in batches of 1000) or ``DataLoader``, instead of the test
+        tensors.
+    device : str or torch.device, optional
+        Where clients train and the global model lives: ``"cpu"`` (the default), ``"cuda"``,
+        ``"mps"``, ``"auto"`` (:func:`~aggkit_torch.local_training.resolve_device`). Tensor
+        data is moved there once; dataset batches one by one. Aggregation runs on host
+        arrays: each client's update is computed on the device and copied into its row in one
+        transfer.
+    loss_fn : callable, default :func:`torch.nn.functional.nll_loss`
+        ``loss_fn(output, target)`` of local training; also called with ``reduction="sum"``
+        by evaluation.
     config : FedAvgConfig
         Hyperparameters.
     local_update : callable, optional
@@ -284,39 +385,68 @@ class FederatedTrainer:
         self,
         model: nn.Module,
         aggregator: ak.Factory,
-        train_images: torch.Tensor,
-        train_labels: torch.Tensor,
-        partitions: Sequence[Any],
+        train_images: torch.Tensor | None = None,
+        train_labels: torch.Tensor | None = None,
+        partitions: Sequence[Any] | Mapping[Any, Any] | None = None,
         test_images: torch.Tensor | None = None,
         test_labels: torch.Tensor | None = None,
         *,
+        clients: ClientData | Sequence[Any] | Mapping[Any, Any] | None = None,
+        test_data: Any = None,
         config: FedAvgConfig | None = None,
         local_update: Callable[..., int] | None = None,
         update_transform: Callable[..., Any] | None = None,
+        device: str | torch.device | None = None,
+        loss_fn: Callable[..., torch.Tensor] = F.nll_loss,
     ):
         self.config = config or FedAvgConfig()
         if not isinstance(aggregator, ak.Factory):
             raise TypeError(f"aggregator must be an aggkit factory, got {aggregator!r}")
-        if isinstance(partitions, Mapping):
-            self.client_names = [str(name) for name in partitions]
-            partitions = list(partitions.values())
-        else:
-            self.client_names = [str(i) for i in range(len(partitions))]
+        self.device = resolve_device(device)
+        #: Whether updates are written tensor by tensor into host rows (CPU), or taken on the
+        #: device and copied to the row in one transfer.
+        self._host_rows = self.device.type == "cpu"
+        self.loss_fn = loss_fn
         self.local_update = local_update
         self.update_transform = update_transform
-        self.partitions = [np.asarray(p, dtype=np.int64) for p in partitions]
-        if not self.partitions or any(len(p) == 0 for p in self.partitions):
-            raise ValueError("partitions must be a non-empty list of non-empty index arrays")
-        if self.config.clients_per_round > len(self.partitions):
+        #: The clients' data when not tensors (None on the tensor fast path).
+        self.data: ClientData | None = None
+        self.partitions: list[np.ndarray] | None = None
+        if clients is not None:
+            if any(v is not None for v in (train_images, train_labels, partitions)):
+                raise TypeError("give either clients= or train tensors and partitions, not both")
+            self.data = as_client_data(clients)
+            self.client_names = list(self.data.names)
+            sizes = list(self.data.sizes)
+        else:
+            if train_images is None or train_labels is None or partitions is None:
+                raise TypeError("give train_images, train_labels and partitions, or clients=")
+            if isinstance(partitions, Mapping):
+                self.client_names = [str(name) for name in partitions]
+                partitions = list(partitions.values())
+            else:
+                self.client_names = [str(i) for i in range(len(partitions))]
+            self.partitions = [np.asarray(p, dtype=np.int64) for p in partitions]
+            if not self.partitions or any(len(p) == 0 for p in self.partitions):
+                raise ValueError("partitions must be a non-empty list of non-empty index arrays")
+            sizes = [len(p) for p in self.partitions]
+            train_images, train_labels = train_images.to(self.device), train_labels.to(self.device)
+        if self.config.clients_per_round > len(self.client_names):
             raise ValueError(
                 f"clients_per_round ({self.config.clients_per_round}) exceeds the number of "
-                f"clients ({len(self.partitions)})"
+                f"clients ({len(self.client_names)})"
             )
-        self.model = prepare_model(model, channels_last=self.config.channels_last)
+        if test_data is not None and test_images is not None:
+            raise TypeError("give either test_data= or test tensors, not both")
+        if test_images is not None:
+            test_images, test_labels = test_images.to(self.device), test_labels.to(self.device)
+        self.model = prepare_model(model, channels_last=self.config.channels_last).to(self.device)
         self.worker = copy.deepcopy(self.model)  # one reusable client module, never aliased
         self.train_images, self.train_labels = train_images, train_labels
         self.test_images, self.test_labels = test_images, test_labels
-        self.layout = model_layout(self.model)
+        self.test_data = test_data
+        self._buffers = self.config.buffers == "aggregate"
+        self.layout = model_layout(self.model, buffers=self._buffers)
         self.process = aggregator.create(self.layout)
         self.aggregator_state = self.process.initialize()
         self.core = RoundCore(
@@ -324,28 +454,37 @@ class FederatedTrainer:
         )
         #: The example count the trainer trusts for each client: what train_local reports for
         #: its partition under this configuration (the cap of ``client_weighting="capped"``).
+        #: None where the size is unknown (a ``LoaderClients`` without sizes).
         self.trusted_examples = [
-            examples_per_round(
-                len(p),
+            None
+            if size is None
+            else examples_per_round(
+                size,
                 epochs=self.config.local_epochs,
                 steps=self.config.local_steps,
                 batch_size=self.config.batch_size,
             )
-            for p in self.partitions
+            for size in sizes
         ]
         self.client_optimizer = torch.optim.SGD(
             self.worker.parameters(),
             lr=self.config.client_lr,
             momentum=self.config.client_momentum,
         )
-        self.server_optimizer = make_server_optimizer(self.model.parameters(), self.config)
+        self.server_optimizer = make_server_optimizer(
+            [p for _, p in self._aggregated(parameters=True)], self.config
+        )
+        #: With ``config.buffers="local"``: each client's own floating buffers, by client index
+        #: (saved after its training, loaded before its next one; in checkpoints).
+        self.local_buffers: dict[int, dict[str, torch.Tensor]] = {}
+        self._proximal = proximal_term(self.worker, 0.0)  # FedProx hooks of the current client
         #: The last round's admitted updates, one row per client (``update_transform`` edits it).
         self.batch: ak.ClientBatch = self.core.begin(self.config.clients_per_round).batch()
         #: The privacy the run has spent, for the sampling it does (None-valued for non-DP).
         self.accountant = RunAccountant(
             self.config.sampling,
             clients_per_round=self.config.clients_per_round,
-            population=len(self.partitions),
+            population=len(self.client_names),
             delta=self.config.delta,
             rounds_per_epoch=len(self.partitions) // self.config.clients_per_round,
         )
@@ -360,7 +499,7 @@ class FederatedTrainer:
         return sample_clients(
             config.seed,
             round_index,
-            len(self.partitions),
+            len(self.client_names),
             config.clients_per_round,
             config.sampling,
         )
@@ -377,7 +516,7 @@ class FederatedTrainer:
         config = self.config
         started = time.perf_counter()
         clients = self.sample_clients(self.round)
-        initial = parameters_to_vector(self.model)
+        initial = self.global_vector()
         rnd = self.core.begin(len(clients))
         losses = []
         admitted = []
@@ -388,7 +527,7 @@ class FederatedTrainer:
             if problem is not None:
                 rnd.drop(name, problem)
             else:
-                write_delta(initial, self.worker, rnd.next_row())
+                self.write_update(initial, rnd.next_row())
                 if rnd.add(name, reported=examples, known=self.trusted_examples[client]):
                     losses.append(loss)
                 admitted.append(client)
@@ -425,23 +564,94 @@ class FederatedTrainer:
             metrics.update(epsilon=spent["epsilon"], delta=spent["delta"])
         elif self.accountant.rounds:  # a round that released nothing: the run's spend so far
             metrics.update(epsilon=self.accountant.epsilon(), delta=config.delta)
-        if self.test_images is not None and (self.round % config.eval_every == 0):
+        if self.has_test_data and (self.round % config.eval_every == 0):
             accuracy, loss = self.evaluate()
             metrics.update(test_accuracy=accuracy, test_loss=loss)
         metrics["round_seconds"] = time.perf_counter() - started
         self.history.append(metrics)
         return metrics
 
+    @property
+    def has_test_data(self) -> bool:
+        """Whether test tensors or ``test_data`` were given."""
+        return self.test_images is not None or self.test_data is not None
+
+    def global_vector(self) -> np.ndarray | torch.Tensor:
+        """The global model's aggregated state, flat: a host vector on the CPU, a tensor on
+        the trainer's device otherwise (:func:`~aggkit_torch.params.write_delta`)."""
+        if self._host_rows:
+            return parameters_to_vector(self.model, buffers=self._buffers)
+        dtype = torch.from_numpy(np.empty(0, self.layout.dtype)).dtype
+        return flat_tensor(self.model, dtype, buffers=self._buffers)
+
+    def write_update(self, initial: np.ndarray | torch.Tensor, out: np.ndarray) -> bool:
+        """Write the worker's update ``initial - trained`` into the row ``out``; True if
+        finite (one device-to-host copy when the worker is on an accelerator)."""
+        return write_delta(initial, self.worker, out, buffers=self._buffers)
+
+    def _aggregated(self, *, parameters: bool) -> list[tuple[str, torch.Tensor]]:
+        """The global model's aggregated parameters (or, False, buffers), by name."""
+        return [
+            (name, t)
+            for name, t in aggregated_tensors(self.model, buffers=self._buffers)
+            if isinstance(t, nn.Parameter) == parameters
+        ]
+
+    def begin_client(self, client: int) -> None:
+        """Reset the worker for ``client``: the global model's whole state (parameters, frozen
+        ones included, and buffers), the client's own floating buffers under
+        ``buffers="local"`` once it has trained, and a fresh client optimizer."""
+        own = self.local_buffers.get(client, {})
+        with torch.no_grad():
+            worker = self.worker.state_dict(keep_vars=True)
+            for name, tensor in self.model.state_dict(keep_vars=True).items():
+                worker[name].copy_(own.get(name, tensor))
+        reset_optimizer(self.client_optimizer)
+        self._proximal = proximal_term(self.worker, self.config.proximal_mu)
+
+    def end_client(self, client: int) -> None:
+        """After ``client`` trained: remove the FedProx hooks; keep its floating buffers under
+        ``buffers="local"``."""
+        self._proximal.remove()
+        if not self._buffers:
+            self.local_buffers[client] = {
+                name: t.detach().clone()
+                for name, t in self.worker.state_dict(keep_vars=True).items()
+                if not isinstance(t, nn.Parameter) and t.is_floating_point()
+            }
+
     def _train_client(self, client: int) -> tuple[object, float]:
         """Train the worker from the global model on ``client``'s examples: (count, mean loss)."""
+        self.begin_client(client)
+        try:
+            return self._train_worker(client)
+        finally:
+            self.end_client(client)
+
+    def _train_worker(self, client: int) -> tuple[object, float]:
         config = self.config
-        with torch.no_grad():
-            for worker_p, global_p in zip(
-                self.worker.parameters(), self.model.parameters(), strict=True
-            ):
-                worker_p.copy_(global_p)
-        reset_optimizer(self.client_optimizer)
         seed = seed_of(config.seed, self.round, client)
+        if self.data is not None:
+            torch.manual_seed(seed)  # dropout, augmentation and DataLoader seeds draw from it
+            if self.local_update is not None:
+                data = self.data.local_data(client)
+                return self.local_update(self.worker, self.client_optimizer, data), math.nan
+            batches = passes(
+                self.data,
+                client,
+                batch_size=config.batch_size,
+                epochs=config.local_epochs,
+                steps=config.local_steps,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            result = train_batches(
+                self.worker,
+                self.client_optimizer,
+                batches,
+                device=self.device,
+                loss_fn=self.loss_fn,
+            )
+            return result.num_examples, result.mean_loss
         if self.local_update is None:
             result = train_local(
                 self.worker,
@@ -453,6 +663,7 @@ class FederatedTrainer:
                 steps=config.local_steps,
                 batch_size=config.batch_size,
                 generator=torch.Generator().manual_seed(seed),
+                loss_fn=self.loss_fn,
             )
             return result.num_examples, result.mean_loss
         torch.manual_seed(seed)
@@ -466,13 +677,24 @@ class FederatedTrainer:
         return examples, math.nan
 
     def _apply(self, update: dict[str, np.ndarray]) -> bool:
-        return server_step(self.server_optimizer, self.model.named_parameters(), update)
+        return server_step(
+            self.server_optimizer,
+            self._aggregated(parameters=True),
+            update,
+            self._aggregated(parameters=False),
+        )
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model."""
-        if self.test_images is None:
+        if self.test_images is not None:
+            result = evaluate(self.model, self.test_images, self.test_labels, loss_fn=self.loss_fn)
+        elif self.test_data is not None:
+            batches = self.test_data
+            if isinstance(batches, torch.utils.data.Dataset):
+                batches = torch.utils.data.DataLoader(batches, batch_size=1000)
+            result = evaluate_batches(self.model, batches, device=self.device, loss_fn=self.loss_fn)
+        else:
             raise ValueError("no test set was given")
-        result = evaluate(self.model, self.test_images, self.test_labels)
         return float(result.accuracy), float(result.loss)
 
     def run(
@@ -493,7 +715,7 @@ class FederatedTrainer:
             bar.close()
             if log is not None:
                 log(format_round(metrics))
-        if self.test_images is not None and "test_accuracy" not in self.history[-1]:
+        if self.has_test_data and "test_accuracy" not in self.history[-1]:
             accuracy, loss = self.evaluate()
             self.history[-1].update(test_accuracy=accuracy, test_loss=loss)
         return self.history
@@ -510,16 +732,19 @@ class FederatedTrainer:
             "accountant": self.accountant.state_dict(),
             "history": self.history,
             "config": asdict(self.config),
+            "local_buffers": self.local_buffers,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the trainer must be built with the same setup)."""
-        if state["config"] != asdict(self.config):
+        # A checkpoint from before a config field existed has that field's default.
+        if {**asdict(FedAvgConfig()), **state["config"]} != asdict(self.config):
             raise ValueError("the checkpoint was written with another configuration")
         self.model.load_state_dict(state["model"])
         self.server_optimizer.load_state_dict(state["server_optimizer"])
         self.aggregator_state = state["aggregator_state"]
         self.accountant.load_state_dict(state["accountant"])
+        self.local_buffers = dict(state.get("local_buffers", {}))
         self.history = list(state["history"])
         self.round = int(state["round"])
 

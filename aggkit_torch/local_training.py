@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -43,16 +43,24 @@ from aggkit._checks import integer
 
 __all__ = [
     "CHANNELS_LAST_DEFAULT",
+    "DEVICES",
     "EvalResult",
     "LocalResult",
     "configure_threads",
     "evaluate",
+    "evaluate_batches",
     "examples_per_round",
     "is_channels_last",
     "prepare_model",
+    "proximal_term",
     "reset_optimizer",
+    "resolve_device",
+    "train_batches",
     "train_local",
 ]
+
+#: The ``device`` names the trainer and ``--device`` accept (and any ``torch.device``).
+DEVICES = ("cpu", "cuda", "mps", "auto")
 
 #: Whether :func:`prepare_model` converts to ``channels_last`` unless told otherwise (see the
 #: module docstring).
@@ -130,6 +138,91 @@ def prepare_model(model: nn.Module, *, channels_last: bool | None = None) -> nn.
         channels_last = CHANNELS_LAST_DEFAULT
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)
+
+
+class ProximalTerm:
+    """FedProx's proximal term on a model's trainable parameters (:func:`proximal_term`)."""
+
+    def __init__(self, model: nn.Module, mu: float):
+        self.mu = float(mu)
+        self._handles: list = []
+        if self.mu == 0:
+            return
+        for p in model.parameters():
+            if p.requires_grad:
+                anchor = p.detach().clone()
+                self._handles.append(p.register_hook(self._hook(p, anchor)))
+
+    def _hook(self, p: torch.Tensor, anchor: torch.Tensor):
+        mu = self.mu
+
+        def add_term(grad: torch.Tensor) -> torch.Tensor:
+            return grad + mu * (p.detach() - anchor)
+
+        return add_term
+
+    def remove(self) -> None:
+        """Take the term out again (the model trains as before)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> ProximalTerm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def proximal_term(model: nn.Module, mu: float) -> ProximalTerm:
+    """Add FedProx's ``mu / 2 * ||w - w0||^2`` to every loss backpropagated through ``model``.
+
+    ``w0`` is the trainable parameters' value now (the global model, when called right after
+    loading it). Implemented as the term's gradient, ``mu * (w - w0)``, added by a hook on each
+    trainable parameter: any training loop gets it, and the reported loss stays the data's.
+    ``mu = 0`` installs nothing. Remove with ``.remove()`` or use it as a context manager.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> model = torch.nn.Module(); model.w = w
+    >>> with proximal_term(model, mu=0.5):
+    ...     with torch.no_grad():
+    ...         _ = w.add_(2.0)  # moved 2 away from w0 = 1
+    ...     (3 * w).sum().backward()
+    >>> float(w.grad)  # 3 + 0.5 * 2
+    4.0
+    """
+    if not (math.isfinite(mu) and mu >= 0):
+        raise ValueError(f"mu must be finite and >= 0, got {mu!r}")
+    return ProximalTerm(model, mu)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The ``torch.device`` of ``device``: None is the CPU; ``"auto"`` is CUDA if available,
+    else Apple's MPS if available, else the CPU. A device that does not exist here raises
+    ValueError (rather than failing at the first batch).
+
+    >>> resolve_device(None), resolve_device("cpu")
+    (device(type='cpu'), device(type='cpu'))
+    """
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    resolved = torch.device(device)
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None
+        and torch.backends.mps.is_available(),
+    }.get(resolved.type)
+    if not available:
+        raise ValueError(f"device {device!r} is not available on this machine")
+    return resolved
 
 
 def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -260,9 +353,12 @@ def train_local(
 
     to_cl = images.dim() == 4 and is_channels_last(model)
     model.train()
-    total_loss = torch.zeros((), dtype=torch.float64)
+    total_loss = torch.zeros((), dtype=torch.float64, device=images.device)
     seen = 0
+    on_host = images.device.type == "cpu"
     for batch in _batches(idx, batch_size, epochs, steps, generator):
+        if not on_host:  # the permutation is drawn on the CPU (reproducible everywhere)
+            batch = batch.to(images.device, non_blocking=True)
         x = images.index_select(0, batch)
         if to_cl:  # a no-op for one input channel
             x = x.contiguous(memory_format=torch.channels_last)
@@ -273,6 +369,50 @@ def train_local(
         optimizer.step()
         total_loss += loss.detach() * len(batch)
         seen += len(batch)
+    mean = float(total_loss) / seen
+    return LocalResult(seen, mean if math.isfinite(mean) else math.nan)
+
+
+def train_batches(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device | str | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.nll_loss,
+) -> LocalResult:
+    """Train ``model`` in place on ``(inputs, targets)`` batches (a ``DataLoader``, say).
+
+    The counterpart of :func:`train_local` for data that is not one in-memory tensor: each batch
+    is moved to ``device`` (default: the model's) and to ``channels_last`` when the model is.
+    Returns the examples processed and their mean loss (NaN if it became non-finite).
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LogSoftmax(dim=1))
+    >>> data = TensorDataset(torch.randn(10, 3), torch.randint(0, 2, (10,)))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> train_batches(model, opt, DataLoader(data, batch_size=4)).num_examples
+    10
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    to_cl = is_channels_last(model)
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if to_cl and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach().to(torch.float64) * len(y)
+        seen += len(y)
+    if seen == 0:
+        raise ValueError("no batch to train on")
     mean = float(total_loss) / seen
     return LocalResult(seen, mean if math.isfinite(mean) else math.nan)
 
@@ -325,8 +465,42 @@ def evaluate(
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[start : start + batch_size]
             out = model(x)
-            total += loss_fn(out, y, reduction="sum").to(torch.float64)
+            total += loss_fn(out, y, reduction="sum").to(torch.float64).cpu()
             correct += int((out.argmax(dim=1) == y).sum())
     finally:
         model.train(was_training)
+    return EvalResult(correct / n, float(total) / n)
+
+
+@torch.inference_mode()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device | str | None = None,
+    loss_fn: Callable[..., torch.Tensor] = F.nll_loss,
+) -> EvalResult:
+    """Accuracy and mean loss of ``model`` on ``(inputs, targets)`` batches (a ``DataLoader``
+    over a test ``Dataset``, say); :func:`evaluate` for data that is not one tensor."""
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    to_cl = is_channels_last(model)
+    was_training = model.training
+    model.eval()
+    try:
+        correct, n = 0, 0
+        total = torch.zeros((), dtype=torch.float64)
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if to_cl and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            total += loss_fn(out, y, reduction="sum").to(torch.float64).cpu()
+            correct += int((out.argmax(dim=1) == y).sum())
+            n += len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("no test batch")
     return EvalResult(correct / n, float(total) / n)

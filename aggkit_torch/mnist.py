@@ -2,6 +2,14 @@
 
     python -m aggkit_torch.mnist --aggregator robust
 
+``--dataset fashion_mnist``, ``emnist`` (the balanced split, 47 classes) or ``cifar10`` trains on
+that dataset through torchvision instead (``pip install -e ".[vision]"``; downloaded by
+torchvision into the data directory unless ``--no-download``): the MNIST CNN for the 28x28
+ones, :class:`~aggkit_torch.models.CifarResNet` (BatchNorm) for CIFAR-10. The transforms
+(``ToTensor`` and ``Normalize``) are applied once and the examples held in memory, so every
+dataset trains on the fast path. ``--device`` picks where clients train (``cpu``, ``cuda``,
+``mps`` or ``auto``).
+
 Reads MNIST from ``--data``, else ``$AGGKIT_DATA``, else the per-user cache ``~/.cache/aggkit``,
 downloading it once into the cache when none has it (``--no-download`` refuses), splits the
 training set over ``--clients`` clients (IID, Dirichlet label skew or shards), and runs federated
@@ -60,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "local_epochs": 1,
     "batch_size": 64,
     "lr": 0.01,
-    "server_lr": 1.0,
+    "server_lr": None,  # the server optimizer's (FedAvgConfig.server_lr)
     "server_momentum": 0.0,
     "sampling": "fixed_size",
     "weighting": "capped",
@@ -138,12 +146,26 @@ def make_aggregator(name: str, args: argparse.Namespace) -> ak.Factory:
 def _default(name: str, text: str) -> str:
     """``text`` with the option's defaults, for every aggregator and for dp when they differ."""
     plain, dp = DEFAULTS[name], DP_DEFAULTS[name]
-    shown = "all clients, at most 10" if name == "clients_per_round" else plain
+    shown = {
+        "clients_per_round": "all clients, at most 10",
+        "server_lr": "1.0 for sgd and adam, Flower's 0.1 for adagrad and 0.01 for yogi",
+    }.get(name, plain)
     if name == "sampling":
         return f"{text} (default: {shown}; with dp or distributed-dp: {dp}; with dp-ftrl: epochs)"
     if plain == dp:
         return f"{text} (default: {shown})"
     return f"{text} (default: {shown}; with a private aggregator: {dp})"
+
+
+def _choice(parser: argparse.ArgumentParser):
+    """``choice(flag, choices, text)``: an option whose default is its first choice."""
+
+    def choice(flag: str, choices: tuple[str, ...], text: str) -> None:
+        parser.add_argument(
+            flag, choices=choices, default=choices[0], help=f"{text} (default: {choices[0]})"
+        )
+
+    return choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,15 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help=_default("lr", "client learning rate"))
     add("--momentum", type=float, default=0.5, help="client SGD momentum (default: 0.5)")
     add(
+        "--proximal-mu",
+        type=float,
+        default=0.0,
+        help="FedProx: the clients' proximal term mu / 2 * ||w - w_global||^2 (default: 0, off)",
+    )
+    choice = _choice(parser)
+    choice(
+        "--buffers",
+        ("aggregate", "local"),
+        "floating buffers (BatchNorm statistics): aggregated with the parameters, or kept on "
+        "the clients as FedBN does",
+    )
+    add(
         "--server-optimizer",
-        choices=("sgd", "adam"),
+        choices=("sgd", "adam", "adagrad", "yogi"),
         default="sgd",
-        help="how the aggregate updates the global model (default: sgd)",
+        help="how the aggregate updates the global model: sgd (FedAvg, with momentum FedAvgM), "
+        "adam (FedAdam), Flower's FedAdagrad or FedYogi (default: sgd)",
     )
     add(
         "--server-lr",
         type=float,
-        help=_default("server_lr", "server learning rate; 1.0 with sgd is FedAvg"),
+        help=_default("server_lr", "server learning rate; 1.0 with sgd is FedAvg")
+        + " (dp's 2.0 is for sgd)",
     )
     add("--server-momentum", type=float, help=_default("server_momentum", "server SGD momentum"))
     add(
@@ -268,11 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="for --aggregator trimmed_mean (default: the rule's default)",
     )
-    add("--data", type=str, default=None, help="directory holding MNIST/raw (default: search)")
+    choice(
+        "--dataset",
+        ("mnist", "fashion_mnist", "emnist", "cifar10"),
+        "training data: mnist from its IDX files, the others through torchvision",
+    )
+    choice(
+        "--device",
+        ("cpu", "cuda", "mps", "auto"),
+        "where clients train: auto is cuda, else mps, else cpu",
+    )
+    add(
+        "--data",
+        type=str,
+        default=None,
+        help="directory holding MNIST/raw, or torchvision's files of --dataset "
+        "(default: $AGGKIT_DATA, else ~/.cache/aggkit)",
+    )
     add(
         "--no-download",
         action="store_true",
-        help="fail instead of downloading MNIST (into ~/.cache/aggkit) when it is not found",
+        help="fail instead of downloading the dataset (into ~/.cache/aggkit, or --data for "
+        "torchvision's) when it is not found",
     )
     add(
         "--train-subset",
@@ -322,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.aggregator == "dp-ftrl":
         defaults = {**defaults, "sampling": "epochs"}
     for name, value in defaults.items():
+        if name == "server_lr" and args.server_optimizer != "sgd":
+            value = None  # dp's 2.0 is an SGD learning rate; others take their own default
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.clients_per_round is None:
@@ -365,6 +421,8 @@ def fedavg_config(args: argparse.Namespace):
         batch_size=args.batch_size,
         client_lr=args.lr,
         client_momentum=args.momentum,
+        proximal_mu=args.proximal_mu,
+        buffers=args.buffers,
         server_optimizer=args.server_optimizer,
         server_lr=args.server_lr,
         server_momentum=args.server_momentum,
@@ -420,21 +478,48 @@ def plot_accuracy(history: list[dict[str, Any]], path: Path, title: str) -> None
     plt.close(fig)
 
 
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """``(train_images, train_labels, test_images, test_labels)`` of ``--dataset``: MNIST from
+    its IDX files (:func:`aggkit_torch.data.load_mnist`), the others through torchvision, their
+    transforms applied once (:func:`aggkit_torch.vision.to_tensors`)."""
+    import os
+
+    from aggkit_torch import data
+
+    if args.dataset == "mnist":
+        mnist = data.load_mnist(args.data, download=not args.no_download)
+        return mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels
+    from aggkit_torch import vision
+
+    root = args.data or os.environ.get(data.ENV_VAR) or str(data.mnist_search_paths()[0])
+    download = not args.no_download
+    train = vision.to_tensors(vision.load(args.dataset, root, train=True, download=download))
+    test = vision.to_tensors(vision.load(args.dataset, root, train=False, download=download))
+    return (*train, *test)
+
+
+def make_model(dataset: str) -> Any:
+    """The model of ``--dataset``: the MNIST CNN, or a small ResNet for CIFAR-10."""
+    from aggkit_torch.models import CifarResNet, MnistCNN
+    from aggkit_torch.vision import NUM_CLASSES
+
+    if dataset == "cifar10":
+        return CifarResNet(NUM_CLASSES[dataset])
+    return MnistCNN(NUM_CLASSES[dataset])
+
+
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     import torch
 
-    from aggkit_torch import data
     from aggkit_torch.attacks import Attack
     from aggkit_torch.checkpoint import CheckpointError
     from aggkit_torch.federated import FederatedTrainer
     from aggkit_torch.local_training import configure_threads
-    from aggkit_torch.models import MnistCNN
 
     configure_threads(args.threads)
     torch.manual_seed(args.seed)
-    mnist = data.load_mnist(args.data, download=not args.no_download)
-    train_images, train_labels = mnist.train_images, mnist.train_labels
+    train_images, train_labels, test_images, test_labels = load_data(args)
     if args.train_subset is not None:
         train_images = train_images[: args.train_subset]
         train_labels = train_labels[: args.train_subset]
@@ -442,15 +527,16 @@ def main(argv: list[str] | None = None) -> float:
     config = fedavg_config(args)
     attack = Attack(args.attack, args.malicious, seed=args.seed)
     trainer = FederatedTrainer(
-        MnistCNN(),
+        make_model(args.dataset),
         make_aggregator(args.aggregator, args),
         train_images,
         train_labels,
         parts,
-        mnist.test_images,
-        mnist.test_labels,
+        test_images,
+        test_labels,
         config=config,
         update_transform=None if args.attack == "none" else attack,
+        device=args.device,
     )
     if args.checkpoint is not None and args.checkpoint.exists():
         try:
@@ -464,7 +550,7 @@ def main(argv: list[str] | None = None) -> float:
         "epochs": "(each client once per epoch)",
     }[args.sampling]
     print(
-        f"federated MNIST: {args.aggregator} aggregator, {args.clients} clients "
+        f"federated {args.dataset}: {args.aggregator} aggregator, {args.clients} clients "
         f"({args.partition}), {args.clients_per_round} per round {per_round}, {args.rounds} rounds"
     )
     if args.aggregator in PRIVATE:
@@ -495,7 +581,9 @@ def main(argv: list[str] | None = None) -> float:
         summary.update(epsilon=last["epsilon"], delta=last["delta"], sampling=last["sampling"])
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=1))
     plot_accuracy(
-        trainer.history, args.out / "accuracy.png", f"federated MNIST, {args.aggregator} aggregator"
+        trainer.history,
+        args.out / "accuracy.png",
+        f"federated {args.dataset}, {args.aggregator} aggregator",
     )
     print(f"metrics: {args.out / 'metrics.json'}, plot: {args.out / 'accuracy.png'}")
     if "epsilon" in summary:

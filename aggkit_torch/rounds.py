@@ -57,6 +57,8 @@ import aggkit as ak
 __all__ = [
     "MAX_EXAMPLES",
     "WEIGHTINGS",
+    "FedAdagrad",
+    "FedYogi",
     "Outcome",
     "Round",
     "RoundCore",
@@ -428,14 +430,28 @@ def server_step(
     optimizer: torch.optim.Optimizer,
     named_params: Iterable[tuple[str, torch.Tensor]],
     update: dict[str, np.ndarray],
+    buffers: Iterable[tuple[str, torch.Tensor]] = (),
 ) -> bool:
     """One server-optimizer step with the aggregate ``update`` (``{name: array}``) as gradient.
 
     SGD with learning rate 1.0 is FedAvg (the update is ``global - average trained``), with
-    momentum FedAvgM, Adam FedAdam. If the step would leave a parameter non-finite, the
-    parameters and the optimizer state are restored and False is returned: nothing changed.
+    momentum FedAvgM, Adam FedAdam; :class:`FedAdagrad` and :class:`FedYogi` are Flower's.
+    ``buffers`` (BatchNorm running statistics) take the aggregate as it is, ``buffer - update``
+    (the clients' average under a mean), never the optimizer's step: momentum or an adaptive
+    step has no meaning for a running statistic. Each gradient and buffer is cast to its
+    tensor's dtype (and copied to its device, one transfer per tensor).
+
+    If the step would leave a parameter or buffer non-finite, the parameters, the buffers and the
+    optimizer state are restored and False is returned: nothing changed.
     """
     params = list(named_params)
+    new_buffers = []
+    for name, buffer in buffers:
+        with torch.no_grad():
+            value = buffer - _gradient(buffer, update[name])
+        if not _tensor_finite(value):
+            return False
+        new_buffers.append((buffer, value))
     saved_params = [_snapshot(p) for _, p in params]
     saved_state = copy.deepcopy(optimizer.state_dict())
     optimizer.zero_grad(set_to_none=True)
@@ -445,9 +461,100 @@ def server_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if all(_tensor_finite(p) for _, p in params):
+        with torch.no_grad():
+            for buffer, value in new_buffers:
+                buffer.copy_(value)
         return True
     with torch.no_grad():
         for (_, p), saved in zip(params, saved_params, strict=True):
             p.copy_(saved)
     optimizer.load_state_dict(saved_state)
     return False
+
+
+class _FedOpt(torch.optim.Optimizer):
+    """Flower's adaptive server optimizers (``flwr.serverapp.strategy.FedOpt``), as torch
+    optimizers whose gradient is the round's update ``g = global - aggregate``.
+
+    Flower's pseudo-gradient is ``delta = aggregate - global = -g``; per parameter, with ``m``
+    and ``v`` starting at zero and no bias correction (as in Flower)::
+
+        m = beta1 * m + (1 - beta1) * delta
+        v = v + delta**2                                          (FedAdagrad)
+        v = v - (1 - beta2) * delta**2 * sign(v - delta**2)       (FedYogi)
+        w = w + lr * m / (sqrt(v) + tau)
+    """
+
+    _rule = ""
+
+    def __init__(self, params, lr: float, beta1: float, beta2: float, tau: float):
+        for name, value, low, high in (
+            ("lr", lr, 0.0, math.inf),
+            ("beta1", beta1, 0.0, 1.0),
+            ("beta2", beta2, 0.0, 1.0),
+            ("tau", tau, 0.0, math.inf),
+        ):
+            if not (low <= value < high) or (name in ("lr", "tau") and value == 0):
+                raise ValueError(f"{type(self).__name__}: {name} out of range: {value!r}")
+        super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "tau": tau})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        if closure is not None:
+            raise ValueError(f"{type(self).__name__} takes no closure")
+        for group in self.param_groups:
+            lr, beta1, beta2, tau = group["lr"], group["beta1"], group["beta2"], group["tau"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                delta = -p.grad
+                state = self.state[p]
+                if not state:
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                m, v = state["m"], state["v"]
+                m.mul_(beta1).add_(delta, alpha=1 - beta1)
+                square = delta * delta
+                if self._rule == "adagrad":
+                    v.add_(square)
+                else:
+                    v.sub_((1 - beta2) * square * torch.sign(v - square))
+                p.add_(lr * m / (v.sqrt() + tau))
+
+
+class FedAdagrad(_FedOpt):
+    """Flower's FedAdagrad (Reddi et al. 2021) with Flower's defaults: ``lr`` (Flower's
+    ``eta``) 0.1, ``tau`` 1e-3, ``beta1`` 0 (Flower fixes it: ``m`` is the last update).
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = FedAdagrad([w])
+    >>> w.grad = torch.tensor([-0.5])  # the clients moved +0.5: delta = 0.5
+    >>> opt.step()
+    >>> round(float(w), 6)  # 1 + 0.1 * 0.5 / (sqrt(0.25) + 1e-3)
+    1.0998
+    """
+
+    _rule = "adagrad"
+
+    def __init__(self, params, lr: float = 0.1, tau: float = 1e-3, beta1: float = 0.0):
+        super().__init__(params, lr=lr, beta1=beta1, beta2=0.0, tau=tau)
+
+
+class FedYogi(_FedOpt):
+    """Flower's FedYogi (Reddi et al. 2021) with Flower's defaults: ``lr`` (``eta``) 0.01,
+    ``beta1`` 0.9, ``beta2`` 0.99, ``tau`` 1e-3.
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = FedYogi([w])
+    >>> w.grad = torch.tensor([-0.5])  # delta 0.5: m = 0.05, v = 0.01 * 0.25
+    >>> opt.step()
+    >>> round(float(w), 6)  # 1 + 0.01 * 0.05 / (0.05 + 1e-3)
+    1.009804
+    """
+
+    _rule = "yogi"
+
+    def __init__(
+        self, params, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ):
+        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, tau=tau)

@@ -34,7 +34,7 @@ DOCS = ROOT / "docs"
 TUTORIALS = DOCS / "tutorials"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "figures" not in p.relative_to(DOCS).parts)
 SKIP_MARK = "<!-- docs-test: skip -->"
-OPTIONAL_MODULES = {"flwr", "torch", "dp_accounting", "cryptography", "matplotlib"}
+OPTIONAL_MODULES = {"flwr", "torch", "torchvision", "dp_accounting", "cryptography", "matplotlib"}
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     re.M | re.S,

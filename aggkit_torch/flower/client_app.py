@@ -122,7 +122,7 @@ def train(message: Message, context: Context) -> Message:
     import torch
 
     from aggkit_torch.federated import seed_of
-    from aggkit_torch.local_training import train_local
+    from aggkit_torch.local_training import proximal_term, train_local
 
     args, mnist, partition, _ = _setup(context)
     settings = _train_config(message)
@@ -134,17 +134,18 @@ def train(message: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(
         seed_of(settings["seed"], settings["round"] - 1, partition)
     )
-    result = train_local(
-        model,
-        optimizer,
-        mnist.train_images,
-        mnist.train_labels,
-        indices,
-        epochs=settings["epochs"],
-        steps=settings["steps"],
-        batch_size=settings["batch_size"],
-        generator=generator,
-    )
+    with proximal_term(model, settings["proximal_mu"]):  # FedProx; mu 0: nothing
+        result = train_local(
+            model,
+            optimizer,
+            mnist.train_images,
+            mnist.train_labels,
+            indices,
+            epochs=settings["epochs"],
+            steps=settings["steps"],
+            batch_size=settings["batch_size"],
+            generator=generator,
+        )
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.mean_loss})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content, reply_to=message)

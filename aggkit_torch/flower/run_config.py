@@ -6,8 +6,9 @@ keys are the long options of the main job (``aggregator``, ``clients``, ``rounds
 ``local-steps``, ...) and are read by the main job's own parser (:func:`mnist_args`), so a
 Flower run and ``python -m aggkit_torch.mnist`` given the same options train the same model.
 TOML has no null: ``0`` or ``""`` stands for "not set" where the command line's default is
-None (``clients-per-round``, ``local-steps``, ``weighting``, ``sampling``, ``target-epsilon``,
-``num-byzantine``, ``trim-fraction``, ``data``, ``train-subset``, ``threads``). The main job's
+None (``clients-per-round``, ``server-lr``, ``local-steps``, ``weighting``, ``sampling``,
+``target-epsilon``, ``num-byzantine``, ``trim-fraction``, ``data``, ``train-subset``,
+``threads``). The main job's
 simulated attacks (``attack``, ``malicious``) act inside its in-process trainer and are not
 run-config keys.
 
@@ -64,8 +65,10 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "batch-size": 64,
     "lr": 0.01,
     "momentum": 0.5,
+    "proximal-mu": 0.0,
+    "buffers": "aggregate",
     "server-optimizer": "sgd",
-    "server-lr": 1.0,
+    "server-lr": 0.0,
     "server-momentum": 0.0,
     "weighting": "",
     "weight-cap": 4.0,
@@ -97,6 +100,7 @@ FLOWER_KEYS = ("server-eval", "fraction-evaluate", "out", "round-timeout")
 # Values that mean "not set" (the command line's default, None, has no TOML spelling).
 _UNSET = {
     "clients-per-round": 0,
+    "server-lr": 0.0,
     "local-steps": 0,
     "weighting": "",
     "num-byzantine": 0,
@@ -161,6 +165,7 @@ def client_train_config(config: FedAvgConfig) -> dict[str, int | float | bool]:
         "batch-size": config.batch_size,
         "client-lr": float(config.client_lr),
         "client-momentum": float(config.client_momentum),
+        "proximal-mu": float(config.proximal_mu),
         "channels-last": CHANNELS_LAST_DEFAULT if channels_last is None else bool(channels_last),
     }
 
@@ -175,6 +180,8 @@ def client_train_settings(record: Mapping[str, Any]) -> dict[str, Any]:
             "batch_size": int(record["batch-size"]),
             "lr": float(record["client-lr"]),
             "momentum": float(record["client-momentum"]),
+            # Flower's FedProx key; absent (a strategy that sends none): no proximal term.
+            "proximal_mu": float(record.get("proximal-mu", 0.0)),
             "channels_last": bool(record["channels-last"]),
         }
     except KeyError as error:

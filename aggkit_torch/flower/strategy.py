@@ -117,8 +117,10 @@ class AggkitStrategy(FedAvg):
     Parameters
     ----------
     aggregator : aggkit.Factory
-        Weighted (given client weights) or unweighted (given none); created for the structure
-        of the first global ``ArrayRecord`` (every array must be floating point).
+        Weighted (given client weights) or unweighted (given none); created for the floating
+        arrays of the first global ``ArrayRecord`` (float16, float32 or float64). Integer arrays
+        (``num_batches_tracked``) are never aggregated: the server keeps its own value, as
+        :class:`~aggkit_torch.federated.FederatedTrainer` does.
     config : FedAvgConfig, optional
         Clients per round, client weighting, server optimizer, and the client-side training
         the strategy sends to clients (the same object drives :class:`FederatedTrainer`).
@@ -132,6 +134,13 @@ class AggkitStrategy(FedAvg):
         As for :class:`flwr.serverapp.strategy.FedAvg` (federated evaluation is FedAvg's).
     query_timeout : float, default 600
         Seconds to wait for the nodes' answers to the partition query.
+    buffer_keys : collection of str, optional
+        The keys of the global ``ArrayRecord`` that are buffers, not parameters (default: those
+        ending in ``running_mean`` or ``running_var``, BatchNorm's statistics;
+        :func:`aggkit_torch.params.buffer_names` lists a model's). With ``config.buffers=
+        "aggregate"`` they are aggregated and set to ``buffer - update`` (no server optimizer
+        step); with ``"local"`` (FedBN) they are not aggregated and the server's stay as they
+        are (the clients' values are ignored).
     partition_sizes : sequence of int, optional
         The number of training examples of each partition, if the server knows them (index:
         partition id). They fix ``num-partitions`` and, under ``client_weighting="capped"``,
@@ -173,6 +182,7 @@ class AggkitStrategy(FedAvg):
         evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
         query_timeout: float = 600.0,
         partition_sizes: Sequence[int] | None = None,
+        buffer_keys: Iterable[str] | None = None,
     ):
         if not isinstance(aggregator, ak.Factory):
             raise TypeError(f"aggregator must be an aggkit factory, got {aggregator!r}")
@@ -226,7 +236,12 @@ class AggkitStrategy(FedAvg):
             ]
             if not self.trusted_examples:
                 raise ValueError("partition_sizes must not be empty")
+        self.buffer_keys = None if buffer_keys is None else frozenset(map(str, buffer_keys))
         self.layout: ak.Layout | None = None
+        self._keys: list[str] = []  # the global ArrayRecord's keys, in order
+        self._kept: dict[str, np.ndarray] = {}  # arrays the server keeps (not aggregated)
+        self._aggregated: list[str] = []  # the keys aggkit aggregates, in order
+        self._buffers: dict[str, torch.Tensor] = {}  # aggregated buffers (no optimizer step)
         self.process: ak.AggregationProcess | None = None
         self.aggregator_state: Any = None
         self.history: list[dict[str, Any]] = []
@@ -281,41 +296,65 @@ class AggkitStrategy(FedAvg):
         if self.layout is None:
             self._start(structure)
         assert self.layout is not None
-        self._global = self.layout.flatten(structure)
+        if list(structure) != self._keys:
+            raise ValueError(
+                f"the global arrays' keys changed: {list(structure)}, first {self._keys}"
+            )
+        self._global = self.layout.flatten({key: structure[key] for key in self._aggregated})
         with torch.no_grad():
-            for key, p in self._params.items():
-                p.copy_(torch.from_numpy(np.ascontiguousarray(structure[key])))
+            for tensors in (self._params, self._buffers):
+                for key, t in tensors.items():
+                    t.copy_(torch.from_numpy(np.ascontiguousarray(structure[key])))
+        self._kept = {key: structure[key] for key in self._kept}
+
+    def _is_buffer(self, key: str) -> bool:
+        if self.buffer_keys is not None:
+            return key in self.buffer_keys
+        return key.endswith(("running_mean", "running_var"))
 
     def _start(self, structure: dict[str, np.ndarray]) -> None:
+        aggregated, kept = {}, {}
         for key, array in structure.items():
-            if array.dtype.kind != "f":
+            if array.dtype.kind not in "fiub":
                 raise TypeError(
-                    f"global array {key!r} is {array.dtype}; aggkit aggregates floating-point "
-                    "arrays (keep integer buffers out of the ArrayRecord)"
+                    f"global array {key!r} is {array.dtype}; aggkit aggregates float16, float32 "
+                    "and float64 arrays (integer ones stay the server's)"
                 )
-        layout = ak.Layout({k: ak.TensorSpec(a.shape, a.dtype) for k, a in structure.items()})
+            local = self.config.buffers == "local" and self._is_buffer(key)
+            (kept if array.dtype.kind != "f" or local else aggregated)[key] = array
+        if not aggregated:
+            raise TypeError("the global ArrayRecord has no floating-point array to aggregate")
+        layout = ak.Layout({k: ak.TensorSpec(a.shape, a.dtype) for k, a in aggregated.items()})
         process = self.aggregator.create(layout)
         state = process.initialize()
-        params = {
-            k: torch.nn.Parameter(torch.from_numpy(np.array(a, copy=True)))
-            for k, a in structure.items()
-        }
+        tensors = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in aggregated.items()}
+        params = {k: torch.nn.Parameter(t) for k, t in tensors.items() if not self._is_buffer(k)}
+        self._buffers = {k: t for k, t in tensors.items() if self._is_buffer(k)}
+        self._keys, self._kept, self._aggregated = list(structure), kept, list(aggregated)
         optimizer = make_server_optimizer(params.values(), self.config)
         core = RoundCore(
             process, weighting=self.config.client_weighting, weight_cap=self.config.weight_cap
         )
         self.layout, self.process, self.aggregator_state = layout, process, state
-        self._decoder = RowDecoder(list(structure), layout)
+        self._decoder = RowDecoder(list(aggregated), layout)
         self._params, self.server_optimizer, self._core = params, optimizer, core
 
     def _apply(self, update: dict[str, np.ndarray]) -> ArrayRecord | None:
         """One server-optimizer step with ``update`` as the gradient: the new global arrays, or
         None (and nothing changed) if the step would make them non-finite."""
         assert self.server_optimizer is not None
-        if not server_step(self.server_optimizer, self._params.items(), update):
+        if not server_step(
+            self.server_optimizer, self._params.items(), update, self._buffers.items()
+        ):
             return None
-        # Array serializes at once (np.save into its bytes): no copy of the parameters first.
-        return ArrayRecord({k: Array(p.detach().numpy()) for k, p in self._params.items()})
+        # Array serializes at once (np.save into its bytes): no copy of the tensors first.
+        values = {**self._params, **self._buffers}
+        return ArrayRecord(
+            {
+                k: Array(values[k].detach().numpy() if k in values else self._kept[k])
+                for k in self._keys
+            }
+        )
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -610,8 +649,7 @@ class AggkitStrategy(FedAvg):
             # model's .npy form (the usual case), else through Array.numpy() and the layout.
             finite = self._decoder.update_into(record, self._global, row)  # type: ignore
             if finite is None:
-                arrays = {key: array.numpy() for key, array in record.items()}
-                self.layout.flatten(arrays, out=row)  # type: ignore[union-attr]
+                self.layout.flatten(self._reply_arrays(record), out=row)  # type: ignore[union-attr]
                 np.subtract(self._global, row, out=row)
         except ak.InvalidUpdateError as error:
             return self._drop(rnd, label, node, partition, _reason(error))
@@ -637,6 +675,16 @@ class AggkitStrategy(FedAvg):
                 f"{self.arrayrecord_key!r}"
             )
         return record
+
+    def _reply_arrays(self, record: ArrayRecord) -> dict[str, np.ndarray]:
+        """The arrays aggkit aggregates from a reply's record (the general, decoding path)."""
+        if self._kept:  # arrays the server keeps: checked to be there, never read
+            if set(record) != set(self._keys):
+                raise ak.InvalidUpdateError(
+                    f"replied with array keys {sorted(record)}; expected {sorted(self._keys)}"
+                )
+            return {key: record[key].numpy() for key in self._aggregated}
+        return {key: array.numpy() for key, array in record.items()}
 
     def _client_metrics(self, contents: list[RecordDict], rnd: Round) -> MetricRecord:
         """The admitted clients' own metrics, averaged with the weights the round used.

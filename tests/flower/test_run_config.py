@@ -36,6 +36,8 @@ def test_defaults_are_the_main_jobs():
 def test_every_main_job_option_is_a_run_config_key():
     options = {name.replace("_", "-") for name in vars(mnist.parse_args([]))}
     not_for_flower = {"out", "checkpoint", "no-progress", "no-download", "attack", "malicious"}
+    # The Flower apps are the MNIST apps: the MNIST CNN on MNIST, on each node's CPU.
+    not_for_flower |= {"dataset", "device"}
     assert options - not_for_flower == set(RUN_CONFIG) - set(FLOWER_KEYS)
 
 
@@ -68,7 +70,9 @@ def test_bad_values_are_value_errors(config, message):
 
 def test_client_train_config_round_trips():
     pytest.importorskip("torch")
-    args = mnist_args({"local-steps": 4, "batch-size": 16, "lr": 0.2, "momentum": 0.0})
+    args = mnist_args(
+        {"local-steps": 4, "batch-size": 16, "lr": 0.2, "momentum": 0.0, "proximal-mu": 0.01}
+    )
     settings = client_train_settings(client_train_config(fedavg_config(args)))
     assert settings == {
         "seed": 0,
@@ -77,6 +81,7 @@ def test_client_train_config_round_trips():
         "batch_size": 16,
         "lr": 0.2,
         "momentum": 0.0,
+        "proximal_mu": 0.01,
         "channels_last": True,
     }
     with pytest.raises(KeyError, match="lacks 'seed'"):

@@ -50,11 +50,8 @@ def _update(partition: int) -> dict[str, np.ndarray]:
     }
 
 
-def _scripted_app(replies=None, *, examples=lambda p: 10 * (p + 1)) -> ClientApp:
-    """A ClientApp whose node with partition p trains to ``global - _update(p)``.
-
-    ``replies`` maps a partition to a function building its reply's (arrays, metrics) instead.
-    """
+def _answering_partition_queries() -> ClientApp:
+    """A ClientApp that answers the partition query from its node config (add ``train``)."""
     app = ClientApp()
 
     @app.query("partition")
@@ -64,6 +61,16 @@ def _scripted_app(replies=None, *, examples=lambda p: 10 * (p + 1)) -> ClientApp
             {"partition-id": config["partition-id"], "num-partitions": config["num-partitions"]}
         )
         return Message(RecordDict({"partition": record}), reply_to=message)
+
+    return app
+
+
+def _scripted_app(replies=None, *, examples=lambda p: 10 * (p + 1)) -> ClientApp:
+    """A ClientApp whose node with partition p trains to ``global - _update(p)``.
+
+    ``replies`` maps a partition to a function building its reply's (arrays, metrics) instead.
+    """
+    app = _answering_partition_queries()
 
     @app.train()
     def train(message: Message, context) -> Message:
@@ -331,10 +338,10 @@ def test_a_reply_from_a_node_not_sampled_or_twice_is_dropped():
     assert reasons == {"replied more than once", "was not sampled this round"}
 
 
-def test_integer_global_arrays_are_refused():
+def test_complex_global_arrays_are_refused():
     strategy = _strategy()
-    arrays = _arrays({**GLOBAL, "steps": np.array([3], np.int64)})
-    with pytest.raises(TypeError, match="'steps' is int64"):
+    arrays = _arrays({**GLOBAL, "z": np.array([1j], np.complex64)})
+    with pytest.raises(TypeError, match="'z' is complex64"):
         strategy.configure_train(1, arrays, ConfigRecord(), _grid(_scripted_app()))
 
 
