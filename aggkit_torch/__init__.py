@@ -3,7 +3,9 @@
 Submodules load on first use, so ``import aggkit_torch`` does not import torch:
 
 - :mod:`aggkit_torch.data`: MNIST from its IDX files, client partitions;
-- :mod:`aggkit_torch.models`: the MNIST CNN;
+- :mod:`aggkit_torch.client_data`: clients as Datasets, partitions of one, DataLoader factories;
+- :mod:`aggkit_torch.vision`: torchvision's MNIST, Fashion-MNIST, EMNIST and CIFAR-10;
+- :mod:`aggkit_torch.models`: the MNIST CNN and a small ResNet with BatchNorm;
 - :mod:`aggkit_torch.local_training`: the fast client step and evaluation;
 - :mod:`aggkit_torch.params`: views between model parameters and aggkit structures;
 - :mod:`aggkit_torch.federated`: the federated-averaging trainer;
@@ -20,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "checkpoint",
+    "client_data",
     "data",
     "federated",
     "local_training",
@@ -27,6 +30,7 @@ __all__ = [
     "models",
     "params",
     "rounds",
+    "vision",
 ]
 
 _SUBMODULES = frozenset(__all__)

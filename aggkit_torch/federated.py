@@ -486,7 +486,7 @@ class FederatedTrainer:
             clients_per_round=self.config.clients_per_round,
             population=len(self.client_names),
             delta=self.config.delta,
-            rounds_per_epoch=len(self.partitions) // self.config.clients_per_round,
+            rounds_per_epoch=len(self.client_names) // self.config.clients_per_round,
         )
         self.round = 0
         self.history: list[dict[str, Any]] = []

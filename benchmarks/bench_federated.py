@@ -4,8 +4,11 @@ The setting: the MNIST CNN on real MNIST, 100 IID clients, 10 per round, one loc
 (6,000 samples a round), batch 64, SGD lr 0.01 momentum 0.5, channels_last, with
 ``robust_aggregator``. The baselines train the same CNN on the same in-memory data with the same
 batch size, optimizer and memory format: ``plain`` (an index-sliced loop over one tensor) and
-``dataloader`` (the PySyft tutorial's DataLoader with per-sample transforms). Passes are
-interleaved and each keeps its best, so a machine shared with other jobs slows all of them alike.
+``dataloader`` (the PySyft tutorial's DataLoader with per-sample transforms). With torchvision
+installed, a second pair: the federated trainer on the torchvision dataset itself
+(``clients=partition_dataset(datasets.MNIST(transform=...), parts)``, per-sample transforms
+through a DataLoader) against that same tutorial DataLoader. Passes are interleaved and each
+keeps its best, so a machine shared with other jobs slows all of them alike.
 
 Script (the figures for the docs)::
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +40,7 @@ if not __package__:  # run as a script: the repository root holds the benchmarks
 torch = pytest.importorskip("torch")
 
 import aggkit as ak  # noqa: E402
+from aggkit_torch.client_data import partition_dataset  # noqa: E402
 from aggkit_torch.data import find_mnist_root, load_mnist, partition_iid  # noqa: E402
 from aggkit_torch.federated import FedAvgConfig, FederatedTrainer  # noqa: E402
 from aggkit_torch.local_training import configure_threads  # noqa: E402
@@ -58,19 +63,32 @@ PRESETS = {
 
 
 def federated_round(
-    mnist, preset: str, *, clients: int, per_round: int, subset: int | None = None, seed: int = 0
+    mnist,
+    preset: str,
+    *,
+    clients: int,
+    per_round: int,
+    subset: int | None = None,
+    seed: int = 0,
+    dataset: torch.utils.data.Dataset | None = None,
 ):
-    """A function running one timed federated round (no evaluation); returns samples trained."""
+    """A function running one timed federated round (no evaluation); returns samples trained.
+
+    With ``dataset`` (MNIST as a torchvision dataset) the clients are its partitions, read
+    through DataLoaders with its per-sample transforms, instead of the in-memory tensors.
+    """
     images, labels = mnist.train_images, mnist.train_labels
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
+    parts = partition_iid(labels, clients, seed=seed)
+    data = {"train_images": images, "train_labels": labels, "partitions": parts}
+    if dataset is not None:
+        data = {"clients": partition_dataset(dataset, parts)}
     torch.manual_seed(seed)
     trainer = FederatedTrainer(
         MnistCNN(),
         PRESETS[preset](),
-        images,
-        labels,
-        partition_iid(labels, clients, seed=seed),
+        **data,
         config=FedAvgConfig(
             clients_per_round=per_round,
             seed=seed,
@@ -83,9 +101,7 @@ def federated_round(
     def one_round() -> int:
         metrics = trainer.run_round()
         one_round.last = metrics
-        return sum(
-            len(trainer.partitions[trainer.client_names.index(c)]) for c in metrics["clients"]
-        )
+        return sum(len(parts[trainer.client_names.index(c)]) for c in metrics["clients"])
 
     one_round.last = None
     return one_round
@@ -107,7 +123,9 @@ def _interleave(passes: dict, budget: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for the comparison")
-    parser.add_argument("--preset-rounds", type=int, default=3, help="timed rounds per preset")
+    parser.add_argument(
+        "--preset-rounds", type=int, default=3, help="timed rounds per preset (0: no preset table)"
+    )
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
@@ -123,14 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     dataset, kind = tutorial_dataset(root)
     tutorial = dataloader_pass(dataset, channels_last=True, num_samples=samples)
-    best = _interleave(
-        {
-            "federated (robust)": federated,
-            "plain PyTorch": plain,
-            f"tutorial DataLoader ({kind})": tutorial,
-        },
-        args.budget,
-    )
+    passes = {
+        "federated (robust)": federated,
+        "plain PyTorch": plain,
+        f"tutorial DataLoader ({kind})": tutorial,
+    }
+    if kind == "torchvision":  # both sides on the torchvision dataset and its transforms
+        passes["federated (robust), torchvision dataset"] = federated_round(
+            mnist, "robust", clients=args.clients, per_round=args.per_round, dataset=dataset
+        )
+    load_before = os.getloadavg()
+    best = _interleave(passes, args.budget)
+    load_after = os.getloadavg()
     plain_rate = best["plain PyTorch"]
     lines = [
         f"### Federated training throughput ({args.clients} clients, {args.per_round} per round, "
@@ -141,6 +163,20 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for name, rate in best.items():
         lines.append(f"| {name} | {rate:,.0f} | {plain_rate / rate:.3f}x |")
+    if kind == "torchvision":
+        pair = (
+            best[f"tutorial DataLoader ({kind})"] / best["federated (robust), torchvision dataset"]
+        )
+        lines += [
+            "",
+            f"Federated on the torchvision dataset vs the tutorial's DataLoader on it: {pair:.3f}x "
+            "time per sample.",
+        ]
+    lines += [
+        "",
+        "Load average (1, 5, 15 min) before / after the comparison: "
+        + " / ".join(", ".join(f"{x:.1f}" for x in load) for load in (load_before, load_after)),
+    ]
     lines += [
         "",
         "### Share of a round spent aggregating",
@@ -148,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         "| preset | round (s) | aggregation (s) | share |",
         "|---|---:|---:|---:|",
     ]
-    for preset in PRESETS:
+    for preset in PRESETS if args.preset_rounds > 0 else ():
         run = federated_round(mnist, preset, clients=args.clients, per_round=args.per_round)
         rounds = []
         for _ in range(args.preset_rounds):
