@@ -103,11 +103,22 @@ def _unsupported(event: Any) -> bool:
 
 
 def _reported_privacy(measurements: Any) -> dict | None:
-    """The first ``{"epsilon", "delta", ...}`` privacy entry of nested ``measurements``."""
+    """The first ``{"epsilon", "delta", ...}`` privacy entry of ``measurements``, nested
+    (``{"privacy": {...}}``) or flattened (``"privacy/epsilon"``, ``".../privacy/delta"``)."""
     if isinstance(measurements, dict):
         entry = measurements.get("privacy")
         if isinstance(entry, dict) and "epsilon" in entry and "delta" in entry:
             return entry
+        for key in measurements:
+            if isinstance(key, str) and (
+                key == "privacy/epsilon" or key.endswith("/privacy/epsilon")
+            ):
+                prefix = key[: -len("epsilon")]
+                if prefix + "delta" in measurements:
+                    return {
+                        "epsilon": measurements[key],
+                        "delta": measurements[prefix + "delta"],
+                    }
         for value in measurements.values():
             found = _reported_privacy(value)
             if found is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,15 @@ from scipy import stats
 
 import aggkit as ak
 from aggkit import privacy
+from aggkit.tree import tree_dp_event
 from aggkit_torch import mnist as mnist_cli
 from aggkit_torch.accounting import RunAccountant
-from aggkit_torch.federated import FedAvgConfig, FederatedTrainer, sample_clients
+from aggkit_torch.federated import (
+    FedAvgConfig,
+    FederatedTrainer,
+    flatten_measurements,
+    sample_clients,
+)
 from aggkit_torch.models import MnistCNN
 from aggkit_torch.params import parameters_to_vector
 
@@ -222,13 +229,14 @@ def test_dp_job_defaults_target_epsilon_and_help():
 
 
 @pytest.mark.mnist
-def test_quick_dp_job_reports_epsilon_every_round(mnist_root, tmp_path):
+@pytest.mark.parametrize("aggregator", ["dp", "dp-ftrl", "distributed-dp"])
+def test_quick_dp_job_reports_epsilon_every_round(mnist_root, tmp_path, aggregator):
     command = [
         sys.executable,
         "-m",
         "aggkit_torch.mnist",
         "--aggregator",
-        "dp",
+        aggregator,
         "--clients",
         "40",
         "--clients-per-round",
@@ -254,14 +262,27 @@ def test_quick_dp_job_reports_epsilon_every_round(mnist_root, tmp_path):
     lines = [line for line in done.stdout.splitlines() if line.startswith("round ")]
     assert len(lines) == 2
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    sampling = "epochs" if aggregator == "dp-ftrl" else "poisson"
     for t, (line, round_metrics) in enumerate(zip(lines, metrics["history"], strict=True), 1):
-        expected = privacy.epsilon(
-            mnist_cli.NOISE_MULTIPLIER, clients_per_round=20, population=40, rounds=t, delta=1e-3
-        )
+        if aggregator == "distributed-dp":  # Skellam: the papers' bound, reported by the aggregator
+            expected = round_metrics["measurements"]["privacy/epsilon"]
+            assert round_metrics["measurements"]["privacy/delta"] == 1e-3
+            assert 0 < expected < math.inf
+        elif aggregator == "dp":
+            expected = privacy.epsilon(
+                mnist_cli.NOISE_MULTIPLIER,
+                clients_per_round=20,
+                population=40,
+                rounds=t,
+                delta=1e-3,
+            )
+        else:  # epochs of 2 rounds, a tree per epoch, no amplification
+            z = mnist_cli.NOISE_MULTIPLIERS["dp-ftrl"]
+            expected = privacy.epsilon(tree_dp_event(z, t, restart_rounds=2), delta=1e-3)
         assert round_metrics["epsilon"] == pytest.approx(expected, rel=1e-12)
-        assert f"epsilon {expected:.3g} (delta 0.001, poisson)" in line
+        assert f"epsilon {expected:.3g} (delta 0.001, {sampling})" in line
     assert metrics["epsilon"] == metrics["history"][-1]["epsilon"]
-    assert metrics["delta"] == 1e-3 and metrics["sampling"] == "poisson"
+    assert metrics["delta"] == 1e-3 and metrics["sampling"] == sampling
     assert f"privacy: epsilon {metrics['epsilon']:.3f} at delta 0.001" in done.stdout
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -326,8 +347,6 @@ def test_epochs_sampling_takes_every_client_once_per_epoch():
 
 
 def test_run_accountant_takes_the_tree_event_of_the_run():
-    from aggkit.tree import tree_dp_event
-
     process = ak.tree_aggregation(1.3, 4, clip=0.5, restart_rounds=3, seed=0).create(
         ak.TensorSpec((8,), np.float32)
     )
@@ -384,6 +403,10 @@ def test_run_accountant_reports_distributed_skellams_own_epsilon():
         spent = accountant.record(state, out.measurements)
         assert spent["epsilon"] == out.measurements["privacy"]["epsilon"]
         assert accountant.rounds == t
+    # The trainer hands over flattened measurements ("privacy/epsilon"): the same number.
+    flat = RunAccountant("poisson", clients_per_round=4, population=12)
+    spent = flat.record(state, flatten_measurements(out.measurements))
+    assert spent["epsilon"] == out.measurements["privacy"]["epsilon"]
     # Skellam has no dp-accounting event: without the aggregator's own epsilon it is refused,
     # and its Poisson epsilon is no guarantee for another sampling or delta.
     with pytest.raises(ValueError, match="cannot evaluate"):
@@ -394,8 +417,6 @@ def test_run_accountant_reports_distributed_skellams_own_epsilon():
 
 
 def test_dp_ftrl_job_defaults_and_target_epsilon():
-    from aggkit.tree import tree_dp_event
-
     args = mnist_cli.parse_args(["--aggregator", "dp-ftrl"])
     assert (args.clients, args.clients_per_round, args.sampling) == (1000, 100, "epochs")
     assert (args.server_lr, args.server_momentum, args.clip) == (2.0, 0.9, mnist_cli.CLIP)
