@@ -1,0 +1,211 @@
+"""Secure aggregation on a real loopback Flower deployment: aggkit's SecAgg+ against Flower's.
+
+A SuperLink and ``--nodes`` SuperNodes run as separate processes on 127.0.0.1 (the federation of
+the deployment tests, ``tests/flower/federation.py``). On that one federation, in the same run and
+alternately, ``flwr run`` submits:
+
+- ``flower``: Flower's own SecAgg+ (``SecAggPlusWorkflow`` on its legacy API, FedAvg);
+- ``aggkit``: aggkit's SecAgg+ on Flower's message API (``SecureAggkitStrategy`` with
+  ``ak.secure_aggregator()``: adaptive zeroing and clipping, 14 secure sums packed in one
+  protocol run), honest-but-curious mode, as Flower's has no identities;
+- ``aggkit-auth``: the same in the authenticated mode (Ed25519 identities, signed keys, the
+  consistency round).
+
+The model is the MNIST CNN (431,080 float32 values); the nodes do not train (see
+``benchmarks/secagg_loopback_apps.py``), so a round is the aggregation. Same share holders and
+threshold on both sides (aggkit's default SecAgg+ graph: 11 holders and threshold 6 at 20 nodes).
+Each server reports, per round: its process's CPU time (the server's own work, all its threads),
+the round's wall time (dominated by the nodes: every message a node answers starts a fresh
+``flwr-clientapp`` process), and the bytes it sent to and received from each node.
+
+Run (about 10 minutes at 20 nodes on 2 cores)::
+
+    python benchmarks/secagg_loopback.py --nodes 20 --rounds 2 --repeats 2 \
+        --json .benchmarks/secagg-loopback.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from aggkit_torch.flower.app import _toml_value, write_app  # noqa: E402
+from tests.flower.federation import Federation  # noqa: E402
+
+APPS = "benchmarks.secagg_loopback_apps"
+VARIANTS = {
+    "flower": ("flower_server", "flower_client", "flower-secaggplus", {}),
+    "aggkit": (
+        "aggkit_server",
+        "aggkit_client",
+        "aggkit-honest-but-curious",
+        {"secagg-mode": "honest-but-curious"},
+    ),
+    "aggkit-auth": (
+        "aggkit_server",
+        "aggkit_client",
+        "aggkit-authenticated",
+        {"secagg-mode": "authenticated"},
+    ),
+}
+
+
+def write_variant_app(
+    directory: Path,
+    variant: str,
+    nodes: int,
+    rounds: int,
+    out: Path,
+    registry: Path,
+    *,
+    profile: bool = False,
+    warm_up: str = "local",
+):
+    """The app directory of one variant: its components and run config."""
+    server, client, _, extra = VARIANTS[variant]
+    path = write_app(
+        directory,
+        name=f"secagg-loopback-{variant}",
+        aggregator="secure",
+        clients=nodes,
+        clients_per_round=nodes,
+        rounds=rounds,
+        out=str(out),
+    )
+    text = path.read_text()
+    text = text.replace("aggkit_torch.flower.server_app:app", f"{APPS}:{server}")
+    text = text.replace("aggkit_torch.flower.client_app:app", f"{APPS}:{client}")
+    keys = {
+        "nodes": nodes,
+        "profile": int(profile),
+        "warm-up": warm_up,
+        "secagg-registry": str(registry),
+        "secagg-mode": "",
+        **extra,
+    }
+    text += "".join(f"{k} = {_toml_value(v)}\n" for k, v in keys.items())
+    path.write_text(text)
+    return directory
+
+
+def identities(directory: Path, nodes: int) -> tuple[Path, dict[int, str]]:
+    """A registry file and one identity file per partition."""
+    from aggkit.secure.identity import IdentityRegistry, SigningIdentity
+
+    keys = {p: SigningIdentity.generate() for p in range(nodes)}
+    paths = {}
+    for p, key in keys.items():
+        paths[p] = str(directory / f"node{p}.key")
+        key.save(paths[p])
+    registry = directory / "registry.json"
+    IdentityRegistry.of(keys).save(registry)
+    return registry, paths
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=20, help="SuperNodes (default: 20)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per run (default: 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs of each variant, alternating (default: 2)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="what to run"
+    )
+    parser.add_argument(
+        "--warm-up",
+        choices=["local", "round", "none"],
+        default="local",
+        help="how each server process warms up before its timed rounds: 'local' (the same "
+        "imports and kernels without the nodes; default), 'round' (one real untimed round), "
+        "'none'",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--profile", type=Path, help="save each server's cProfile stats in this directory"
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per flwr run")
+    args = parser.parse_args(argv)
+
+    # The SuperNodes' ClientApps import this repository's benchmarks package.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )
+    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        registry, keys = identities(tmp, args.nodes)
+        node_config = {p: f'secagg-key="{keys[p]}"' for p in range(args.nodes)}
+        with Federation(tmp / "flwr", args.nodes, node_config=node_config) as federation:
+            schedule = [(r, v) for r in range(args.repeats) for v in args.variants]
+            for repeat, variant in schedule:
+                out = tmp / f"out-{repeat}-{variant}"
+                app = write_variant_app(
+                    tmp / f"app-{variant}",
+                    variant,
+                    args.nodes,
+                    args.rounds,
+                    out,
+                    registry,
+                    profile=args.profile is not None,
+                    warm_up=args.warm_up,
+                )
+                start = time.perf_counter()
+                done = federation.run(app, f"nodes={args.nodes}", timeout=args.timeout)
+                result = out / f"{VARIANTS[variant][2]}.json"
+                if done.returncode != 0 or not result.exists():
+                    raise RuntimeError(
+                        f"{variant} failed:\n{(done.stdout + done.stderr)[-4000:]}\n"
+                        + federation.tail()
+                    )
+                figures = json.loads(result.read_text())
+                figures["load_average"] = os.getloadavg()[0]
+                print(
+                    f"{repeat} {variant}: server CPU {figures['server_cpu_s_per_round']:.3f} s, "
+                    f"wall {figures['wall_s_per_round']:.1f} s per round "
+                    f"({time.perf_counter() - start:.0f} s run, "
+                    f"load {figures['load_average']:.1f})",
+                    flush=True,
+                )
+                results[variant].append(figures)
+                if args.profile is not None and (out / f"{VARIANTS[variant][2]}.prof").exists():
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    (out / f"{VARIANTS[variant][2]}.prof").replace(
+                        args.profile / f"{repeat}-{variant}.prof"
+                    )
+
+    summary = {"nodes": args.nodes, "rounds": args.rounds, "repeats": args.repeats, "variants": {}}
+    for variant, runs in results.items():
+        summary["variants"][variant] = {
+            key: statistics.median(r[key] for r in runs)
+            for key in runs[0]
+            if isinstance(runs[0][key], (int, float))
+        }
+    if "flower" in results:
+        flower = [r["server_cpu_s_per_round"] for r in results["flower"]]
+        for variant in set(results) - {"flower"}:
+            ours = [r["server_cpu_s_per_round"] for r in results[variant]]
+            ratios = [f / o for f, o in zip(flower, ours, strict=True)]  # paired by repeat
+            summary["variants"][variant]["flower_over_this_server_cpu"] = statistics.median(ratios)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
