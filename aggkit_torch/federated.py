@@ -667,7 +667,7 @@ class FederatedTrainer:
             )
             return result.num_examples, result.mean_loss
         torch.manual_seed(seed)
-        rows = torch.from_numpy(self.partitions[client])
+        rows = torch.from_numpy(self.partitions[client]).to(self.train_images.device)
         examples = self.local_update(
             self.worker,
             self.client_optimizer,

@@ -644,12 +644,13 @@ class AggkitStrategy(FedAvg):
             return self._drop(rnd, label, node, partition, f"{self.weighted_by_key}: {problem}")
         row = rnd.next_row()
         try:
-            record = self._reply_record(reply)
+            record = self._aggregated_arrays(self._reply_record(reply))
             # The update global - trained, decoded in place when the reply has the global
             # model's .npy form (the usual case), else through Array.numpy() and the layout.
             finite = self._decoder.update_into(record, self._global, row)  # type: ignore
             if finite is None:
-                self.layout.flatten(self._reply_arrays(record), out=row)  # type: ignore[union-attr]
+                arrays = {key: array.numpy() for key, array in record.items()}
+                self.layout.flatten(arrays, out=row)  # type: ignore[union-attr]
                 np.subtract(self._global, row, out=row)
         except ak.InvalidUpdateError as error:
             return self._drop(rnd, label, node, partition, _reason(error))
@@ -676,15 +677,16 @@ class AggkitStrategy(FedAvg):
             )
         return record
 
-    def _reply_arrays(self, record: ArrayRecord) -> dict[str, np.ndarray]:
-        """The arrays aggkit aggregates from a reply's record (the general, decoding path)."""
-        if self._kept:  # arrays the server keeps: checked to be there, never read
-            if set(record) != set(self._keys):
-                raise ak.InvalidUpdateError(
-                    f"replied with array keys {sorted(record)}; expected {sorted(self._keys)}"
-                )
-            return {key: record[key].numpy() for key in self._aggregated}
-        return {key: array.numpy() for key, array in record.items()}
+    def _aggregated_arrays(self, record: ArrayRecord) -> ArrayRecord | dict[str, Array]:
+        """The reply's arrays that aggkit aggregates (all of them unless the server keeps some:
+        those must be there too, and are never read)."""
+        if not self._kept:
+            return record
+        if set(record) != set(self._keys):
+            raise ak.InvalidUpdateError(
+                f"replied with array keys {sorted(record)}; expected {sorted(self._keys)}"
+            )
+        return {key: record[key] for key in self._aggregated}
 
     def _client_metrics(self, contents: list[RecordDict], rnd: Round) -> MetricRecord:
         """The admitted clients' own metrics, averaged with the weights the round used.

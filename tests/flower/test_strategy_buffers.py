@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import aggkit as ak
@@ -36,14 +36,16 @@ EXAMPLES = {p: 10 * (p + 1) for p in range(4)}  # weights 1 : 2 : 3 : 4
 
 def _trained(partition: int, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What partition p sends back: distinct statistics and a larger batch count."""
+    received = {k: np.asarray(v) for k, v in received.items()}
     p = float(partition)
-    return {
+    trained = {
         "fc.weight": received["fc.weight"] + np.array([p, -p, 1.0], np.float32),
         "bn.weight": received["bn.weight"] + np.float16(0.25 * p),
         "bn.running_mean": np.array([3.0 + p, -p], np.float32),
         "bn.running_var": np.array([2.0 + p * p, 0.5], np.float64),
         "bn.num_batches_tracked": received["bn.num_batches_tracked"] + 7 + partition,
     }
+    return {k: v.astype(received[k].dtype) for k, v in trained.items()}  # the received dtypes
 
 
 def _app(drop_key: str | None = None) -> ClientApp:
@@ -135,3 +137,29 @@ def test_a_reply_without_the_counter_is_dropped():
     [dropped] = strategy.history[0]["dropped"]
     assert dropped["client"] == 1 and "keys" in dropped["reason"]
     assert isinstance(arrays, ArrayRecord)
+
+
+def test_replies_of_a_float32_model_with_a_counter_are_decoded_in_place(monkeypatch):
+    """A BatchNorm model's record (float32 arrays and an int64 counter): the kept counter does
+    not send the replies down the general decoding path (Array.numpy per array)."""
+    from flwr.app import Array
+
+    state = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in STATE.items()}
+    strategy = _strategy()
+    grid = _grid(_app())
+    messages = list(strategy.configure_train(1, _arrays(state), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    decoded = []
+    original = Array.numpy
+
+    def counting(self):
+        decoded.append(1)
+        return original(self)
+
+    monkeypatch.setattr(Array, "numpy", counting)
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    monkeypatch.undo()
+    assert metrics["committed"] == 1 and decoded == []
+    out = _numpy(arrays)
+    np.testing.assert_allclose(out["bn.running_var"], _mean("bn.running_var", state), rtol=1e-6)
+    assert out["bn.num_batches_tracked"] == 0
