@@ -207,6 +207,37 @@ def workloads() -> list[Workload]:
     ]
 
 
+def probe_ratios(rounds: int = 12) -> dict:
+    """Each preset's round against the BLAS probe ``w @ X``, paired round by round (the issue
+    tracker's "x probe" figures): ``{name: {"ratio": median probe/round, "best_ratio", ms}}``."""
+    matrix, weights, _, template = _data()
+    w32 = weights.astype(np.float32)
+    cases = {
+        "mean": ak.mean(),
+        "robust_aggregator": ak.robust_aggregator(),
+        "dp_aggregator(1.0, 100)": ak.dp_aggregator(1.0, K),
+        "compression_aggregator": ak.compression_aggregator(),
+        "secure_aggregator": ak.secure_aggregator(),
+        "mean(hadamard(sum))": ak.mean(ak.hadamard(ak.sum(), seed=1)),
+        "mean(hadamard(quantized_sum))": ak.mean(ak.hadamard(ak.quantized_sum(), seed=1)),
+    }
+    out = {}
+    for name, factory in cases.items():
+        times = _interleave(
+            [("probe", lambda: w32 @ matrix), (name, _round(factory, template, matrix, weights))],
+            rounds,
+        )
+        probe, mine = times["probe"], times[name]
+        out[name] = {
+            "ratio": float(np.median(probe / mine)),
+            "best_ratio": float(probe.min() / mine.min()),
+            "probe_ms": float(probe.min()) * 1e3,
+            "round_ms": float(mine.min()) * 1e3,
+        }
+        print(f"{name}: {out[name]['ratio']:.2f}x probe (best {out[name]['best_ratio']:.2f}x)")
+    return out
+
+
 def _interleave(contenders, rounds: int) -> dict[str, np.ndarray]:
     for _, fn in contenders:  # warm-up: kernels compiled or loaded, buffers allocated
         fn()
@@ -402,12 +433,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--from-json", type=Path, help="render earlier measurements")
     parser.add_argument("--render", action="store_true", help="write into docs/benchmarks.md")
+    parser.add_argument(
+        "--probe-ratios", action="store_true", help="also each preset's round against the probe"
+    )
     parser.add_argument("--page", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     if args.from_json:
         data = json.loads(args.from_json.read_text())
     else:
         data = measure(args.only)
+        if args.probe_ratios:
+            data["probe_ratios"] = probe_ratios()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(data, indent=1))

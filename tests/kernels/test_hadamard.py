@@ -137,3 +137,34 @@ def test_size_one_tensors_are_left_alone():
         matrix, np.ones(1), offs, offs, np.array([-1, -1], np.int8), starts, np.empty((1, 2))
     )
     np.testing.assert_array_equal(out, matrix)
+
+
+@pytest.mark.parametrize(
+    "in_dtype, out_dtype",
+    [(np.float32, np.float32), (np.float64, np.float64), (np.int64, np.float32)],
+)
+def test_rotation_of_tensors_of_many_blocks_matches_twin(in_dtype, out_dtype):
+    # Padded sizes 131,072 and 524,288 (the MNIST CNN's largest layer pads to the latter): many
+    # cache blocks, then the whole-vector stages, with tensors ending inside a block.
+    sizes = [70_000, 3, 300_001]
+    rng = np.random.default_rng(11)
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    padded = np.concatenate([[0], np.cumsum([padded_size(s) for s in sizes])]).astype(np.int64)
+    repeats = 2
+    starts = np.zeros((len(sizes), repeats), np.int64)
+    signs, position = [], 0
+    for t, s in enumerate(sizes):
+        for r in range(repeats):
+            starts[t, r] = position
+            signs.append(fill_signs_numpy(padded_size(s), 100 + 7 * t + r))
+            position += padded_size(s)
+    signs = np.concatenate(signs).astype(np.int8)
+    if in_dtype == np.int64:
+        matrix = rng.integers(-1000, 1000, (2, offs[-1]))
+    else:
+        matrix = rng.standard_normal((2, offs[-1])).astype(in_dtype)
+    coef = np.array([1.0, 2.0])
+    shape = (2, int(padded[-1]))
+    ours = rotate_rows(matrix, coef, offs, padded, signs, starts, np.full(shape, 5, out_dtype))
+    twin = rotate_rows_numpy(matrix, coef, offs, padded, signs, starts, np.empty(shape, out_dtype))
+    np.testing.assert_array_equal(ours, twin)
