@@ -89,11 +89,13 @@ def test_main_job_cifar10_end_to_end_on_fakedata(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar10)
     out = tmp_path / "run"
     argv = "--dataset cifar10 --clients 2 --rounds 1 --batch-size 16 --local-steps 2 "
-    argv += "--aggregator mean --buffers local --server-optimizer yogi --no-progress --no-download"
+    argv += "--aggregator mean --buffers local --server-optimizer yogi --device auto "
+    argv += "--no-progress --no-download"
     accuracy = main_job.main([*argv.split(), "--out", str(out), "--data", str(tmp_path)])
     assert made == [(True, False), (False, False)]
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["args"]["dataset"] == "cifar10" and summary["test_accuracy"] == accuracy
+    assert summary["args"]["device"] == "auto" and summary["args"]["buffers"] == "local"
     assert summary["history"][0]["committed"]
 
 
