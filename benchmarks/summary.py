@@ -23,8 +23,12 @@ aggkit took half as long). ``--render`` writes the section into ``docs/benchmark
 the ``summary`` markers (the raw groups that ``render.py`` writes stay below) and one chart per
 workload into ``docs/img/``::
 
-    python -m benchmarks.summary --json .benchmarks/summary.json
-    python -m benchmarks.summary --from-json .benchmarks/summary.json --render
+    python benchmarks/coldstart.py --json .benchmarks/coldstart.json
+    python benchmarks/coldstart.py --warm --json .benchmarks/coldstart-warm.json
+    python -m benchmarks.summary --probe-ratios --json .benchmarks/summary.json \
+        --coldstart .benchmarks/coldstart.json --coldstart-warm .benchmarks/coldstart-warm.json
+    python -m benchmarks.summary --from-json .benchmarks/summary.json --render \
+        --coldstart .benchmarks/coldstart.json --coldstart-warm .benchmarks/coldstart-warm.json
 """
 
 from __future__ import annotations
@@ -365,7 +369,10 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
         "`tff.aggregators` compositions to quote. aggkit follows TFF's compositions and "
         "formulas ([design](design.md#tff)).",
         "",
-        "Command: `python -m benchmarks.summary --json .benchmarks/summary.json --render`.",
+        "Commands: `python benchmarks/coldstart.py --json .benchmarks/coldstart.json`, the "
+        "same with `--warm` into `coldstart-warm.json`, then `python -m benchmarks.summary "
+        "--probe-ratios --json .benchmarks/summary.json --coldstart .benchmarks/coldstart.json "
+        "--coldstart-warm .benchmarks/coldstart-warm.json --render`.",
         "",
     ]
     for w in data["workloads"]:
@@ -395,6 +402,7 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
             _chart(w, img_dir / name)
             lines += ["", f"![{w['title'].replace('`', '')}]({img_prefix}/{name})"]
         lines.append("")
+    lines += _coldstart_lines(data)
     lines += [
         "The raw benchmark groups follow: every kernel and round against the BLAS probe, "
         "per workload and shape.",
@@ -402,6 +410,44 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
         END,
     ]
     return "\n".join(lines)
+
+
+def _coldstart_lines(data: dict) -> list[str]:
+    """The first round in a fresh process, cache empty and filled (``benchmarks/coldstart.py``
+    results given with ``--coldstart``)."""
+    cold, warm = data.get("coldstart"), data.get("coldstart_warm")
+    if not cold:
+        return []
+    warm_by = {r["preset"]: r for r in warm or []}
+    lines = [
+        "### The first round in a fresh process",
+        "",
+        "What a new user, a CI job or a container meets: the first round of each preset at 100 "
+        "clients x 431,080 values in a new interpreter, with numba's kernel cache empty "
+        "(`AGGKIT_NUMBA_CACHE=0`: every kernel the composition uses is compiled) and, after "
+        "`python -m aggkit warmup`, filled. CPU time counts every thread; on this shared machine "
+        "it is the steadier figure.",
+        "",
+        "| preset | empty cache: round CPU | of which compiling | round wall | filled cache: "
+        "round wall | later rounds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in cold:
+        w = warm_by.get(r["preset"])
+        lines.append(
+            f"| {r['preset']} | {r['first round cpu']:.2f} s | {r['compile cpu']:.2f} s | "
+            f"{r['first round wall']:.2f} s | "
+            + (f"{w['first round wall']:.2f} s" if w else "")
+            + f" | {r['second round wall'] * 1e3:.0f} ms |"
+        )
+    lines += [
+        "",
+        "Command: `python benchmarks/coldstart.py --json .benchmarks/coldstart.json` (and "
+        "`--warm --json .benchmarks/coldstart-warm.json`); its per-kernel compile times are in "
+        "the JSON.",
+        "",
+    ]
+    return lines
 
 
 def write_into(page: Path, text: str) -> None:
@@ -436,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe-ratios", action="store_true", help="also each preset's round against the probe"
     )
+    parser.add_argument("--coldstart", type=Path, help="coldstart.py --json results to show")
+    parser.add_argument("--coldstart-warm", type=Path, help="the same with --warm")
     parser.add_argument("--page", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     if args.from_json:
@@ -447,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(data, indent=1))
+    if args.coldstart:
+        data["coldstart"] = json.loads(args.coldstart.read_text())
+    if args.coldstart_warm:
+        data["coldstart_warm"] = json.loads(args.coldstart_warm.read_text())
     if args.render:
         (args.page.parent / "img").mkdir(parents=True, exist_ok=True)
         write_into(args.page, section(data, img_dir=args.page.parent / "img"))
