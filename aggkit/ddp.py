@@ -434,6 +434,22 @@ class DistributedDpProcess(AggregationProcess):
         self.factory = factory
         self.stats_needed = rotated.stats_needed
 
+    def epsilon(self, rounds: int) -> float:
+        """The papers' epsilon after ``rounds`` rounds (see :func:`epsilon`), at the factory's
+        population and delta; for planning, e.g. the noise multiplier of a target epsilon.
+
+        Example
+        -------
+        >>> import numpy as np, aggkit as ak
+        >>> p = ak.distributed_dp(1.0, 10, bits=20, clip=0.1, population=1000, seed=0).create(
+        ...     ak.TensorSpec((1000,), np.float32))
+        >>> round(p.epsilon(1), 2)
+        1.01
+        """
+        if self.factory.population is None:
+            raise ValueError("the epsilon needs the population: give distributed_dp population=")
+        return self.rotated.inner.round_epsilon(_checks.integer(rounds, "rounds", low=1))
+
     def initialize(self) -> State:
         return self.rotated.initialize()
 

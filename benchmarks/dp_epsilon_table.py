@@ -10,8 +10,14 @@ so far, round by round, for every DP row; the runs without a guarantee as horizo
     .venv/bin/python benchmarks/dp_epsilon_table.py --out .benchmarks/dp-table
     .venv/bin/python benchmarks/dp_epsilon_table.py --out .benchmarks/dp-table --render-only
 
-Each row costs 5 rounds of 100 clients (about 2 minutes on an idle 2-core machine; much more on
-a loaded one). ``--rows`` picks rows; ``--extra`` appends options to every command (e.g. a
+The rows of :data:`MATCHED` also go into ``--out/matched.md``: central DP, DP-FTRL and
+distributed DP at the dp job's default epsilon (6.0 over 5 rounds), and distributed DP at the
+central run's noise multiplier.
+
+Each row costs 5 rounds of 100 clients (about 40 s of CPU time with one thread: on a loaded
+machine run it with ``NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` beside
+``--threads 1``, since idle worker threads of the other libraries burned four times the CPU
+time under load). ``--rows`` picks rows; ``--extra`` appends options to every command (e.g. a
 smaller configuration for a smoke run).
 """
 
@@ -33,7 +39,7 @@ _SAME_TRAINING = (
 
 #: The rows of the matched-epsilon comparison (``matched.md``): central DP, DP-FTRL and
 #: distributed DP at the dp job's default epsilon (6.0 over 5 rounds).
-MATCHED = ("default", "ftrl", "ddp")
+MATCHED = ("default", "ftrl", "ddp", "ddp07")
 
 #: (row name, what it is, options of ``python -m aggkit_torch.mnist``).
 ROWS: list[tuple[str, str, str]] = [
@@ -55,8 +61,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("ftrl", "dp-ftrl, defaults (tree noise multiplier 1.41)", "--aggregator dp-ftrl"),
     (
         "ddp",
-        "distributed-dp, defaults (Skellam, noise multiplier 0.7)",
+        "distributed-dp, defaults (Skellam, noise multiplier 0.77)",
         "--aggregator distributed-dp",
+    ),
+    (
+        "ddp07",
+        "distributed-dp at the central default's noise multiplier 0.7",
+        "--aggregator distributed-dp --noise-multiplier 0.7",
     ),
 ]
 
