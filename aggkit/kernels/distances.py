@@ -195,7 +195,7 @@ def pairwise_sq_distances(matrix: np.ndarray, coef: np.ndarray, reference: int =
     tasks = max(1, min(TASKS, num_blocks))
     partial = np.zeros((tasks, kp, kp))
     if n:
-        with threads_for(tasks):
+        with threads_for(tasks, elements=matrix.size):
             _gram(
                 matrix,
                 np.ascontiguousarray(coef, dtype=np.float64),
@@ -365,7 +365,7 @@ def center_distances(matrix: np.ndarray, coef: np.ndarray, center: np.ndarray) -
     tasks = max(1, min(TASKS, num_blocks))
     partial = np.zeros((tasks, k))
     if k and n:
-        with threads_for(tasks):
+        with threads_for(tasks, elements=matrix.size):
             coef = np.ascontiguousarray(coef, dtype=np.float64)
             _center_sq(
                 matrix,
@@ -463,7 +463,7 @@ def center_step(
     partial = np.zeros((tasks, k if distances else 1))
     if n:
         coef = np.ascontiguousarray(coef, dtype=np.float64)
-        with threads_for(tasks):
+        with threads_for(tasks, elements=matrix.size):
             _step_center_sq(
                 matrix,
                 np.flatnonzero(row_coef).astype(np.int64),

@@ -362,7 +362,7 @@ def row_stats(
     p_bits = np.empty((num_rows, num_tasks, 3), dtype=np.int64)
     groups = _row_groups(num_rows)
     if num_rows and num_tasks:
-        with threads_for(len(groups) * num_tasks):
+        with threads_for(len(groups) * num_tasks, elements=matrix.size):
             partials = _partials_kernel(bool(wide), bool(with_l1), bool(with_minmax))
             partials(matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits)
     sq = p_sq.sum(axis=1)

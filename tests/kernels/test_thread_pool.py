@@ -107,3 +107,19 @@ def test_the_pool_starts_when_the_first_kernel_module_loads_not_at_import():
     assert after_import == "False True"
     # ... the first kernel module the package loads does.
     assert after_kernel == "True"
+
+
+def test_threads_for_gives_small_work_one_thread_per_min_elements():
+    import numba
+
+    threads = numba.get_num_threads()
+    per = _jit.MIN_ELEMENTS_PER_THREAD
+    with _jit.threads_for(64, elements=10):
+        assert numba.get_num_threads() == 1  # a tiny kernel wakes no worker
+    with _jit.threads_for(64, elements=2 * per):
+        assert numba.get_num_threads() == min(2, threads)
+    with _jit.threads_for(64, elements=1000 * per):
+        assert numba.get_num_threads() == threads
+    with _jit.threads_for(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == threads
