@@ -225,21 +225,36 @@ def probe_ratios(rounds: int = 12) -> dict:
         "mean(hadamard(sum))": ak.mean(ak.hadamard(ak.sum(), seed=1)),
         "mean(hadamard(quantized_sum))": ak.mean(ak.hadamard(ak.quantized_sum(), seed=1)),
     }
-    out = {}
-    for name, factory in cases.items():
-        times = _interleave(
-            [("probe", lambda: w32 @ matrix), (name, _round(factory, template, matrix, weights))],
-            rounds,
-        )
-        probe, mine = times["probe"], times[name]
-        out[name] = {
-            "ratio": float(np.median(probe / mine)),
-            "best_ratio": float(probe.min() / mine.min()),
-            "probe_ms": float(probe.min()) * 1e3,
-            "round_ms": float(mine.min()) * 1e3,
-        }
-        print(f"{name}: {out[name]['ratio']:.2f}x probe (best {out[name]['best_ratio']:.2f}x)")
-    return out
+    return {
+        name: _against_probe(name, w32, matrix, _round(factory, template, matrix, weights), rounds)
+        for name, factory in cases.items()
+    }
+
+
+def _against_probe(name: str, w32, matrix, run, rounds: int) -> dict:
+    """``run`` and the probe ``w32 @ matrix`` interleaved: the ratios and both best times."""
+    times = _interleave([("probe", lambda: w32 @ matrix), (name, run)], rounds)
+    probe, mine = times["probe"], times[name]
+    result = {
+        "ratio": float(np.median(probe / mine)),
+        "best_ratio": float(probe.min() / mine.min()),
+        "probe_ms": float(probe.min()) * 1e3,
+        "round_ms": float(mine.min()) * 1e3,
+    }
+    print(f"{name}: {result['ratio']:.2f}x probe (best {result['best_ratio']:.2f}x)", flush=True)
+    return result
+
+
+def large_robust_ratio(rounds: int = 6) -> dict:
+    """robust_aggregator against the probe at 32 clients x 10,000,000 values (1.28 GB)."""
+    k, n = 32, 10_000_000
+    matrix = np.random.default_rng(k + n).standard_normal((k, n), dtype=np.float32)
+    matrix *= np.float32(0.01 / np.sqrt(n / 1e4))
+    weights = np.random.default_rng(1).integers(50, 600, k).astype(np.float64)
+    w32 = weights.astype(np.float32)
+    spec = [ak.TensorSpec((n - 1000,), np.float32), ak.TensorSpec((1000,), np.float32)]
+    run = _round(ak.robust_aggregator(), spec, matrix, weights)
+    return _against_probe("robust_aggregator K=32 x 10,000,000", w32, matrix, run, rounds)
 
 
 def _interleave(contenders, rounds: int) -> dict[str, np.ndarray]:
@@ -492,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         data = measure(args.only)
         if args.probe_ratios:
             data["probe_ratios"] = probe_ratios()
+            data["probe_ratios"]["robust_aggregator K=32x10,000,000"] = large_robust_ratio()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(data, indent=1))
