@@ -417,6 +417,7 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
             _chart(w, img_dir / name)
             lines += ["", f"![{w['title'].replace('`', '')}]({img_prefix}/{name})"]
         lines.append("")
+    lines += _probe_lines(data)
     lines += _coldstart_lines(data)
     lines += [
         "The raw benchmark groups follow: every kernel and round against the BLAS probe, "
@@ -425,6 +426,29 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
         END,
     ]
     return "\n".join(lines)
+
+
+def _probe_lines(data: dict) -> list[str]:
+    """Each preset's round against one BLAS read of the same matrix (``--probe-ratios``)."""
+    ratios = data.get("probe_ratios")
+    if not ratios:
+        return []
+    lines = [
+        "### Each round against one read of the client matrix",
+        "",
+        "The BLAS probe `w @ X` reads the client matrix once; a round that reads it twice (its "
+        "statistics, then its sum) can reach at most about 0.5x. Same-run pairs, probe and round "
+        "alternately; 100 clients x 431,080 values unless said.",
+        "",
+        "| round | median ratio | best ratio | probe best | round best |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in ratios.items():
+        lines.append(
+            f"| `{name}` | {r['ratio']:.2f}x | {r['best_ratio']:.2f}x | {r['probe_ms']:.1f} ms | "
+            f"{r['round_ms']:.1f} ms |"
+        )
+    return [*lines, ""]
 
 
 def _coldstart_lines(data: dict) -> list[str]:
