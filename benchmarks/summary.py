@@ -420,8 +420,10 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
     lines += _probe_lines(data)
     lines += _coldstart_lines(data)
     lines += [
-        "The raw benchmark groups follow: every kernel and round against the BLAS probe, "
-        "per workload and shape.",
+        "## Every benchmark group",
+        "",
+        "The raw groups of the pytest suites follow: every kernel and round, per workload and "
+        "shape, against the probe of its group or paired with its reference.",
         "",
         END,
     ]
