@@ -10,7 +10,7 @@ Full run::
 Every contender reads the same float32 client matrix: aggkit as a ClientBatch, Flower as per-layer
 arrays that are views into its rows (Flower's functions stack them themselves). Flower's Bulyan runs
 ``K - 2f`` Krum selections, each computing all pairwise distances again, so at the full shapes it
-is left out (its time is at least ``K - 2f`` times its Krum's; Flower's Krum is timed).
+is left out here (minutes a call); ``benchmarks/bulyan_flower.py`` times it on its own.
 
 The rules' ratios: ``ratio`` is the median over rounds of (reference time / aggkit time). For the
 geometric median and centered clipping the probe pairing gives ``probe passes per iteration``:
