@@ -377,7 +377,10 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
         "the median over those rounds of the contender's time divided by aggkit's in the same "
         "round (2.0x: aggkit took half as long). This machine is shared (2 cores, load average "
         f"{lb[0]:.1f} when the run started and {la[0]:.1f} when it ended, {data['started']}): "
-        "absolute times move by tens of percent between runs, the same-round ratios much less.",
+        "absolute times move by tens of percent between runs, the same-round ratios much less. "
+        "BLAS calls (the probe, NumPy's matrix products) run on OpenBLAS's own threads, which "
+        "suffer most from a loaded machine: read their rows as what they took here, not as "
+        "their best.",
         "",
         "**TensorFlow Federated** is not in these tables: it needs TensorFlow, which this "
         "environment cannot install, and TFF publishes no per-round timings of its "
