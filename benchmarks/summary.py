@@ -393,8 +393,16 @@ def section(data: dict, img_dir: Path | None = None, img_prefix: str = "img") ->
         "--coldstart-warm .benchmarks/coldstart-warm.json --render`.",
         "",
     ]
+    reruns = {r["key"]: r for r in data.get("reruns", [])}
     for w in data["workloads"]:
         lines += [f"### {w['title']}", "", w["what"], ""]
+        if w["key"] in reruns:
+            r = reruns[w["key"]]
+            lines += [
+                f"Re-run on its own at {r['started']} (load average {r['load_before'][0]:.1f} "
+                f"to {r['load_after'][0]:.1f}).",
+                "",
+            ]
         if w["key"] == "flower":
             lines += [
                 "| strategy | median | best | Flower's time / aggkit's (same rounds) |",
