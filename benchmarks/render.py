@@ -290,6 +290,9 @@ def render(
 
 
 def main() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run as a script (`python benchmarks/render.py`), as the docs say
+        sys.path.insert(0, root)
     from benchmarks.summary import kept
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
