@@ -392,7 +392,7 @@ def _cpu_numpy(tensor: torch.Tensor) -> np.ndarray | None:
 
     The server step's copies and checks go through it: NumPy does them in the calling thread,
     where torch spreads a 400,000-value copy over its thread pool, whose hand-offs cost more
-    than the copy on a busy machine (11 ms a ``torch.isfinite`` at load 20 on 2 cores).
+    than the copy when other work holds the cores (docs/benchmarks.md, the Flower path).
     """
     if tensor.device.type != "cpu":
         return None

@@ -35,7 +35,6 @@ The machine is shared: only the ratios measured in the same run mean something. 
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from types import SimpleNamespace
@@ -51,12 +50,13 @@ pytest.importorskip("flwr")
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 import aggkit as ak
 from aggkit.secure.identity import IdentityRegistry, SigningIdentity
 from aggkit.secure.simulation import simulate_round
 from benchmarks.conftest import FULL, record
+from benchmarks.secagg_loopback_apps import message_bytes, neighbourhood
+from benchmarks.secagg_loopback_apps import trained as _trained
 
 K_FLOWER = 20 if FULL else 5
 FLOWER_ROUNDS = 3 if FULL else 1
@@ -78,11 +78,6 @@ def _model() -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in MnistCNN().state_dict().items()}
 
 
-def _trained(model: dict[str, np.ndarray], partition: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(1000 + partition)
-    return {k: (v + rng.normal(0, 0.01, v.shape)).astype(v.dtype) for k, v in model.items()}
-
-
 def _through_bytes(content: RecordDict) -> RecordDict:
     """``content`` serialized and parsed back, as a transport would deliver it."""
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
@@ -90,10 +85,6 @@ def _through_bytes(content: RecordDict) -> RecordDict:
 
     data = recorddict_to_proto(content).SerializeToString()
     return recorddict_from_proto(ProtoRecordDict.FromString(data))
-
-
-def _size(message: Message) -> int:
-    return sum(len(o.deflate()) for o in get_all_nested_objects(message.content).values())
 
 
 class TimedGrid(Grid):
@@ -132,7 +123,7 @@ class TimedGrid(Grid):
         for message in messages:
             self._count += 1
             start = time.perf_counter()
-            self.bytes_to_nodes += _size(message)
+            self.bytes_to_nodes += message_bytes(message)
             self.transport_seconds += time.perf_counter() - start
             self._outbox[str(self._count)] = self._carried(message)
             ids.append(str(self._count))
@@ -174,7 +165,7 @@ class TimedGrid(Grid):
             self.client_seconds += time.perf_counter() - start
             start = time.perf_counter()
             if not reply.has_error():
-                self.bytes_to_server += _size(reply)
+                self.bytes_to_server += message_bytes(reply)
             self.transport_seconds += time.perf_counter() - start
             replies.append(self._carried(reply, reply_to=message))
         return replies
@@ -187,12 +178,6 @@ def _task_identity() -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
-
-def _neighbourhood(k: int) -> tuple[int, int]:
-    """(closed neighbourhood, threshold) of aggkit's default SecAgg+ graph at ``k`` nodes."""
-    holders = min(k, 2 * math.ceil(math.log2(k)) + 1)
-    return holders, holders // 2 + 1
 
 
 # -- aggkit ---------------------------------------------------------------------------------------
@@ -289,7 +274,7 @@ def flower_round(k: int, model) -> dict[str, float]:
     app = LegacyClientApp(client_fn=client_fn, mods=[secaggplus_mod])
     nodes = {100 + p: {"partition-id": p, "num-partitions": k} for p in range(k)}
     grid = TimedGrid(app, nodes, {})
-    holders, threshold = _neighbourhood(k)
+    holders, threshold = neighbourhood(k)
     strategy = FedAvg(
         fraction_fit=1.0,
         fraction_evaluate=0.0,

@@ -18,9 +18,9 @@ Each server reports, per round: its process's CPU time (the server's own work, a
 the round's wall time (dominated by the nodes: every message a node answers starts a fresh
 ``flwr-clientapp`` process), and the bytes it sent to and received from each node.
 
-Run (about 10 minutes at 20 nodes on 2 cores)::
+Run (the figures on docs/benchmarks.md; 20 nodes need more cores than 5, see that page)::
 
-    python benchmarks/secagg_loopback.py --nodes 20 --rounds 2 --repeats 2 \
+    python benchmarks/secagg_loopback.py --nodes 5 --rounds 2 --repeats 1 \
         --json .benchmarks/secagg-loopback.json
 """
 
