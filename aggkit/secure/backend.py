@@ -42,7 +42,10 @@ whose neighbourhood lost too many members before masking). The backend checks th
 survivors taken part: ``ak.secure_aggregator()`` returns ``sum_{i in S} w_i x_i / sum_{i in S} w_i``
 (weighted) or the mean over ``S`` (unweighted), its counts count ``S``, and its quantile estimates
 see ``S``'s records only. A client dropping at ``"consistency_check"`` or ``"unmask"`` has already
-sent its masked input: it is in the sum (its neighbours' shares unmask it).
+sent its masked input: it is in the sum (its neighbours' shares unmask it). The backend runs the
+honest-but-curious mode, which has no consistency round: a client dropping at
+``"consistency_check"`` vanishes before answering the unmask request (the same sum, recorded at
+``"unmask"``), as in :func:`~aggkit.secure.simulation.simulate_round`.
 
 If too few clients are left, the protocol raises :class:`~aggkit.secure.errors.ProtocolAbort`
 out of ``process.next``; the server has learnt nothing, the report records the stage

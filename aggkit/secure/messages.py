@@ -2,7 +2,8 @@
 
 Any transport (the in-process loop of ``simulation.py``, Flower, gRPC, a message queue) carries
 ``message.to_bytes()`` and rebuilds the message with :func:`decode`. There are five stages, each
-one server request to every client still in the round and one response per client:
+one server request to every client still in the round and one response per client (the
+honest-but-curious mode skips ``consistency_check``: :func:`aggkit.secure.protocol.round_stages`):
 
 =====================  ================================  =================================
 stage                  server -> client                  client -> server
@@ -72,7 +73,8 @@ __all__ = [
 
 MAGIC = b"AKSA"
 VERSION = 2
-#: The five stages, in protocol order.
+#: The five stages, in protocol order (the honest-but-curious mode runs all but
+#: ``consistency_check``).
 STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
 SESSION_ID_SIZE = 16
 #: Largest client id: Shamir evaluates shares at ``id + 1``, which must stay below ``2**31 - 1``.

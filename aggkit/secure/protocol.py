@@ -15,9 +15,11 @@ Two modes, chosen explicitly when a party is built (threat models in
   Holds against a server that deviates from the protocol (substitutes keys, alters parameters,
   tells different clients different stories) colluding with fewer than ``2 t - |N[u]|`` of a
   client's neighbours.
-- **honest-but-curious** (``honest_but_curious=True``): no identities or signatures. Holds only
-  while the server follows the protocol (it may collude with fewer than ``t`` clients and read
-  everything); a deviating server can substitute keys and unmask anyone. For simulations.
+- **honest-but-curious** (``honest_but_curious=True``): no identities or signatures, and no
+  consistency round (four stages, see :func:`round_stages`). Holds only while the server
+  follows the protocol (it may collude with fewer than ``t`` clients and read everything); a
+  deviating server can substitute keys, tell clients different survivor sets and unmask
+  anyone. For simulations.
 
 In both modes a client enforces its own :class:`ClientPolicy` (minimum neighbours, threshold
 above half its share holders by default): the server cannot lower it.
@@ -36,15 +38,20 @@ in the masking graph, complete for SecAgg, sparse for SecAgg+; ``N[u] = N(u) + {
    neighbours ``v`` whose ciphertexts it received (they are in ``U2``):
    ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) mod R``,
    ``s_uv = HKDF(X25519(s_u^SK, s_v^PK))``.
-4. ``consistency_check``: the server sends every survivor the set ``U3``; the client checks that
-   at least ``t`` of its closed neighbourhood are in it and signs it.
+4. ``consistency_check`` (authenticated mode only): the server sends every survivor the set
+   ``U3``; the client checks that at least ``t`` of its closed neighbourhood are in it and signs
+   it.
 5. ``unmask``: the server tells each client which neighbours survived and which dropped, with
    the consistency signatures of its surviving neighbours. The client checks that the lists are
    exactly what the signed ``U3`` implies and that ``t`` neighbours signed the same ``U3``, then
-   returns shares of ``b_v`` for the survivors and of ``s_v^SK`` for the dropped. The server checks
-   every share against its owner's commitment (a bad one is pinned on its sender, whose shares are
-   all ignored), reconstructs from good shares, checks every ``b_v`` against its commitment and
-   every ``s_v^SK`` against ``s_v^PK``, and removes the masks that did not cancel.
+   returns shares of ``b_v`` for the survivors and of ``s_v^SK`` for the dropped. In the
+   honest-but-curious mode, which has no consistency round (as in Bonawitz et al.'s protocol
+   against an honest-but-curious server), the request's lists are the client's view of ``U3``:
+   it checks that they classify each of its neighbours exactly once and that at least ``t`` of
+   its closed neighbourhood survived. The server checks every share against its owner's
+   commitment (a bad one is pinned on its sender, whose shares are all ignored), reconstructs
+   from good shares, checks every ``b_v`` against its commitment and every ``s_v^SK`` against
+   ``s_v^PK``, and removes the masks that did not cancel.
 
 Dropouts. A client that vanishes before its shares are forwarded (stages 1-2) is left out
 cleanly: nobody masks with it. For SecAgg+ the server also leaves out, before anyone masks, a
@@ -148,6 +155,7 @@ __all__ = [
     "consistency_transcript",
     "key_transcript",
     "message_transcript",
+    "round_stages",
 ]
 
 _SHARE = shamir.share_size(crypto.KEY_SIZE)
@@ -172,6 +180,26 @@ _RESPONSES = (
 )
 _DONE = len(STAGES)
 _UNMASK = STAGES.index("unmask")
+_MASKED = STAGES.index("masked_input")
+_CHECK = STAGES.index("consistency_check")
+
+
+def round_stages(authenticated: bool) -> tuple[str, ...]:
+    """The stages a round runs, in order: the honest-but-curious mode has no consistency check.
+
+    Examples
+    --------
+    >>> round_stages(True)
+    ('advertise_keys', 'share_keys', 'masked_input', 'consistency_check', 'unmask')
+    >>> round_stages(False)
+    ('advertise_keys', 'share_keys', 'masked_input', 'unmask')
+    """
+    return STAGES if authenticated else STAGES[:_CHECK] + STAGES[_CHECK + 1 :]
+
+
+def _next_stage(index: int, authenticated: bool) -> int:
+    """The stage after ``index`` (the honest-but-curious mode skips the consistency check)."""
+    return index + 1 if authenticated or index != _MASKED else index + 2
 
 
 def _stage_name(index: int) -> str:
@@ -359,6 +387,11 @@ class SecAggClient:
         """The stage whose request the client expects next, ``"done"`` or ``"aborted"``."""
         return "aborted" if self._aborted else _stage_name(self._stage)
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages of this client's mode (:func:`round_stages`)."""
+        return round_stages(self.authenticated)
+
     # Saved by to_state(): everything a client learns or draws during a round.
     _SAVED: ClassVar[dict[str, str]] = {
         "_stage": "int",
@@ -489,7 +522,7 @@ class SecAggClient:
         except SecAggError:
             self._abort()
             raise
-        self._stage += 1
+        self._stage = _next_stage(self._stage, self.authenticated)
         if self._stage == _DONE:
             self._forget()
         return response
@@ -631,9 +664,9 @@ class SecAggClient:
         generator.apply_many(masked, masks)
         return self._signed(MaskedInputResponse(self._session, u, masked))
 
-    def _consistency(self, request: ConsistencyCheckRequest, value) -> ConsistencyCheckResponse:
+    def _check_survivors(self, u3: frozenset[int]) -> None:
+        """Refuse a survivor set without this client or with fewer than ``t`` of its holders."""
         u = self.client_id
-        u3 = frozenset(request.survivors)
         if u not in u3:
             raise RefusedRequest(f"client {u}: the survivor set leaves out this client")
         alive = (self._masked_with | {u}) & u3
@@ -642,6 +675,11 @@ class SecAggClient:
                 f"client {u}: {len(alive)} of its share holders survived, fewer than the "
                 f"threshold {self._threshold}"
             )
+
+    def _consistency(self, request: ConsistencyCheckRequest, value) -> ConsistencyCheckResponse:
+        u = self.client_id
+        u3 = frozenset(request.survivors)
+        self._check_survivors(u3)
         self._u3 = u3
         signature = b""
         if self.authenticated:
@@ -664,6 +702,9 @@ class SecAggClient:
             raise RefusedRequest(
                 f"client {u}: asked about clients it did not mask with: {sorted(unknown)[:5]}"
             )
+        if not self.authenticated:  # no consistency round: the request's survivors are U3 here
+            self._check_survivors(frozenset(survivors))
+            self._u3 = frozenset(survivors)
         alive = (self._masked_with | {u}) & self._u3
         if survivors != alive or dropped != self._masked_with - self._u3:
             raise RefusedRequest(
@@ -832,6 +873,11 @@ class SecAggServer:
         return "aborted" if self._aborted else _stage_name(self._stage)
 
     @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages of this server's mode (:func:`round_stages`)."""
+        return round_stages(self.authenticated)
+
+    @property
     def graph(self) -> dict[int, frozenset[int]]:
         """The masking graph (open neighbourhoods)."""
         return dict(self._graph)
@@ -933,13 +979,16 @@ class SecAggServer:
         closing = self._stage
         answered = frozenset(self._answered)
         self._record_dropped(closing, answered)
+        following = _next_stage(closing, self.authenticated)
         try:
             afters = (self._after_keys, self._after_shares, self._after_masked, self._after_check)
             requests = afters[closing](answered)
+            if following == _UNMASK and closing == _MASKED:  # no consistency round: U4 = U3
+                requests = self._after_check(self._u3)
         except ProtocolAbort:
             self._abort()
             raise
-        self._stage += 1
+        self._stage = following
         self._open(requests)
         return requests
 
@@ -1106,6 +1155,8 @@ class SecAggServer:
         self._u3 = u3
         self._check_holders(u3, "masked_input")
         self._check_signatures: dict[int, bytes] = {}
+        if not self.authenticated:  # no consistency round: advance() asks for the shares
+            return {}
         self._u3_transcript = consistency_transcript(self.session_id, u3)
         survivors = tuple(sorted(u3))
         return {v: ConsistencyCheckRequest(self.session_id, v, survivors) for v in survivors}

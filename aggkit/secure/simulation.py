@@ -49,7 +49,7 @@ from aggkit import _checks
 from aggkit.secure.crypto import DeterministicRandom
 from aggkit.secure.graph import complete_graph, harary_graph
 from aggkit.secure.messages import STAGES, decode
-from aggkit.secure.protocol import ClientPolicy, SecAggClient, SecAggServer
+from aggkit.secure.protocol import ClientPolicy, SecAggClient, SecAggServer, round_stages
 
 __all__ = ["SimulationResult", "StageCost", "default_threshold", "run_secure_sum", "simulate_round"]
 
@@ -104,7 +104,8 @@ class SimulationResult:
     graph : dict of int to frozenset of int
         The masking graph used.
     costs : dict of str to StageCost
-        Per-stage costs, in stage order.
+        Per-stage costs, in stage order (the stages of the mode: :func:`~aggkit.secure.protocol.
+        round_stages`).
     """
 
     sum: np.ndarray
@@ -156,7 +157,9 @@ def simulate_round(
         request; or ``{stage: fraction}`` of the clients asked at that stage, drawn with ``seed``.
         Stages: ``"advertise_keys"``, ``"share_keys"``, ``"masked_input"``,
         ``"consistency_check"``, ``"unmask"``. A client listed at several stages vanishes at the
-        first.
+        first. The honest-but-curious mode has no consistency check: a client that vanishes
+        there vanishes before answering the unmask request (the round's ``dropped`` lists it
+        at ``"unmask"``).
     graph : {"secagg+", "secagg"} or mapping
         ``"secagg"``: complete graph. ``"secagg+"``: Harary graph with ``degree`` neighbours over a
         random permutation (complete when ``K`` is small). Or an explicit symmetric graph.
@@ -210,7 +213,7 @@ def simulate_round(
     plan = _checks.dropouts(dropouts, STAGES)
     rng = np.random.default_rng(None if seed is None else [seed, 0x5EC])
 
-    costs = {stage: StageCost() for stage in STAGES}
+    costs = {stage: StageCost() for stage in round_stages(authenticated)}
     clock = time.perf_counter
     start = clock()
     modes = _modes(ids, authenticated, randomness)
@@ -231,9 +234,15 @@ def simulate_round(
     requests = server.start()
     costs[STAGES[0]].server_seconds += clock() - start
     result = None
-    for index, stage in enumerate(STAGES):
+    carried: frozenset[int] = frozenset()  # vanished at a stage this mode does not run
+    for stage in STAGES:
+        if stage not in costs:
+            carried = _vanishing(plan.get(stage), requests, rng)
+            continue
         cost = costs[stage]
-        vanish = _vanishing(plan.get(stage), requests, rng)
+        left = {u: r for u, r in requests.items() if u not in carried}
+        vanish = carried | _vanishing(plan.get(stage), left, rng)
+        carried = frozenset()
         for u, request in requests.items():
             begin = clock()
             data = request.to_bytes()
@@ -256,7 +265,7 @@ def simulate_round(
             server.receive(decode(reply))
             cost.server_seconds += clock() - begin
         begin = clock()
-        if index < len(STAGES) - 1:
+        if stage != STAGES[-1]:
             requests = server.advance()
         else:
             result = server.finish()

@@ -11,8 +11,9 @@ message                 server -> node                           node -> server
 ``train``               global arrays, training config, the      trains; packs the integer
                         aggregator's state (JSON), the           vectors its secure channels
                         ``advertise_keys`` request               would carry; its public keys
-``query.secagg`` x 4    ``share_keys``, ``masked_input``,        the protocol's responses
-                        ``consistency_check``, ``unmask``
+``query.secagg`` x 3-4  ``share_keys``, ``masked_input``,        the protocol's responses
+                        ``consistency_check`` (authenticated
+                        mode only), ``unmask``
 ======================  =======================================  ================================
 
 then the server reconstructs the sum of the survivors' packed vectors, replays the aggregator's
@@ -209,7 +210,7 @@ class SecureAggkitStrategy(AggkitStrategy):
         losses = [v for r in replies if not r.has_error() and (v := _loss(r)) is not None]
         self._take(server, replies)
         try:
-            for _ in range(4):
+            for _ in server.stages[1:]:
                 started = time.perf_counter()
                 requests = server.advance()
                 messages = []

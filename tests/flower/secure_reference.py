@@ -42,6 +42,7 @@ class DyingGrid(LocalGrid):
         super().__init__(client_app, node_configs, run_config)
         self.deaths = dict(deaths or {})
         self.round: dict[int, int] = {}
+        self.stages: list[str] = []  # the stage of every message pulled, in order
 
     def pull_messages(self, message_ids):
         ids = list(message_ids)
@@ -50,6 +51,7 @@ class DyingGrid(LocalGrid):
             node = message.metadata.dst_node_id
             partition = self.node_configs[node]["partition-id"]
             server_round, stage = stage_of(message)
+            self.stages.append(stage)
             if server_round is not None:
                 self.round[node] = server_round
             death = self.deaths.get(partition)

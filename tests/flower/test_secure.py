@@ -67,17 +67,24 @@ def assert_same_model(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]
 
 
 @pytest.mark.mnist
-def test_secure_apps_in_process_equal_masking_backend_with_dropouts(mnist_root, tmp_path):
+@pytest.mark.parametrize("mode", ["authenticated", "honest-but-curious"])
+def test_secure_apps_in_process_equal_masking_backend_with_dropouts(mnist_root, tmp_path, mode):
+    """Also in the honest-but-curious mode, which has no consistency round: the node that dies
+    at "consistency_check" dies when its unmask request reaches it, and is in the sum."""
     from aggkit_torch.flower import secure_apps, server_app
 
     keys, registry = identities(tmp_path, NODES)
     config = secure_config(mnist_root, tmp_path, registry)
+    config["secagg-mode"] = mode
     nodes = {100 + i: {"partition-id": i, "num-partitions": NODES} for i in range(NODES)}
     secure_nodes = {n: {**c, "secagg-key": keys[c["partition-id"]]} for n, c in nodes.items()}
     grid = DyingGrid(secure_apps.client_app, secure_nodes, config, DEATHS)
-    summary = server_app.run(grid, config, strategy_class=secure_apps.secure_strategy(config))
+    strategy_class = secure_apps.secure_strategy(config)
+    summary = server_app.run(grid, config, strategy_class=strategy_class)
     ours = dict(np.load(tmp_path / "out" / "model.npz"))
     assert [h["clients"] for h in summary["history"]] == INCLUDED
+    sent = [stage for stage in grid.stages if stage]
+    assert ("consistency_check" in sent) == (mode == "authenticated")
 
     config["out"] = str(tmp_path / "reference")
     expected = masked_reference_run(nodes, config, DEATHS)

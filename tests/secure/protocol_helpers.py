@@ -74,9 +74,14 @@ def drive_round(
     }
     requests = server.start()
     result = None
-    for index, stage in enumerate(STAGES):
+    carried: set[int] = set()  # dropped at a stage this mode does not run: gone at the next
+    for stage in STAGES:
+        if stage not in server.stages:
+            carried = set(drop.get(stage, ()))
+            continue
+        gone, carried = carried | set(drop.get(stage, ())), set()
         for u, request in requests.items():
-            if u in drop.get(stage, ()):
+            if u in gone:
                 continue
             request = decode(request.to_bytes())
             if on_request is not None:
@@ -86,7 +91,7 @@ def drive_round(
             if on_response is not None:
                 response = on_response(stage, u, response)
             server.receive(response)
-        if index < len(STAGES) - 1:
+        if stage != STAGES[-1]:
             requests = server.advance()
         else:
             result = server.finish()

@@ -15,7 +15,12 @@ pytest.importorskip("cryptography")
 from aggkit.secure import protocol, shamir
 from aggkit.secure.errors import ProtocolAbort, ProtocolViolation, StageError
 from aggkit.secure.graph import harary_graph
-from aggkit.secure.messages import STAGES, AdvertiseKeysRequest, MaskedInputResponse
+from aggkit.secure.messages import (
+    STAGES,
+    AdvertiseKeysRequest,
+    ConsistencyCheckRequest,
+    MaskedInputResponse,
+)
 from aggkit.secure.protocol import SecAggClient, SecAggServer
 from aggkit.secure.simulation import run_secure_sum, simulate_round
 from tests.secure.protocol_helpers import PERMISSIVE, drive_round, modular_sum, up_to_masked_input
@@ -63,19 +68,79 @@ def test_single_client_and_empty_vectors():
     assert run_secure_sum(np.zeros((3, 0), np.int64), modulus=2**32, seed=0).shape == (0,)
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_secagg_recovers_from_n_minus_t_dropouts_at_any_stage(stage):
+#: Every (authenticated, stage) pair a round runs: the honest-but-curious mode has no
+#: consistency check.
+MODE_STAGES = [(a, s) for a in (False, True) for s in protocol.round_stages(a)]
+
+
+@pytest.mark.parametrize(("authenticated", "stage"), MODE_STAGES)
+def test_secagg_recovers_from_n_minus_t_dropouts_at_any_stage(authenticated, stage):
     n, t = 7, 4
     rng = np.random.default_rng(7)
     x = random_inputs(rng, n, 50, 2**32)
     gone = {1, 4, 6}  # n - t of them
-    result, _, _ = drive_round(x, modulus=2**32, threshold=t, drop={stage: gone})
+    result, _, _ = drive_round(
+        x, modulus=2**32, threshold=t, drop={stage: gone}, authenticated=authenticated
+    )
     # Clients that vanish after sending their masked input are still in the sum.
     after = stage in ("consistency_check", "unmask")
     expected = set(range(n)) if after else set(range(n)) - gone
     assert set(result.included) == expected
     np.testing.assert_array_equal(result.sum, modular_sum(x, sorted(expected), 2**32))
     assert result.dropped == {stage: tuple(sorted(gone))}
+
+
+@pytest.mark.parametrize("authenticated", [False, True])
+def test_only_the_authenticated_mode_runs_the_consistency_check(authenticated):
+    x = random_inputs(np.random.default_rng(3), 5, 6, 2**16)
+    sent = []
+
+    def spy(stage, u, msg):
+        sent.append(type(msg).__name__)
+        return msg
+
+    result, server, clients = drive_round(
+        x, modulus=2**16, threshold=3, on_request=spy, authenticated=authenticated
+    )
+    np.testing.assert_array_equal(result.sum, modular_sum(x, range(5), 2**16))
+    assert ("ConsistencyCheckRequest" in sent) == authenticated
+    assert len(sent) == 5 * len(server.stages)
+    assert server.stages == clients[0].stages == protocol.round_stages(authenticated)
+    assert server.stages == STAGES if authenticated else "consistency_check" not in server.stages
+
+
+def test_honest_but_curious_client_refuses_a_consistency_check_request():
+    x = np.arange(8).reshape(4, 2)
+    server, clients, requests = up_to_masked_input(4, modulus=16, vector_length=2, threshold=3)
+    for u, r in requests.items():
+        server.receive(clients[u].handle(r, x[u]))
+    unmask = server.advance()
+    assert all(type(r).__name__ == "UnmaskRequest" for r in unmask.values())
+    check = ConsistencyCheckRequest(unmask[0].session_id, 0, (0, 1, 2, 3))
+    with pytest.raises(StageError, match="expects UnmaskRequest"):
+        clients[0].handle(check)
+    assert clients[0].stage == "aborted"
+
+
+def test_a_consistency_check_dropout_vanishes_before_unmask_without_that_round():
+    # The same dropout plan in both modes: without a consistency round, the clients planned to
+    # vanish there vanish before answering the unmask request; same survivors, same sum.
+    x = random_inputs(np.random.default_rng(4), 12, 9, 2**24)
+    plan = {"masked_input": [2], "consistency_check": 0.25, "unmask": 0.2}
+    hbc, auth = (
+        simulate_round(
+            x, modulus=2**24, threshold=4, dropouts=plan, graph="secagg", seed=5, authenticated=a
+        )
+        for a in (False, True)
+    )
+    assert hbc.included == auth.included == tuple(u for u in range(12) if u != 2)
+    np.testing.assert_array_equal(hbc.sum, auth.sum)
+    np.testing.assert_array_equal(hbc.sum, modular_sum(x, hbc.included, 2**24))
+    assert len(auth.dropped["consistency_check"]) == 3 and len(auth.dropped["unmask"]) == 2
+    assert hbc.dropped["unmask"] == tuple(
+        sorted(auth.dropped["consistency_check"] + auth.dropped["unmask"])
+    )
+    assert "consistency_check" not in hbc.dropped and "consistency_check" not in hbc.costs
 
 
 def test_dropouts_spread_over_all_stages():
@@ -87,8 +152,8 @@ def test_dropouts_spread_over_all_stages():
     np.testing.assert_array_equal(result.sum, modular_sum(x, result.included, 2**20))
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_abort_below_threshold_reconstructs_nothing(stage, monkeypatch):
+@pytest.mark.parametrize(("authenticated", "stage"), MODE_STAGES)
+def test_abort_below_threshold_reconstructs_nothing(authenticated, stage, monkeypatch):
     n, t = 6, 4
     x = random_inputs(np.random.default_rng(1), n, 10, 2**32)
     calls = []
@@ -97,7 +162,9 @@ def test_abort_below_threshold_reconstructs_nothing(stage, monkeypatch):
         protocol.shamir, "combine", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     with pytest.raises(ProtocolAbort) as info:
-        drive_round(x, modulus=2**32, threshold=t, drop={stage: {0, 2, 5}})  # n - t + 1
+        drive_round(  # n - t + 1 dropouts
+            x, modulus=2**32, threshold=t, drop={stage: {0, 2, 5}}, authenticated=authenticated
+        )
     assert info.value.stage == stage
     assert "threshold" in str(info.value)
     assert calls == []  # no secret was reconstructed
@@ -242,10 +309,8 @@ def test_bad_input_value_is_retryable():
     assert set(attempts) == {"masked_input"}
     for u, r in requests.items():
         server.receive(clients[u].handle(r, x[u]))
-    for _ in range(2):  # consistency check, unmask
-        requests = server.advance()
-        for u, r in requests.items():
-            server.receive(clients[u].handle(r))
+    for u, r in server.advance().items():  # honest-but-curious: the unmask stage follows
+        server.receive(clients[u].handle(r))
     np.testing.assert_array_equal(server.finish().sum, [1, 4])  # (9, 12) mod 8
 
 

@@ -57,7 +57,8 @@ def threshold_one_attack(victim: SecAggClient, secret: np.ndarray) -> np.ndarray
     me = PeerKeys(u, keys.encryption_key, keys.mask_key, keys.signature)
     victim.handle(ShareKeysRequest(SESSION, u, (me,)))
     masked = victim.handle(MaskedInputRequest(SESSION, u, ()), secret).masked
-    victim.handle(ConsistencyCheckRequest(SESSION, u, (u,)))
+    if victim.authenticated:
+        victim.handle(ConsistencyCheckRequest(SESSION, u, (u,)))
     answer = victim.handle(UnmaskRequest(SESSION, u, (u,), ()))
     ((_, share),) = answer.seed_shares
     seed = shamir.combine({u + 1: share}, threshold=1)
@@ -212,8 +213,9 @@ def test_parameters_altered_for_one_client_are_caught_by_its_neighbours():
 # ----------------------------------------------------------------- 3. inconsistent dropout lists
 
 
-def to_consistency_check(n: int, t: int, clients, x):
-    """Server and clients of an honest round up to the consistency-check requests."""
+def after_masked_input(n: int, t: int, clients, x):
+    """Server and clients of an honest round up to the requests after the masked inputs: the
+    consistency check's (authenticated mode) or the unmask requests (honest-but-curious)."""
     server, requests = share_keys_requests(n, t, clients)
     for u, r in requests.items():
         server.receive(clients[u].handle(r))
@@ -228,11 +230,13 @@ def split_view_attack(clients, x, t: int, told_alive: set[int]):
     Returns how many shares of client 0's seed and of its mask key the server obtained.
     """
     n = len(clients)
-    _, requests = to_consistency_check(n, t, clients, x)
+    _, requests = after_masked_input(n, t, clients, x)
     everyone = tuple(range(n))
     without_0 = everyone[1:]
     signatures = {}
     for u in range(n):
+        if not clients[u].authenticated:  # no consistency round: straight to the unmask lists
+            continue
         view = everyone if u in told_alive else without_0
         if u == 0:
             view = everyone
@@ -290,7 +294,7 @@ def test_consistency_check_refuses_a_split_view_at_the_policy_threshold(told_ali
 def honest_unmask_requests(n: int, t: int, x):
     """Fresh default-configured clients of an honest round, and its unmask requests."""
     clients, _, _ = authenticated(n)
-    server, requests = to_consistency_check(n, t, clients, x)
+    server, requests = after_masked_input(n, t, clients, x)
     for u, r in requests.items():
         server.receive(clients[u].handle(r))
     return clients, server.advance()
@@ -326,14 +330,19 @@ def test_too_few_survivors_refused_at_exactly_threshold_minus_one(authenticated_
             clients, _, _ = authenticated(n)
         else:
             clients = {u: SecAggClient(u, honest_but_curious=True) for u in range(n)}
-        _, requests = to_consistency_check(n, t, clients, x)
-        request = dataclasses.replace(requests[0], survivors=tuple(range(survivors)))
+        _, requests = after_masked_input(n, t, clients, x)
+        # The survivor set at the consistency check, or (honest-but-curious mode, no such round)
+        # the survivors and dropped of the unmask request.
+        told = {"survivors": tuple(range(survivors))}
+        if not authenticated_mode:
+            told["dropped"] = tuple(range(survivors, n))
+        request = dataclasses.replace(requests[0], **told)
         if refused:
             with pytest.raises(RefusedRequest, match=f"{t - 1} of its share holders survived"):
                 clients[0].handle(request)
         else:
             clients[0].handle(request)
-            assert clients[0].stage == "unmask"
+            assert clients[0].stage == ("unmask" if authenticated_mode else "done")
 
 
 def ring(n: int, half: int) -> dict[int, frozenset[int]]:
