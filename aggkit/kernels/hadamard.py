@@ -17,15 +17,33 @@ inverted in reverse order. Tensors with ``d <= 1`` are left alone.
 
 The FWHT is the butterfly network ``(a, b) -> (a + b, a - b)`` over strides 1, 2, 4, ... . Every
 butterfly of a stage reads the previous stage's outputs, so the order in which a stage's
-butterflies run does not change a bit: the kernels work through the stages in cache-sized
-blocks, and two stages at a time (radix 4) over large strides, and still equal the NumPy twins,
-which run one stage at a time over the whole vector, bit for bit, whatever the thread count.
+butterflies run does not change a bit, and the kernels equal the NumPy twins, which run one stage
+at a time over the whole vector, bit for bit, whatever the thread count. The kernels order the
+work for the cache and the vector unit:
+
+* A *tile* of ``L * L`` values (``L`` lanes of a 64-byte vector: 256 float32 or 64 float64) goes
+  through its first ``2 log2(L)`` stages in registers: strides below ``L`` inside each vector (a
+  lane swap, an add, a subtract and a blend), the others between vectors. These are numba
+  intrinsics that emit LLVM vector instructions; written as loops, LLVM left the small strides
+  scalar, and the stages with strides 1, 2 and 4 cost as much as the other sixteen of a 2**19
+  vector.
+* An L1 *block* (:data:`BLOCK_BYTES`) is loaded from the client row (signs applied, padding
+  added) and taken through every stage below its size: its tiles, then 16-point vector
+  butterflies.
+* An L2 *segment* (:data:`SEGMENT_BYTES`) runs the stages from the block size up to its own size
+  in 8-point passes; only the larger strides make passes over the whole vector (one for the
+  2**19 values of the MNIST CNN's largest layer), 8-point too: 16 vectors a few KiB apart fall
+  into one L1 set.
+
+The measurements behind these choices are in ``docs/benchmarks.md`` ("Hadamard rotation").
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel
@@ -43,8 +61,19 @@ __all__ = [
     "unrotate_numpy",
 ]
 
-#: Elements per cache block of the FWHT (stages with smaller strides run block by block).
-BLOCK = 2048
+#: Bytes of the vectors the butterflies work on: one AVX-512 register (LLVM splits the vector
+#: operations into narrower ones on a CPU without AVX-512; every lane's arithmetic, and so every
+#: bit, stays the same).
+VECTOR_BYTES = 64
+#: Bytes of an L1 block: a block's values are loaded (signs applied) and taken through every stage
+#: with a smaller stride while they are in L1.
+BLOCK_BYTES = 1 << 14
+#: Bytes of an L2 segment: the stages with strides from the block size up to the segment size run
+#: segment by segment, while the segment is in L2; only the larger strides make passes over the
+#: whole vector.
+SEGMENT_BYTES = 1 << 18
+#: Elements per L1 block of a float32 vector.
+BLOCK = BLOCK_BYTES // 4
 _SIGN_PIECE = 1 << 16
 
 
@@ -57,52 +86,115 @@ def padded_size(n: int) -> int:
 # --------------------------------------------------------------------------------------------
 # FWHT building blocks
 # --------------------------------------------------------------------------------------------
+#
+# Vector butterflies are numba intrinsics that emit LLVM vector instructions directly: LLVM's
+# vectorizer turns the butterflies with strides smaller than a vector into scalar code, which
+# made the stages with strides 1, 2 and 4 cost as much as the other sixteen of a 2**19 vector.
+# Each lane of a vector add or subtract is the IEEE operation the NumPy twin does on that element
+# (``a + b`` is ``b + a`` bit for bit), so the bits are the twin's.
 
 
-@kernel(inline=True)
-def _radix8_contiguous(v):  # pragma: no cover - compiled
-    """Stages with strides 1, 2 and 4 over groups of eight neighbours (``v.size % 8 == 0``)."""
-    for i in range(0, v.shape[0], 8):
-        x0 = v[i]
-        x1 = v[i + 1]
-        x2 = v[i + 2]
-        x3 = v[i + 3]
-        x4 = v[i + 4]
-        x5 = v[i + 5]
-        x6 = v[i + 6]
-        x7 = v[i + 7]
-        # stride 1
-        a0 = x0 + x1
-        a1 = x0 - x1
-        a2 = x2 + x3
-        a3 = x2 - x3
-        a4 = x4 + x5
-        a5 = x4 - x5
-        a6 = x6 + x7
-        a7 = x6 - x7
-        # stride 2
-        b0 = a0 + a2
-        b1 = a1 + a3
-        b2 = a0 - a2
-        b3 = a1 - a3
-        b4 = a4 + a6
-        b5 = a5 + a7
-        b6 = a4 - a6
-        b7 = a5 - a7
-        # stride 4
-        v[i] = b0 + b4
-        v[i + 1] = b1 + b5
-        v[i + 2] = b2 + b6
-        v[i + 3] = b3 + b7
-        v[i + 4] = b0 - b4
-        v[i + 5] = b1 - b5
-        v[i + 6] = b2 - b6
-        v[i + 7] = b3 - b7
+def _vector_type(array_type):
+    """``(LLVM element type factory, lanes)`` for a C-contiguous float32/float64 array type."""
+    if not isinstance(array_type, types.Array) or array_type.layout != "C":
+        raise TypeError(f"vector butterflies need a C-contiguous array, got {array_type}")
+    if array_type.dtype not in (types.float32, types.float64):
+        raise TypeError(f"vector butterflies need float32 or float64, got {array_type.dtype}")
+    return VECTOR_BYTES * 8 // array_type.dtype.bitwidth
+
+
+def _vector_pointers(context, builder, array_type, array, start, stride, count):
+    """Pointers to ``count`` vectors at ``array[start + k * stride]`` and the vector type."""
+    lanes = _vector_type(array_type)
+    data = context.make_array(array_type)(context, builder, array).data
+    vector = ir.VectorType(context.get_data_type(array_type.dtype), lanes)
+    first = builder.gep(data, [start])
+    pointers = []
+    for k in range(count):
+        offset = builder.mul(stride, ir.Constant(stride.type, k))
+        pointers.append(builder.bitcast(builder.gep(first, [offset]), vector.as_pointer()))
+    return pointers, vector
+
+
+def _butterflies(builder, values, count):
+    """Stages with (vector) strides 1, 2, ... < ``count`` between the vectors ``values``."""
+    h = 1
+    while h < count:
+        out = list(values)
+        for k in range(count):
+            if not k & h:
+                out[k] = builder.fadd(values[k], values[k + h])
+                out[k + h] = builder.fsub(values[k], values[k + h])
+        values = out
+        h *= 2
+    return values
+
+
+@intrinsic
+def _tile(typingctx, x, start):  # pragma: no cover - compiled
+    """Every stage of the FWHT of ``x[start : start + L * L]`` (``L`` lanes per vector), in
+    registers: the stages with strides below ``L`` inside each vector (a lane swap, an add, a
+    subtract and a blend per vector), the others between vectors."""
+    _vector_type(x)
+    itemsize = x.dtype.bitwidth // 8
+
+    def codegen(context, builder, signature, args):
+        lanes = _vector_type(signature.args[0])
+        step = ir.Constant(args[1].type, lanes)
+        pointers, vector = _vector_pointers(
+            context, builder, signature.args[0], args[0], args[1], step, lanes
+        )
+        values = [builder.load(p, align=itemsize) for p in pointers]
+        lane_index = ir.VectorType(ir.IntType(32), lanes)
+        h = 1
+        while h < lanes:
+            swap = ir.Constant(lane_index, [j ^ h for j in range(lanes)])
+            pick = ir.Constant(lane_index, [j + lanes if j & h else j for j in range(lanes)])
+            out = []
+            for v in values:
+                partner = builder.shuffle_vector(v, ir.Constant(vector, ir.Undefined), swap)
+                sums = builder.fadd(v, partner)  # lanes without bit h: a + b
+                differences = builder.fsub(partner, v)  # lanes with bit h: a - b
+                out.append(builder.shuffle_vector(sums, differences, pick))
+            values = out
+            h *= 2
+        values = _butterflies(builder, values, lanes)
+        for v, p in zip(values, pointers, strict=True):
+            builder.store(v, p, align=itemsize)
+        return context.get_dummy_value()
+
+    return types.void(x, types.intp), codegen
+
+
+def _radix(points):
+    """An intrinsic ``(x, start, h)``: the ``log2(points)`` stages with strides ``h, 2h, ...``
+    over the ``points`` vectors at ``x[start + k * h]`` (``h`` a multiple of the lanes)."""
+
+    def radix(typingctx, x, start, h):  # pragma: no cover - compiled
+        _vector_type(x)
+        itemsize = x.dtype.bitwidth // 8
+
+        def codegen(context, builder, signature, args):
+            pointers, _ = _vector_pointers(
+                context, builder, signature.args[0], args[0], args[1], args[2], points
+            )
+            values = [builder.load(p, align=itemsize) for p in pointers]
+            for v, p in zip(_butterflies(builder, values, points), pointers, strict=True):
+                builder.store(v, p, align=itemsize)
+            return context.get_dummy_value()
+
+        return types.void(x, types.intp, types.intp), codegen
+
+    radix.__name__ = radix.__qualname__ = f"_radix{points}"
+    return intrinsic(radix)
+
+
+_radix2, _radix4, _radix8, _radix16 = (_radix(p) for p in (2, 4, 8, 16))
 
 
 @kernel(inline=True)
 def _radix2_pass(a, b):  # pragma: no cover - compiled
-    """One butterfly stage between two halves."""
+    """One butterfly stage between two halves (scalar)."""
     for j in range(a.shape[0]):
         s = a[j]
         d = b[j]
@@ -112,7 +204,7 @@ def _radix2_pass(a, b):  # pragma: no cover - compiled
 
 @kernel(inline=True)
 def _radix4_pass(a, b, c, e):  # pragma: no cover - compiled
-    """Two stages (strides h and 2h) over four quarters ``a, b, c, e`` of length h."""
+    """Two stages (strides h and 2h) over four quarters ``a, b, c, e`` of length h (scalar)."""
     for j in range(a.shape[0]):
         x0 = a[j]
         x1 = b[j]
@@ -130,7 +222,7 @@ def _radix4_pass(a, b, c, e):  # pragma: no cover - compiled
 
 @kernel
 def _stages(v, h, limit):  # pragma: no cover - compiled
-    """The stages with strides ``h, 2h, ... < limit`` (``v.size`` a multiple of ``limit``)."""
+    """The stages with strides ``h, 2h, ... < limit``, scalar (vectors shorter than a tile)."""
     n = v.shape[0]
     while h < limit:
         if 4 * h <= limit:
@@ -148,59 +240,102 @@ def _stages(v, h, limit):  # pragma: no cover - compiled
             h *= 2
 
 
-@kernel
-def _block_stages(v):  # pragma: no cover - compiled
-    """Every stage of the FWHT of the power-of-two block ``v`` (which fits in cache)."""
-    if v.shape[0] >= 8:
-        _radix8_contiguous(v)
-        _stages(v, 8, v.shape[0])
+@kernel(inline=True)
+def _radix_pass(x, lo, hi, h, points):  # pragma: no cover - compiled
+    """``points``-point vector butterflies (strides ``h`` ... ``h * points / 2``) starting at
+    every vector of ``x[lo:hi]`` (a piece of one group's first ``h`` values)."""
+    lanes = VECTOR_BYTES // x.itemsize
+    if points == 16:
+        for j in range(lo, hi, lanes):
+            _radix16(x, j, h)
+    elif points == 8:
+        for j in range(lo, hi, lanes):
+            _radix8(x, j, h)
+    elif points == 4:
+        for j in range(lo, hi, lanes):
+            _radix4(x, j, h)
     else:
-        _stages(v, 1, v.shape[0])
+        for j in range(lo, hi, lanes):
+            _radix2(x, j, h)
+
+
+@kernel(inline=True)
+def _points(h, limit, most):  # pragma: no cover - compiled
+    """Points of the next radix pass from stride ``h`` (at most ``most``, up to ``limit``)."""
+    points = 2
+    while points < most and points * 2 * h <= limit:
+        points *= 2
+    return points
+
+
+@kernel
+def _vstages(x, h, limit, most):  # pragma: no cover - compiled
+    """The stages with strides ``h, 2h, ... < limit`` over ``x`` (``x.size`` a multiple of
+    ``limit``, ``h`` a multiple of the lanes), in passes of up to ``most``-point butterflies.
+
+    Sixteen vectors at a stride of a few KiB fall into one L1 set (12 ways on the machine this
+    was tuned on), so passes outside an L1 block use at most 8 points."""
+    n = x.shape[0]
+    while h < limit:
+        points = _points(h, limit, most)
+        for i in range(0, n, points * h):
+            _radix_pass(x, i, i + h, h, points)
+        h *= points
+
+
+@kernel(inline=True)
+def _block_stages(block):  # pragma: no cover - compiled
+    """Every stage of the FWHT of ``block`` (a power-of-two multiple of a tile, in L1)."""
+    lanes = VECTOR_BYTES // block.itemsize
+    tile = lanes * lanes
+    for t in range(0, block.shape[0], tile):
+        _tile(block, t)
+    _vstages(block, tile, block.shape[0], 16)
 
 
 @kernel
 def _fwht_serial(x):  # pragma: no cover - compiled
     """Unnormalized FWHT of ``x`` in place (``x.size`` a power of two), on one thread."""
     n = x.shape[0]
-    if n < 2:
+    lanes = VECTOR_BYTES // x.itemsize
+    if n < lanes * lanes:
+        _stages(x, 1, n)
         return
-    block = min(n, BLOCK)
-    for base in range(0, n, block):
-        _block_stages(x[base : base + block])
-    _stages(x, block, n)
+    block = min(n, BLOCK_BYTES // x.itemsize)
+    segment = min(n, SEGMENT_BYTES // x.itemsize)
+    for s in range(0, n, segment):
+        piece = x[s : s + segment]
+        for b in range(0, segment, block):
+            _block_stages(piece[b : b + block])
+        _vstages(piece, block, segment, 8)
+    _vstages(x, segment, n, 8)
 
 
 @kernel(parallel=True)
 def _fwht_parallel(x):  # pragma: no cover - compiled
-    """Unnormalized FWHT of ``x`` in place, blocks and butterfly pieces spread over threads."""
+    """Unnormalized FWHT of ``x`` in place: segments, then pieces of the large-stride passes,
+    spread over threads."""
     n = x.shape[0]
-    if n < 2:
+    lanes = VECTOR_BYTES // x.itemsize
+    if n < lanes * lanes:
+        _stages(x, 1, n)
         return
-    block = min(n, BLOCK)
-    for p in prange(n // block):
-        _block_stages(x[p * block : (p + 1) * block])
-    h = block
+    block = min(n, BLOCK_BYTES // x.itemsize)
+    segment = min(n, SEGMENT_BYTES // x.itemsize)
+    for s in prange(n // segment):
+        piece = x[s * segment : (s + 1) * segment]
+        for b in range(0, segment, block):
+            _block_stages(piece[b : b + block])
+        _vstages(piece, block, segment, 8)
+    h = segment
     while h < n:
-        if 4 * h <= n:
-            # n // (4h) groups of four quarters of length h, cut into pieces of `block`.
-            per_group = h // block
-            for p in prange((n // (4 * h)) * per_group):
-                i = (p // per_group) * 4 * h
-                j = (p % per_group) * block
-                _radix4_pass(
-                    x[i + j : i + j + block],
-                    x[i + h + j : i + h + j + block],
-                    x[i + 2 * h + j : i + 2 * h + j + block],
-                    x[i + 3 * h + j : i + 3 * h + j + block],
-                )
-            h *= 4
-        else:
-            per_group = h // block
-            for p in prange((n // (2 * h)) * per_group):
-                i = (p // per_group) * 2 * h
-                j = (p % per_group) * block
-                _radix2_pass(x[i + j : i + j + block], x[i + h + j : i + h + j + block])
-            h *= 2
+        points = _points(h, n, 8)
+        # n // (points * h) groups, each cut into pieces of `block` of its first h values.
+        per_group = h // block
+        for p in prange((n // (points * h)) * per_group):
+            lo = (p // per_group) * points * h + (p % per_group) * block
+            _radix_pass(x, lo, lo + block, h, points)
+        h *= points
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +353,65 @@ def _fill_signs(key, out):  # pragma: no cover - compiled
             part[j] = np.int8(rademacher(key, start + j))
 
 
+@intrinsic
+def _rounded(typingctx, value, like):  # pragma: no cover - compiled
+    """``value`` converted to the dtype of the array ``like`` (an int64 client value becomes the
+    float32 the twin's ``y[:n] = src`` stores, before the float64 sign multiply)."""
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], signature.args[1].dtype)
+
+    return like.dtype(value, like), codegen
+
+
+@kernel(inline=True)
+def _load_signed(block, src, signs, inv):  # pragma: no cover - compiled
+    """``block = src`` (zeros past its end) rounded to the block's dtype, times ``signs * inv``
+    in float64 and rounded again (padding becomes ``0 * -inv = -0.0`` where the sign is
+    negative, as in the twin)."""
+    m = min(block.shape[0], src.shape[0])
+    # ``x * (sign * inv)`` as ``+-(x * inv)``: the same bits (rounding is symmetric), and a
+    # select instead of an int8-to-float64 conversion and a second multiply.
+    for j in range(m):
+        v = _rounded(src[j], block) * inv
+        block[j] = -v if signs[j] < 0 else v
+    for j in range(m, block.shape[0]):
+        block[j] = -0.0 if signs[j] < 0 else 0.0
+
+
+@kernel(inline=True)
+def _times_signs(block, signs, inv):  # pragma: no cover - compiled
+    for j in range(block.shape[0]):
+        block[j] = block[j] * (signs[j] * inv)
+
+
+@kernel
+def _rotate_once(src, dst, signs, inv, first):  # pragma: no cover - compiled
+    """``dst = FWHT(x * signs * inv)`` with ``x = src`` zero-padded (``first``) or ``dst``: each
+    L1 block is loaded and signed just before its stages run, and each L2 segment goes through its
+    stages while it is in L2."""
+    d = dst.shape[0]
+    lanes = VECTOR_BYTES // dst.itemsize
+    if d < lanes * lanes:
+        if first:
+            _load_signed(dst, src, signs, inv)
+        else:
+            _times_signs(dst, signs, inv)
+        _stages(dst, 1, d)
+        return
+    block = min(d, BLOCK_BYTES // dst.itemsize)
+    segment = min(d, SEGMENT_BYTES // dst.itemsize)
+    for s in range(0, d, segment):
+        for b in range(s, s + segment, block):
+            if first:
+                _load_signed(dst[b : b + block], src[b : b + block], signs[b : b + block], inv)
+            else:
+                _times_signs(dst[b : b + block], signs[b : b + block], inv)
+            _block_stages(dst[b : b + block])
+        _vstages(dst[s : s + segment], block, segment, 8)
+    _vstages(dst, segment, d, 8)
+
+
 @kernel(parallel=True)
 def _rotate_rows(matrix, rows, offsets, padded, signs, sign_offsets, out):  # pragma: no cover
     num_tensors = offsets.shape[0] - 1
@@ -227,26 +421,25 @@ def _rotate_rows(matrix, rows, offsets, padded, signs, sign_offsets, out):  # pr
         t = task % num_tensors
         src = matrix[i, offsets[t] : offsets[t + 1]]
         dst = out[i, padded[t] : padded[t + 1]]
-        n = src.shape[0]
         d = dst.shape[0]
-        for j in range(n):
-            dst[j] = src[j]
-        for j in range(n, d):
-            dst[j] = 0
-        if d > 1:
+        if d == 1:
+            dst[0] = src[0]
+        elif d > 1:
             inv = 1.0 / np.sqrt(np.float64(d))
             for r in range(repeats):
-                s = signs[sign_offsets[t, r] : sign_offsets[t, r] + d]
-                for j in range(d):
-                    dst[j] = dst[j] * (s[j] * inv)
-                _fwht_serial(dst)
+                start = sign_offsets[t, r]
+                _rotate_once(src, dst, signs[start : start + d], inv, r == 0)
 
 
-@kernel
+@kernel(parallel=True)
 def _unrotate_tensor(y, signs, inv):  # pragma: no cover - compiled
     _fwht_parallel(y)
-    for j in range(y.shape[0]):
-        y[j] = y[j] * (signs[j] * inv)
+    n = y.shape[0]
+    for p in prange((n + _SIGN_PIECE - 1) // _SIGN_PIECE):
+        part = y[p * _SIGN_PIECE : min(n, (p + 1) * _SIGN_PIECE)]
+        s = signs[p * _SIGN_PIECE : min(n, (p + 1) * _SIGN_PIECE)]
+        for j in range(part.shape[0]):
+            part[j] = part[j] * (s[j] * inv)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -29,10 +30,33 @@ def _sylvester(d: int) -> np.ndarray:
     return h
 
 
-@given(st.integers(0, 15), FLOAT_DTYPES, st.integers(0, 2**32 - 1))
-def test_fwht_matches_twin_bit_for_bit(log_size, dtype, seed):
+def assert_same_bits(ours: np.ndarray, twin: np.ndarray) -> None:
+    """Equal bit for bit (``assert_array_equal`` takes -0.0 for 0.0)."""
+    assert ours.dtype == twin.dtype and ours.shape == twin.shape
+    unsigned = np.dtype(f"u{ours.dtype.itemsize}")
+    np.testing.assert_array_equal(ours.view(unsigned), twin.view(unsigned))
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """Run the test at one and at two numba threads (the bits must not change)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
+    yield request.param
+    numba.set_num_threads(before)
+
+
+# Up to 2**18: past one L2 segment (2**16 float32 values) for both dtypes, so the in-register
+# tiles, the in-block, in-segment and whole-vector passes and every radix of each all run.
+@given(st.integers(0, 18), FLOAT_DTYPES, st.integers(0, 2**32 - 1), st.sampled_from([1, 2]))
+def test_fwht_matches_twin_bit_for_bit(log_size, dtype, seed, threads):
     x = np.random.default_rng(seed).standard_normal(2**log_size).astype(dtype)
-    np.testing.assert_array_equal(fwht(x.copy()), fwht_numpy(x))
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        assert_same_bits(fwht(x.copy()), fwht_numpy(x))
+    finally:
+        numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("d", [1, 2, 4, 8, 32, 128])
@@ -105,7 +129,7 @@ def test_rotation_matches_twin_bit_for_bit(case):
     shape = (matrix.shape[0], padded[-1])
     ours = rotate_rows(matrix, coef, offs, padded, signs, starts, np.full(shape, 5, dtype))
     twin = rotate_rows_numpy(matrix, coef, offs, padded, signs, starts, np.empty(shape, dtype))
-    np.testing.assert_array_equal(ours, twin)
+    assert_same_bits(ours, twin)
     assert not ours[coef == 0].any()
 
 
@@ -143,9 +167,10 @@ def test_size_one_tensors_are_left_alone():
     "in_dtype, out_dtype",
     [(np.float32, np.float32), (np.float64, np.float64), (np.int64, np.float32)],
 )
-def test_rotation_of_tensors_of_many_blocks_matches_twin(in_dtype, out_dtype):
+def test_rotation_of_tensors_of_many_blocks_matches_twin(in_dtype, out_dtype, threads):
     # Padded sizes 131,072 and 524,288 (the MNIST CNN's largest layer pads to the latter): many
-    # cache blocks, then the whole-vector stages, with tensors ending inside a block.
+    # cache blocks and L2 segments, then the whole-vector stages, with tensors ending inside a
+    # block (the padding's zeros take the signs: -0.0 where a sign is negative).
     sizes = [70_000, 3, 300_001]
     rng = np.random.default_rng(11)
     offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -167,4 +192,27 @@ def test_rotation_of_tensors_of_many_blocks_matches_twin(in_dtype, out_dtype):
     shape = (2, int(padded[-1]))
     ours = rotate_rows(matrix, coef, offs, padded, signs, starts, np.full(shape, 5, out_dtype))
     twin = rotate_rows_numpy(matrix, coef, offs, padded, signs, starts, np.empty(shape, out_dtype))
-    np.testing.assert_array_equal(ours, twin)
+    assert_same_bits(ours, twin)
+    total = twin[0].astype(np.float64)
+    assert_same_bits(
+        unrotate(total.copy(), offs, padded, signs, starts, np.empty(offs[-1])),
+        unrotate_numpy(total, offs, padded, signs, starts, np.empty(offs[-1])),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rotation_of_zeros_has_the_twins_signed_zeros(dtype, threads):
+    # A zero row rotates to +-0.0 in a pattern set by the signs (0 * -inv is -0.0, and the
+    # butterflies add and subtract signed zeros); the kernel must keep it bit for bit.
+    sizes = [5, 70_000]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    padded = np.concatenate([[0], np.cumsum([padded_size(s) for s in sizes])]).astype(np.int64)
+    starts = np.array([[0], [padded[1]]], np.int64)
+    signs = np.concatenate([fill_signs_numpy(padded_size(s), 3 + t) for t, s in enumerate(sizes)])
+    matrix = np.zeros((1, offs[-1]), dtype)
+    shape = (1, int(padded[-1]))
+    one = np.ones(1)
+    ours = rotate_rows(matrix, one, offs, padded, signs, starts, np.full(shape, 5, dtype))
+    twin = rotate_rows_numpy(matrix, one, offs, padded, signs, starts, np.empty(shape, dtype))
+    assert np.signbit(twin).any() and not np.signbit(twin).all()
+    assert_same_bits(ours, twin)
