@@ -28,6 +28,11 @@ Details
   k * num_repeats + r)``; each round adds ``num_repeats * num_tensors`` to the counter (the
   reference's scheme, with a counter-based generator).
 * Measurements: ``{"hd": inner_measurements}``.
+* Rotated rows reach the inner process a few at a time (:data:`ROTATED_BYTES`, so they are read
+  back from the cache, not from memory), as blocks of a streamed round: the inner sum's bits are
+  those of one block, but a float sum that overflows float64 in a later block raises
+  OverflowError instead of being redone with scaled coefficients (see :func:`aggkit.sum`; it
+  takes weights near ``1e267`` with float32 tensors).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from aggkit.structure import ClientBatch, Layout, TensorSpec
 __all__ = ["HadamardFactory", "HadamardProcess", "hadamard"]
 
 _STREAM = "hadamard"
+#: Bytes of rotated rows handed to the inner round at a time (a few MNIST CNN rows): they are
+#: written and read again while they sit in the last-level cache, instead of a rotated copy of the
+#: whole client matrix going out to memory and back.
+ROTATED_BYTES = 1 << 24
 
 
 def seed_state(seed: Any) -> np.ndarray:
@@ -240,13 +249,22 @@ class _HadamardRound(Round):
         return self._signs
 
     def add(self, block: Contributions, weights: np.ndarray | None) -> None:
+        # A few rows at a time, so the rotated rows are still in the last-level cache when the
+        # inner round reads them (a sum adds each column in row order, so its bits do not change).
+        padded = self.process.padded_layout
+        rows = max(1, ROTATED_BYTES // max(1, padded.size * padded.dtype.itemsize))
+        for lo in range(0, block.num_clients, rows):
+            self._add_rows(block, lo, min(lo + rows, block.num_clients))
+
+    def _add_rows(self, block: Contributions, lo: int, hi: int) -> None:
         process = self.process
         signs, starts = self._get_signs()
-        # Rounds consume a block inside ``add``, so the next block may overwrite the buffer.
-        rotated = process.scratch_rows(block.num_clients, process.padded_layout, name="rotated")
+        # Rounds consume a block inside ``add``, so the next rows may overwrite the buffer.
+        rotated = process.scratch_rows(hi - lo, process.padded_layout, name="rotated")
+        coef = block.coef[lo:hi]
         kernels.hadamard.rotate_rows(
-            block.matrix,
-            block.coef,
+            block.matrix[lo:hi],
+            coef,
             process.layout.offsets,
             process.padded_layout.offsets,
             signs,
@@ -255,8 +273,8 @@ class _HadamardRound(Round):
         )
         inner_block = Contributions(
             ClientBatch(rotated, process.padded_layout),
-            block.coef,
-            first_client=block.first_client,
+            coef,
+            first_client=block.first_client + lo,
             needs=process.inner.stats_needed,
         )
         try:

@@ -3,12 +3,14 @@ composition."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 import aggkit as ak
+from aggkit import kernels
 from aggkit.compression import quantized_sum
 from aggkit.hadamard import HadamardFactory, HadamardProcess, hadamard
 from aggkit.process import AggregationProcess, Factory, Round
@@ -223,3 +225,35 @@ def test_weighted_mean_of_rotated_quantized_values_is_close():
     out = process.next(process.initialize(), list(values), weights)
     expected = weights @ values.astype(np.float64) / weights.sum()
     assert np.sqrt(np.mean((out.result - expected) ** 2)) < 0.02
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [ak.sum(), quantized_sum(bits=4, threshold=0, seed=1), ak.secure_sum(8.0, -8.0)],
+    ids=["sum", "quantized_sum", "secure_sum"],
+)
+def test_rows_rotated_a_few_at_a_time_give_the_bits_of_one_block(monkeypatch, inner):
+    # Rounds hand the inner round ROTATED_BYTES of rotated rows at a time; sums add each column
+    # in row order and random streams follow the client index, so the bits must not change.
+    template = [ak.TensorSpec((3000,), F32), ak.TensorSpec((7, 5), F32)]
+    values = np.random.default_rng(4).standard_normal((10, 3035)).astype(F32)
+    weights = np.arange(1.0, 11.0)
+
+    def run():
+        process = ak.mean(hadamard(inner, seed=2)).create(template)
+        return process.next(process.initialize(), ak.ClientBatch(values, process.layout), weights)
+
+    whole = run()
+    calls = []
+    rotate_rows = kernels.hadamard.rotate_rows
+    monkeypatch.setattr(
+        kernels.hadamard,
+        "rotate_rows",
+        lambda m, *args: calls.append(len(m)) or rotate_rows(m, *args),
+    )
+    monkeypatch.setattr(sys.modules["aggkit.hadamard"], "ROTATED_BYTES", 3 * (4096 + 64) * 4)
+    chunked = run()
+    assert calls == [3, 3, 3, 1]
+    for ours, theirs in zip(chunked.result, whole.result, strict=True):
+        np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+    assert repr(chunked.measurements) == repr(whole.measurements)
