@@ -124,6 +124,49 @@ def _count_inf(x):  # pragma: no cover - compiled
     return count
 
 
+@kernel(inline=True)
+def _four_rows(
+    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, general
+):  # pragma: no cover - compiled
+    """Add the codes of four rows into ``total``; their counts above ``hi`` and below ``lo``.
+
+    Called with a literal ``general``, so that each call site compiles one form: with a runtime
+    flag, LLVM computed both forms for every element and blended them (twice the work)."""
+    a0 = a1 = a2 = a3 = 0
+    b0 = b1 = b2 = b3 = 0
+    for j in range(total.shape[0]):
+        v0 = c0 * np.float64(x0[j])
+        v1 = c1 * np.float64(x1[j])
+        v2 = c2 * np.float64(x2[j])
+        v3 = c3 * np.float64(x3[j])
+        a0 += v0 > hi
+        a1 += v1 > hi
+        a2 += v2 > hi
+        a3 += v3 > hi
+        b0 += v0 < lo
+        b1 += v1 < lo
+        b2 += v2 < lo
+        b3 += v3 < lo
+        q0 = _code(v0, lo, hi, scale, low, high, shift, general)
+        q1 = _code(v1, lo, hi, scale, low, high, shift, general)
+        q2 = _code(v2, lo, hi, scale, low, high, shift, general)
+        q3 = _code(v3, lo, hi, scale, low, high, shift, general)
+        total[j] += (q0 + q1) + (q2 + q3)
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@kernel(inline=True)
+def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general):  # pragma: no cover
+    """:func:`_four_rows` for one row."""
+    a0 = b0 = 0
+    for j in range(total.shape[0]):
+        v0 = c0 * np.float64(x0[j])
+        a0 += v0 > hi
+        b0 += v0 < lo
+        total[j] += _code(v0, lo, hi, scale, low, high, shift, general)
+    return a0, b0
+
+
 @kernel(parallel=True)
 def _discretize_float(
     matrix, rows, coef, lo, hi, scale, low, high, shift, general, out, flags, nan_columns, block
@@ -150,26 +193,14 @@ def _discretize_float(
             c1 = coef[rows[i + 1]]
             c2 = coef[rows[i + 2]]
             c3 = coef[rows[i + 3]]
-            a0 = a1 = a2 = a3 = 0
-            b0 = b1 = b2 = b3 = 0
-            for j in range(m):
-                v0 = c0 * np.float64(x0[j])
-                v1 = c1 * np.float64(x1[j])
-                v2 = c2 * np.float64(x2[j])
-                v3 = c3 * np.float64(x3[j])
-                a0 += v0 > hi
-                a1 += v1 > hi
-                a2 += v2 > hi
-                a3 += v3 > hi
-                b0 += v0 < lo
-                b1 += v1 < lo
-                b2 += v2 < lo
-                b3 += v3 < lo
-                q0 = _code(v0, lo, hi, scale, low, high, shift, general)
-                q1 = _code(v1, lo, hi, scale, low, high, shift, general)
-                q2 = _code(v2, lo, hi, scale, low, high, shift, general)
-                q3 = _code(v3, lo, hi, scale, low, high, shift, general)
-                total[j] += (q0 + q1) + (q2 + q3)
+            if general:
+                a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
+                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, True
+                )
+            else:
+                a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
+                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, False
+                )
             flags[b, i, 0] = a0
             flags[b, i + 1, 0] = a1
             flags[b, i + 2, 0] = a2
@@ -192,12 +223,10 @@ def _discretize_float(
         while i < num_rows:
             x0 = matrix[rows[i], start:stop]
             c0 = coef[rows[i]]
-            a0 = b0 = 0
-            for j in range(m):
-                v0 = c0 * np.float64(x0[j])
-                a0 += v0 > hi
-                b0 += v0 < lo
-                total[j] += _code(v0, lo, hi, scale, low, high, shift, general)
+            if general:
+                a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, True)
+            else:
+                a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, False)
             flags[b, i, 0] = a0
             flags[b, i, 1] = b0
             if a0 + b0:
