@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ __all__ = [
     "OMP_SPIN_COUNT",
     "kernel",
     "prepare_runtime",
+    "run_tasks",
     "start_thread_pool",
     "threads_for",
 ]
@@ -234,3 +236,127 @@ def threads_for(tasks: int, elements: int | None = None) -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(threads)
+
+
+# --- Serial kernels over fixed tasks, run on a small pool of Python threads -----------------------
+#
+# numba compiles a ``parallel=True`` kernel through its parfor passes, which cost 1-2 s of CPU time
+# per kernel on the first call with an empty cache (0.3-0.8 s for the same body as a plain serial
+# kernel; docs/benchmarks.md, "Cold start"). The kernels a preset always uses are therefore serial
+# ``nogil`` kernels over a range of fixed tasks (column blocks, pieces), and :func:`run_tasks`
+# hands out ranges of tasks to the calling thread and to up to ``threads - 1`` helper threads.
+# Which thread runs a task never changes its bits: tasks are fixed by the caller, not by the
+# thread count, and each writes only its own outputs.
+
+
+class _Job:
+    """One :func:`run_tasks` call: ranges of tasks handed out in order to whichever thread asks."""
+
+    __slots__ = ("args", "bounds", "done", "error", "function", "lock", "next", "pending")
+
+    def __init__(self, function, bounds, args):
+        self.function = function
+        self.bounds = bounds
+        self.args = args
+        self.lock = threading.Lock()
+        self.next = 0
+        self.pending = len(bounds) - 1
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def work(self) -> None:
+        bounds = self.bounds
+        last = len(bounds) - 1
+        while True:
+            with self.lock:
+                i = self.next
+                if i >= last:
+                    return
+                self.next = i + 1
+            try:
+                self.function(bounds[i], bounds[i + 1], *self.args)
+            except BaseException as error:  # re-raised by the caller
+                self.error = self.error or error
+            with self.lock:
+                self.pending -= 1
+                if not self.pending:
+                    self.done.set()
+
+
+class _Helpers:
+    """Daemon threads that run queued jobs; started on demand, never more than asked for."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+
+    def _loop(self) -> None:
+        while True:
+            self.queue.get().work()
+
+    def post(self, job: _Job, helpers: int) -> None:
+        if len(self.threads) < helpers:
+            with self.lock:
+                while len(self.threads) < helpers:
+                    thread = threading.Thread(
+                        target=self._loop, name=f"aggkit-kernel-{len(self.threads)}", daemon=True
+                    )
+                    thread.start()
+                    self.threads.append(thread)
+        for _ in range(helpers):
+            self.queue.put(job)
+
+
+_helpers = _Helpers()
+
+
+def _reset_helpers_after_fork() -> None:
+    global _helpers
+    _helpers = _Helpers()  # the parent's threads do not exist in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_helpers_after_fork)
+
+
+def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> None:
+    """Call the serial kernel ``function(first, stop, *args)`` over tasks ``0 .. num_tasks - 1``.
+
+    The tasks are cut into contiguous ranges (about four per thread) that the calling thread and
+    up to ``numba.get_num_threads() - 1`` helper threads take in order, so a thread that starts
+    late (a busy machine) takes fewer. ``function`` must be a ``nogil`` kernel whose tasks are
+    independent and write disjoint outputs; its results then do not depend on the thread count.
+    The thread count follows numba's (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``,
+    :func:`threads_for`), capped at ``num_tasks`` and, given the ``elements`` the call reads, at
+    one thread per :data:`MIN_ELEMENTS_PER_THREAD`.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> @numba.njit(nogil=True)  # aggkit's own kernels use @kernel
+    ... def _double(first, stop, x):
+    ...     for t in range(first, stop):
+    ...         x[t] *= 2
+    >>> x = np.arange(5.0)
+    >>> run_tasks(_double, 5, x)
+    >>> x
+    array([0., 2., 4., 6., 8.])
+    """
+    num_tasks = int(num_tasks)
+    if num_tasks <= 0:
+        return
+    threads = min(numba.get_num_threads(), num_tasks)
+    if elements is not None:
+        threads = min(threads, max(1, int(elements) // MIN_ELEMENTS_PER_THREAD))
+    if threads <= 1:
+        function(0, num_tasks, *args)
+        return
+    ranges = min(num_tasks, 4 * threads)
+    bounds = [num_tasks * i // ranges for i in range(ranges + 1)]
+    job = _Job(function, bounds, args)
+    _helpers.post(job, threads - 1)
+    job.work()
+    job.done.wait()
+    if job.error is not None:
+        raise job.error

@@ -1,4 +1,4 @@
-"""The last pass of a mean: ``out[j] = dtype(total[j] / denominator)``, in one parallel pass.
+"""The last pass of a mean: ``out[j] = dtype(total[j] / denominator)``, in one pass over threads.
 
 NumPy spends two passes and a fresh array on this (``np.divide`` then ``astype``), and the fresh
 array's first-touch page faults can cost more than both passes. This kernel reads ``total`` once
@@ -13,10 +13,9 @@ and signed zeros included; a zero denominator gives Inf/NaN as ``np.divide`` doe
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._jit import kernel, run_tasks
 
 __all__ = ["BLOCK", "divide_cast", "divide_cast_numpy"]
 
@@ -24,11 +23,11 @@ __all__ = ["BLOCK", "divide_cast", "divide_cast_numpy"]
 BLOCK = 1 << 16
 
 
-@kernel(parallel=True)
-def _divide_cast(total, denominator, out, block):  # pragma: no cover - compiled
+@kernel
+def _divide_cast(first, stop, total, denominator, out, block):  # pragma: no cover - compiled
+    """Blocks ``first .. stop - 1``; :func:`aggkit.kernels._jit.run_tasks` runs them on threads."""
     n = total.shape[0]
-    num_blocks = (n + block - 1) // block
-    for b in prange(num_blocks):
+    for b in range(first, stop):
         lo = b * block
         hi = min(lo + block, n)
         src = total[lo:hi]
@@ -68,8 +67,7 @@ def divide_cast(
     _checks.array(out, "out", dtype=(np.float32, np.float64), shape=total.shape, writeable=True)
     block = _checks.integer(block, "block", low=1)
     if total.size:
-        with threads_for(-(-total.size // block)):
-            _divide_cast(total, np.float64(denominator), out, block)
+        run_tasks(_divide_cast, -(-total.size // block), total, np.float64(denominator), out, block)
     return out
 
 

@@ -39,10 +39,9 @@ import numbers
 from typing import Any
 
 import numpy as np
-from numba import prange
 
 from aggkit.kernels import counter_rng
-from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._jit import kernel, run_tasks
 from aggkit.kernels.counter_rng import normal_pair_head
 
 __all__ = [
@@ -57,10 +56,12 @@ __all__ = [
 _PIECE_PAIRS = 1 << 14
 
 
-@kernel(parallel=True)
-def _add_gaussian_noise_kernel(out, sigma, key, first_pair, tails):
+@kernel
+def _add_gaussian_noise_kernel(first, stop, out, sigma, key, first_pair, tails):
     """``out[2p + h] += sigma * (z0, z1)[h]`` of Philox block ``first_pair + p``, for every pair
-    outside the tail; ``tails[piece]`` counts the piece's tail pairs (those added 0.0).
+    of pieces ``first .. stop - 1`` outside the tail; ``tails[piece]`` counts the piece's tail
+    pairs (those added 0.0). Serial: :func:`aggkit.kernels._jit.run_tasks` runs the pieces on
+    threads (as a ``prange`` kernel it took three times as long to compile).
 
     ``out`` holds whole pairs (an even length starting at an even stream index). The wrapper adds
     a leading or trailing half pair, and the real values of tail pairs (probability ``2**-53``
@@ -68,7 +69,7 @@ def _add_gaussian_noise_kernel(out, sigma, key, first_pair, tails):
     sampler, which together cost more CPU time to compile than this kernel.
     """
     pairs = out.size // 2
-    for piece in prange((pairs + _PIECE_PAIRS - 1) // _PIECE_PAIRS):
+    for piece in range(first, stop):
         start = piece * _PIECE_PAIRS
         stop = min(pairs, start + _PIECE_PAIRS)
         # A slice per piece: numba vectorizes a loop over it (not one over the whole of out).
@@ -149,8 +150,9 @@ def add_gaussian_noise(out: np.ndarray, sigma: float, key: int, offset: int = 0)
     if flat.size:
         first_pair = offset >> 1
         tails = np.zeros(-(-(flat.size // 2) // _PIECE_PAIRS), np.int64)
-        with threads_for(tails.size):
-            _add_gaussian_noise_kernel(flat, sigma, key, np.uint64(first_pair), tails)
+        run_tasks(
+            _add_gaussian_noise_kernel, tails.size, flat, sigma, key, np.uint64(first_pair), tails
+        )
         for piece in np.flatnonzero(tails):
             start = first_pair + int(piece) * _PIECE_PAIRS
             stop = min(first_pair + flat.size // 2, start + _PIECE_PAIRS)

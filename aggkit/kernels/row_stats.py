@@ -8,8 +8,8 @@ by ``c >= 0`` are ``c`` times these; layers never rescan the matrix.
 How it is fast (see ``docs/design.md``, "Contributions: a composition as coefficients"):
 
 * Work is split into tasks: eight rows side by side over at most ``CHUNK`` columns of one tensor.
-  ``prange`` runs the tasks and the per-task partials are combined afterwards in a fixed order, so
-  the bits do not depend on the thread count.
+  Threads run the tasks (:func:`aggkit.kernels._jit.run_tasks`) and the per-task partials are
+  combined afterwards in a fixed order, so the bits do not depend on the thread count.
 * Loop A streams the eight row pieces from memory and sums ``x**2`` (and, in a second loop, ``|x|``
   when asked) in float64. These sums are the only loops allowed to reassociate
   (``fastmath={"reassoc"}``), which lets LLVM vectorize them; the order then depends on the
@@ -32,10 +32,9 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from numba import prange
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._jit import kernel, run_tasks
 
 __all__ = ["CHUNK", "RowStats", "row_stats", "row_stats_numpy"]
 
@@ -213,15 +212,16 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
     round without L1 norms or min/max compiles neither the float64 helpers nor ``_sum_abs8``
     nor the key min/max loops (one parallel kernel with every branch cost 4.5 s of CPU time to
     compile, most of the first round of ``robust_aggregator()`` with an empty cache). Numba's
-    disk cache keys closures on their cells' values, so the cases are cached side by side.
+    disk cache keys closures on their cells' values, so the cases are cached side by side. The
+    kernel is serial over a range of tasks; :func:`aggkit.kernels._jit.run_tasks` runs the tasks
+    on threads (a parallel kernel took three times as long to compile).
     """
 
     def _row_stats_partials(
-        matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits
+        first, stop, matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits
     ):  # pragma: no cover - compiled
-        num_groups = groups.shape[0]
         num_tasks = starts.shape[0]
-        for t in prange(num_groups * num_tasks):
+        for t in range(first, stop):
             g = t // num_tasks
             c = t - g * num_tasks
             lo = starts[c]
@@ -275,7 +275,7 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
     _row_stats_partials.__qualname__ = (
         f"_row_stats_partials_{'f64' if wide else 'f32'}{'_l1' * with_l1}{'_minmax' * with_minmax}"
     )
-    return kernel(parallel=True)(_row_stats_partials)
+    return kernel(_row_stats_partials)
 
 
 def _row_groups(num_rows: int) -> np.ndarray:
@@ -362,9 +362,13 @@ def row_stats(
     p_bits = np.empty((num_rows, num_tasks, 3), dtype=np.int64)
     groups = _row_groups(num_rows)
     if num_rows and num_tasks:
-        with threads_for(len(groups) * num_tasks, elements=matrix.size):
-            partials = _partials_kernel(bool(wide), bool(with_l1), bool(with_minmax))
-            partials(matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits)
+        partials = _partials_kernel(bool(wide), bool(with_l1), bool(with_minmax))
+        run_tasks(
+            partials,
+            len(groups) * num_tasks,
+            *(matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits),
+            elements=matrix.size,
+        )
     sq = p_sq.sum(axis=1)
     finite = np.isfinite(sq)
     int_dtype = np.int64 if wide else np.int32

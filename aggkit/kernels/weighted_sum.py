@@ -8,11 +8,11 @@ Speed comes from the access pattern. A row-by-row loop would stream the float64 
 through the cache ``K`` times. This kernel splits the columns into blocks (:func:`block_size`) and,
 for each block, adds eight rows at a time, so the accumulator block stays in cache, each matrix
 element is read once, and the accumulator is loaded and stored once per eight rows. Blocks are
-independent, so ``prange`` over blocks needs no reduction. Blocks are long (up to 32,768 columns,
-a 256 KiB accumulator block that stays in L2) because each row's piece of a block is a separate
-memory stream for the hardware prefetcher. The target is the speed of one BLAS pass ``w @ X``
-over the same matrix; the measurements behind these choices are in
-``docs/benchmarks-history.md`` ("Weighted sum").
+independent, so threads run them with no reduction (:func:`aggkit.kernels._jit.run_tasks`).
+Blocks are long (up to 32,768 columns, a 256 KiB accumulator block that stays in L2) because
+each row's piece of a block is a separate memory stream for the hardware prefetcher. The target
+is the speed of one BLAS pass ``w @ X`` over the same matrix; the measurements behind these
+choices are in ``docs/benchmarks-history.md`` ("Weighted sum").
 
 Determinism: for each column the additions happen in row order, one row at a time
 (``((acc + c0*x0) + c1*x1) + ...``); no reassociation (fastmath is off). The bits therefore do not
@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._jit import kernel, run_tasks
 from aggkit.kernels.divide_cast import divide_cast_numpy
 
 __all__ = [
@@ -102,13 +101,14 @@ def add_rows(matrix, rows, coef, out, lo, hi):  # pragma: no cover
         i += 1
 
 
-@kernel(parallel=True)
+@kernel
 def _weighted_row_sum(
-    matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
+    first, stop, matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
 ):  # pragma: no cover
+    """Blocks ``first .. stop - 1`` of the sum (:func:`aggkit.kernels._jit.run_tasks` runs the
+    blocks on threads: a serial kernel compiles in a fraction of a parallel one's time)."""
     n = matrix.shape[1]
-    num_blocks = (n + block - 1) // block
-    for b in prange(num_blocks):
+    for b in range(first, stop):
         lo = b * block
         hi = min(lo + block, n)
         out = acc[lo:hi]
@@ -241,19 +241,20 @@ def weighted_row_sum(
         bits, top = acc.view(np.int64), np.zeros(num_blocks, np.int64)
     else:
         bits, top = _NO_BITS, _NO_BITS
-    with threads_for(num_blocks):
-        _weighted_row_sum(
-            matrix,
-            rows,
-            coef,
-            acc,
-            block,
-            bool(fresh),
-            bits,
-            top,
-            _NO_QUOTIENT if quotient is None else quotient,
-            np.float64(denominator),
-        )
+    run_tasks(
+        _weighted_row_sum,
+        num_blocks,
+        matrix,
+        rows,
+        coef,
+        acc,
+        block,
+        bool(fresh),
+        bits,
+        top,
+        _NO_QUOTIENT if quotient is None else quotient,
+        np.float64(denominator),
+    )
     if finite is not None:
         if top.size:
             finite[0] = bool(top.max() < _EXP_MASK)

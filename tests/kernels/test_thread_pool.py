@@ -1,7 +1,9 @@
-"""start_thread_pool: a longer libgomp spin for numba's pool only, never over the user's."""
+"""start_thread_pool: a longer libgomp spin for numba's pool only, never over the user's; run_tasks:
+serial kernels over fixed tasks on aggkit's helper threads."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -47,12 +49,19 @@ def test_the_users_setting_wins(monkeypatch, name):
 _PROBE = """
 import os, time, numpy as np, numba
 from aggkit import kernels
-kernels.divide_cast.divide_cast(np.ones(1 << 17), 2.0, np.empty(1 << 17), block=1 << 16)
+kernels.divide_cast  # the first kernel module aggkit loads starts numba's pool
+
+@numba.njit(parallel=True)  # the prange kernels (distances, quantize, ...) use that pool
+def halve(x):
+    for i in numba.prange(x.size):
+        x[i] *= 0.5
+
+halve(np.ones(1 << 17))
 assert numba.threading_layer() == "omp", numba.threading_layer()
 time.sleep(0.3)
 burnt = []
 for _ in range(3):
-    kernels.divide_cast.divide_cast(np.ones(1 << 17), 2.0, np.empty(1 << 17), block=1 << 16)
+    halve(np.ones(1 << 17))
     start = time.process_time()
     time.sleep(0.15)
     burnt.append(time.process_time() - start)
@@ -123,3 +132,98 @@ def test_threads_for_gives_small_work_one_thread_per_min_elements():
     with _jit.threads_for(1):
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == threads
+
+
+# --- run_tasks: serial kernels over fixed tasks on Python threads ---------------------------------
+
+
+def _recorder():
+    import threading
+
+    calls: list = []
+    lock = threading.Lock()
+
+    def function(first, stop, out, offset):
+        with lock:
+            calls.append((first, stop, threading.current_thread().name))
+        for t in range(first, stop):
+            out[t] += t + offset
+
+    return function, calls
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 7, 8, 9, 100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_tasks_runs_every_task_exactly_once_in_contiguous_ranges(tasks, threads):
+    import numba
+    import numpy as np
+
+    function, calls = _recorder()
+    out = np.zeros(tasks)
+    with _jit.threads_for(threads):
+        _jit.run_tasks(function, tasks, out, 0.5)
+    assert np.array_equal(out, np.arange(tasks) + 0.5)  # each task once, with the extra args
+    ranges = sorted((first, stop) for first, stop, _ in calls)
+    assert ranges[0][0] == 0 and ranges[-1][1] == tasks
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # no gap, no overlap
+    used = min(threads, tasks, numba.get_num_threads())
+    assert len(ranges) == (1 if used == 1 else min(tasks, 4 * used))
+    if threads == 1 or tasks == 1:
+        assert {name for *_, name in calls} == {"MainThread"}  # no helper woken
+
+
+def test_run_tasks_gives_small_work_one_thread():
+    import numpy as np
+
+    function, calls = _recorder()
+    _jit.run_tasks(function, 64, np.zeros(64), 0.0, elements=_jit.MIN_ELEMENTS_PER_THREAD)
+    assert calls == [(0, 64, "MainThread")]
+    _jit.run_tasks(function, 0, np.zeros(0), 0.0)  # nothing to do: no call
+    assert len(calls) == 1
+
+
+def test_run_tasks_raises_what_a_task_raised_after_the_others_finished():
+    import numpy as np
+
+    out = np.zeros(16)
+
+    def function(first, stop, out):
+        for t in range(first, stop):
+            if t == 9:
+                raise ZeroDivisionError(f"task {t}")
+            out[t] = 1
+
+    import numba
+
+    with pytest.raises(ZeroDivisionError, match="task 9"):
+        _jit.run_tasks(function, 16, out)
+    if numba.get_num_threads() > 1:
+        assert out.sum() == 15  # every other task ran before the error was raised
+    else:
+        assert out.sum() == 9  # one call over all tasks, stopped at task 9
+    _jit.run_tasks(lambda first, stop, out: out.__setitem__(slice(first, stop), 2), 16, out)
+    assert (out == 2).all()  # the helpers survived
+
+
+_FORKED = """
+import os, numpy as np, numba
+from aggkit import kernels
+m = np.ones((8, 1 << 18), np.float32)
+kernels.weighted_sum.weighted_row_sum(m, np.ones(8), np.zeros(1 << 18))  # helpers started
+pid = os.fork()
+if pid == 0:  # the helper threads do not exist in the child: the pool must start anew
+    acc = kernels.weighted_sum.weighted_row_sum(m, np.ones(8), np.zeros(1 << 18))
+    os._exit(0 if acc[0] == 8 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_run_tasks_works_in_a_forked_child():
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
