@@ -273,6 +273,20 @@ def test_tutorial_runs_quick_and_writes_what_the_pages_show(script, tmp_path):
     assert not missing, f"pages show files the script no longer writes: {missing}"
     committed = {p.name for p in (TUTORIALS / "figures" / FIGURE_FOLDERS[script.name]).iterdir()}
     assert referenced <= committed, f"figures not committed: {referenced - committed}"
+    if script.name == "federated_mnist.py":
+        assert_examples_learn((tmp_path / "seed.txt").read_text())
+
+
+def assert_examples_learn(transcript: str) -> None:
+    """Part 1 of the federated MNIST tutorial ran both example scripts for two epochs on a few
+    thousand examples, and each ended above 50% test accuracy (chance is 10%)."""
+    runs = re.split(r"^\$ python ", transcript, flags=re.M)[1:]
+    scripts = [run.split()[0] for run in runs]
+    assert scripts == ["examples/mnist_plain.py", "examples/mnist_federated.py"], transcript
+    for run in runs:
+        last = run.strip().splitlines()[-1]
+        assert last.startswith("epoch 2: test accuracy"), run
+        assert float(last.rsplit(" ", 1)[1]) > 0.5, run
 
 
 def test_committed_seed_diff_is_the_current_one():
