@@ -58,6 +58,8 @@ __all__ = [
     "MAX_CODE",
     "MAX_MODULUS",
     "clip_flags_numpy",
+    "decode_sum",
+    "decode_sum_numpy",
     "discretize_rows_int_numpy",
     "discretize_rows_numpy",
     "discretize_sum",
@@ -451,6 +453,67 @@ def discretize_sum_numpy(
     """NumPy twin of :func:`discretize_sum` (same accumulator, same counts)."""
     out += discretize_rows_numpy(matrix, coef, lo, hi, scale, shift).sum(axis=0, dtype=np.int64)
     return clip_flags_numpy(matrix, coef, lo, hi)
+
+
+# -- the server's decoding ----------------------------------------------------------------------
+
+#: Values per parallel piece of :func:`decode_sum`.
+_DECODE_PIECE = 1 << 15
+
+
+@kernel(parallel=True)
+def _decode_sum(total, offset, step, out, bounds):  # pragma: no cover - compiled
+    n = total.shape[0]
+    for p in prange(bounds.shape[0]):
+        part = total[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
+        dst = out[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
+        low = part[0]
+        high = part[0]
+        for j in range(part.shape[0]):
+            t = part[j]
+            low = min(low, t)
+            high = max(high, t)
+            dst[j] = np.float64(t + offset) * step
+        bounds[p, 0] = low
+        bounds[p, 1] = high
+
+
+def decode_sum(
+    total: np.ndarray, offset: int, step: float, *, numpy_columns: int = SMALL_COLUMNS
+) -> tuple[np.ndarray, int, int]:
+    """``float64(total + offset) * step``, and the smallest and largest ``total``, in one pass.
+
+    The server's side of a secure sum of float codes: ``total`` is the exact sum of the clients'
+    codes, ``offset`` their summed shifts, ``step`` the value of one code unit; the range of
+    ``total`` is what the server checks before it trusts the sum. One pass over ``total`` instead
+    of four (minimum, maximum, the int64 sum, the product), and no int64 temporary. The caller
+    keeps ``|offset| + max(|total|)`` within int64 for totals that pass its check (a total that
+    fails it may wrap here; its decoding is discarded).
+
+    Returns ``(decoded, low, high)``; ``low = high = 0`` for an empty ``total``.
+
+    Examples
+    --------
+    >>> decode_sum(np.array([0, 2, 4]), -2, 0.5)
+    (array([-1.,  0.,  1.]), 0, 4)
+    """
+    _checks.array(total, "total", dtype=np.int64, ndim=1)
+    n = total.shape[0]
+    if n <= numpy_columns:
+        return decode_sum_numpy(total, offset, step)
+    out = np.empty(n)
+    bounds = np.empty(((n + _DECODE_PIECE - 1) // _DECODE_PIECE, 2), dtype=np.int64)
+    with threads_for(bounds.shape[0], elements=n):
+        _decode_sum(total, np.int64(offset), np.float64(step), out, bounds)
+    return out, int(bounds[:, 0].min()), int(bounds[:, 1].max())
+
+
+def decode_sum_numpy(total: np.ndarray, offset: int, step: float) -> tuple[np.ndarray, int, int]:
+    """Twin of :func:`decode_sum`."""
+    decoded = np.multiply(total + np.int64(offset), step, dtype=np.float64)
+    if not total.size:
+        return decoded, 0, 0
+    return decoded, int(total.min()), int(total.max())
 
 
 # -- integer rows --------------------------------------------------------------------------------

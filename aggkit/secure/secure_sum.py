@@ -141,25 +141,41 @@ class FloatCode:
             values, self.lo, self.hi, self.scale, self.shift
         )
 
-    def decode(self, total: np.ndarray, num_summands: int) -> np.ndarray:
-        """The float64 sum that ``num_summands`` clients' codes adding up to ``total`` encode."""
+    def decode(self, total: np.ndarray, num_summands: int, *, checked: bool = False) -> np.ndarray:
+        """The float64 sum that ``num_summands`` clients' codes adding up to ``total`` encode.
+
+        ``checked``: first refuse a ``total`` outside ``[0, (2**32 - 1) * num_summands]``
+        (ValueError), with its range read in the decoding pass.
+        """
         total = np.asarray(total, dtype=np.int64)
+        offset = num_summands * self.shift
+        if self.span and abs(offset) + MAX_CODE * num_summands <= INT64_MAX:
+            decoded, low, high = kernels.discretize.decode_sum(
+                np.ascontiguousarray(total).reshape(-1), offset, self.span / MAX_CODE
+            )
+            if checked and total.size:
+                _check_range(low, high, num_summands)
+            return decoded.reshape(total.shape)
+        if checked:
+            _check_total(total, num_summands)
         if not self.span:
             return np.full(total.shape, num_summands * self.lo)
-        offset = num_summands * self.shift
-        if abs(offset) + MAX_CODE * num_summands <= INT64_MAX:
-            exact = total + np.int64(offset)
-        else:  # only for ranges tiny next to their offset: Python integers
-            exact = (total.astype(object) + offset).astype(np.float64)
+        # Only for ranges tiny next to their offset: Python integers.
+        exact = (total.astype(object) + offset).astype(np.float64)
         return np.multiply(exact, self.span / MAX_CODE, dtype=np.float64)
 
 
 def _check_total(total: np.ndarray, num_summands: int) -> None:
     """The server's check that a sum of ``num_summands`` codes is in ``[0, MAX_CODE * n]``."""
-    if total.size and (total.min() < 0 or total.max() > MAX_CODE * num_summands):
+    if total.size:
+        _check_range(int(total.min()), int(total.max()), num_summands)
+
+
+def _check_range(low: int, high: int, num_summands: int) -> None:
+    if low < 0 or high > MAX_CODE * num_summands:
         raise ValueError(
             f"a sum of {num_summands} 32-bit codes must be in [0, {MAX_CODE * num_summands}], "
-            f"got values in [{total.min()}, {total.max()}]"
+            f"got values in [{low}, {high}]"
         )
 
 
@@ -593,8 +609,7 @@ class _SecureSumRound(Round):
         if self.code is None:
             result = _int_result(total, num * self.lo, self.process.layout)
         else:
-            _check_total(total, num)
-            result = self.code.decode(total, num)
+            result = self.code.decode(total, num, checked=True)
         process = self.process
         if process.adaptive:
             minimum = np.concatenate([np.zeros(0), *self.minimum])

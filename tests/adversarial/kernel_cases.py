@@ -186,6 +186,15 @@ def _cases() -> list[tuple[str, str, str, Callable[[], object]]]:
             "matrix",
             lambda: dz.modular_sum(np.ones(5, I64), np.ones(1), 7, z64(5, I64)),
         ),
+        # discretize.decode_sum
+        ("decode_sum", "float total", "total", lambda: dz.decode_sum(z64(5000), 0, 1.0)),
+        ("decode_sum", "2-D total", "total", lambda: dz.decode_sum(z64((2, 5000), I64), 0, 1.0)),
+        (
+            "decode_sum",
+            "non-contiguous total",
+            "total",
+            lambda: dz.decode_sum(z64(10000, I64)[::2], 0, 1.0),
+        ),
         # counter_rng
         (
             "fill_uniform01",

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from aggkit.kernels import discretize
 from aggkit.kernels.discretize import (
     MAX_CODE,
+    decode_sum,
+    decode_sum_numpy,
     discretize_sum,
     discretize_sum_int,
     discretize_sum_int_numpy,
@@ -293,3 +295,35 @@ def test_few_columns_take_the_numpy_twin_with_the_same_bits():
     numpy_flags = discretize_sum_int(ints, ones, -300, 300, 2, numpy_out)
     np.testing.assert_array_equal(numpy_out, kernel_out)
     np.testing.assert_array_equal(numpy_flags, kernel_flags)
+
+
+@given(
+    st.integers(0, 70_000),
+    st.integers(-(2**40), 2**40),
+    st.floats(1e-12, 1e3),
+    st.integers(0, 2**32 - 1),
+)
+def test_decode_sum_matches_twin(n, offset, step, seed):
+    # Past SMALL_COLUMNS (kernel) and below it (the twin itself), over several parallel pieces.
+    total = np.random.default_rng(seed).integers(0, 2**40, n)
+    ours = decode_sum(total, offset, step)
+    twin = decode_sum_numpy(total, offset, step)
+    np.testing.assert_array_equal(ours[0], twin[0])
+    assert ours[1:] == twin[1:]
+    if n:
+        assert ours[1:] == (total.min(), total.max())
+    np.testing.assert_array_equal(twin[0], (total + offset).astype(np.float64) * step)
+
+
+@pytest.mark.parametrize("n", [3, 70_000], ids=["NumPy", "kernel"])
+def test_checked_decoding_refuses_a_total_out_of_range(n):
+    code = FloatCode.of(-1.0, 1.0, np.float64)
+    total = np.full(n, MAX_CODE * 2, dtype=np.int64)  # two clients' largest codes: in range
+    np.testing.assert_allclose(code.decode(total, 2, checked=True), 2.0)
+    for bad in (-1, MAX_CODE * 2 + 1):
+        total[n // 2] = bad
+        low, high = min(bad, MAX_CODE * 2), max(bad, MAX_CODE * 2)
+        with pytest.raises(ValueError, match=rf"got values in \[{low}, {high}\]"):
+            code.decode(total, 2, checked=True)
+        code.decode(total, 2)  # unchecked: no error
+        total[n // 2] = MAX_CODE * 2
