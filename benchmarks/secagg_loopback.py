@@ -12,7 +12,8 @@ alternately, ``flwr run`` submits:
   consistency round).
 
 The model is the MNIST CNN (431,080 float32 values); the nodes do not train (see
-``benchmarks/secagg_loopback_apps.py``), so a round is the aggregation. Same share holders and
+``benchmarks/secagg_loopback_apps.py``, and ``secagg_loopback_servers.py`` for the servers), so a
+round is the aggregation. Same share holders and
 threshold on both sides (aggkit's default SecAgg+ graph: 11 holders and threshold 6 at 20 nodes).
 Each server reports, per round: its process's CPU time (the server's own work, all its threads),
 the round's wall time (dominated by the nodes: every message a node answers starts a fresh
@@ -32,6 +33,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +44,97 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from aggkit_torch.flower.app import _toml_value, write_app  # noqa: E402
 from tests.flower.federation import Federation  # noqa: E402
 
-APPS = "benchmarks.secagg_loopback_apps"
+#: The federation's processes by kind (the name in their command line).
+KINDS = (
+    "flwr-clientapp",
+    "flwr-serverapp",
+    "flower-superexec",
+    "flower-supernode",
+    "flower-superlink",
+)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessMonitor:
+    """Samples a federation's process tree from /proc (every ``period`` seconds, in a thread):
+    CPU time by kind of process, how many ``flwr-clientapp`` processes were started and how many
+    ran at once. A process's CPU is what it used while the monitor ran (all of it for a process
+    started meanwhile) up to its last sample (a short-lived one may use a little more)."""
+
+    def __init__(self, roots: list[int], period: float = 0.5):
+        self.roots, self.period = roots, period
+        self.cpu: dict[tuple[int, int], tuple[str, float, float]] = {}  # key -> kind, first, last
+        self.most_clientapps = 0
+        self._before: set[tuple[int, int]] | None = None  # processes already running at the start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ProcessMonitor:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def _sample(self) -> None:
+        stats, children = {}, {}
+        for entry in Path("/proc").iterdir():  # one pass over /proc: pid -> stat fields
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                stats[int(entry.name)] = fields
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+        family, todo = [], list(self.roots)
+        while todo:
+            pid = todo.pop()
+            family.append(pid)
+            todo.extend(children.get(pid, []))
+        running = 0
+        for pid in family:
+            stat = stats.get(pid)
+            if stat is None:
+                continue
+            key = (pid, int(stat[19]))
+            kind = self.cpu.get(key, (None,))[0]
+            if kind is None:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                kind = next((k for k in KINDS if k.encode() in cmdline), None)
+                if kind is None:
+                    continue
+            seconds = (int(stat[11]) + int(stat[12])) / _TICK
+            old = self._before is None or key in self._before
+            first = self.cpu.get(key, (kind, seconds if old else 0.0, 0.0))[1]
+            self.cpu[key] = (kind, first, seconds)
+            running += kind == "flwr-clientapp" and stat[0] != "Z"
+        self.most_clientapps = max(self.most_clientapps, running)
+        if self._before is None:
+            self._before = set(self.cpu)
+
+    def figures(self) -> dict[str, float]:
+        out: dict[str, float] = {"most_clientapps_at_once": self.most_clientapps}
+        for kind in KINDS:
+            spans = [last - first for k, first, last in self.cpu.values() if k == kind]
+            out[f"{kind}_cpu_s"] = sum(spans)
+            out[f"{kind}_processes"] = len(spans)
+        starts = out["flwr-clientapp_processes"]
+        out["cpu_s_per_clientapp"] = out["flwr-clientapp_cpu_s"] / starts if starts else 0.0
+        return out
+
+
+APPS = "benchmarks.secagg_loopback_apps"  # the ClientApps
+SERVERS = "benchmarks.secagg_loopback_servers"  # the ServerApps
 VARIANTS = {
     "flower": ("flower_server", "flower_client", "flower-secaggplus", {}),
     "aggkit": (
@@ -83,7 +175,7 @@ def write_variant_app(
         out=str(out),
     )
     text = path.read_text()
-    text = text.replace("aggkit_torch.flower.server_app:app", f"{APPS}:{server}")
+    text = text.replace("aggkit_torch.flower.server_app:app", f"{SERVERS}:{server}")
     text = text.replace("aggkit_torch.flower.client_app:app", f"{APPS}:{client}")
     keys = {
         "nodes": nodes,
@@ -115,7 +207,13 @@ def identities(directory: Path, nodes: int) -> tuple[Path, dict[int, str]]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=20, help="SuperNodes (default: 20)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per run (default: 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds per run (default: 3; the per-round figure is the median round after the "
+        "first, which also pays one-off costs)",
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -164,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
                     warm_up=args.warm_up,
                 )
                 start = time.perf_counter()
-                done = federation.run(app, f"nodes={args.nodes}", timeout=args.timeout)
+                roots = [process.pid for process in federation.processes]
+                with ProcessMonitor(roots) as monitor:
+                    done = federation.run(app, f"nodes={args.nodes}", timeout=args.timeout)
                 result = out / f"{VARIANTS[variant][2]}.json"
                 if done.returncode != 0 or not result.exists():
                     raise RuntimeError(
@@ -173,9 +273,14 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                 figures = json.loads(result.read_text())
                 figures["load_average"] = os.getloadavg()[0]
+                figures.update({f"processes.{k}": v for k, v in monitor.figures().items()})
                 print(
-                    f"{repeat} {variant}: server CPU {figures['server_cpu_s_per_round']:.3f} s, "
-                    f"wall {figures['wall_s_per_round']:.1f} s per round "
+                    f"{repeat} {variant}: server CPU {figures['server_cpu_s_per_round']:.3f} s "
+                    f"per round after the first (rounds: "
+                    + ", ".join(f"{c:.3f}" for c in figures["round_cpu_s"])
+                    + f"; push {figures['push_cpu_s_per_round']:.3f} s, pull "
+                    f"{figures['pull_cpu_s_per_round']:.3f} s in {figures['pulls_per_round']:.1f} "
+                    f"pulls per round), wall {figures['wall_s_per_round']:.1f} s per round "
                     f"({time.perf_counter() - start:.0f} s run, "
                     f"load {figures['load_average']:.1f})",
                     flush=True,
@@ -195,11 +300,15 @@ def main(argv: list[str] | None = None) -> dict:
             if isinstance(runs[0][key], (int, float))
         }
     if "flower" in results:
-        flower = [r["server_cpu_s_per_round"] for r in results["flower"]]
-        for variant in set(results) - {"flower"}:
-            ours = [r["server_cpu_s_per_round"] for r in results[variant]]
-            ratios = [f / o for f, o in zip(flower, ours, strict=True)]  # paired by repeat
-            summary["variants"][variant]["flower_over_this_server_cpu"] = statistics.median(ratios)
+        for key, name in [
+            ("server_cpu_s_per_round", "flower_over_this_server_cpu"),
+            ("mean_cpu_s_per_round", "flower_over_this_mean_cpu"),
+        ]:
+            flower = [r[key] for r in results["flower"]]
+            for variant in set(results) - {"flower"}:
+                ours = [r[key] for r in results[variant]]
+                ratios = [f / o for f, o in zip(flower, ours, strict=True)]  # paired by repeat
+                summary["variants"][variant][name] = statistics.median(ratios)
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

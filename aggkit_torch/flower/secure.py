@@ -28,12 +28,20 @@ the registry file (run config ``secagg-registry``: partition id -> public key), 
 :mod:`aggkit.secure.identity`; an empty ``secagg-registry`` selects the honest-but-curious mode.
 The nodes' clients keep their default :class:`~aggkit.secure.protocol.ClientPolicy`.
 
+Waiting for replies. Flower's deployment grid pulls the SuperLink every 3 s until every reply of
+an exchange is in, and on a deployment those pulls are most of the server's CPU time (a round's
+replies take tens of seconds when each node starts a ClientApp process per message). On such a
+grid :meth:`SecureAggkitStrategy.start` waits through :class:`PatientGrid`, which pulls once at
+once and then, for an exchange it has seen before, not before 80% of that exchange's last
+duration, then every 3 s: the same replies, a fraction of the pulls.
+
 The apps: :mod:`aggkit_torch.flower.secure_apps` (``client_app``, ``server_app``,
 ``write_secure_app``). ``docs/flower.md`` has the commands for several machines.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -54,12 +62,137 @@ from aggkit.secure.simulation import default_threshold
 from aggkit_torch.federated import flatten_measurements
 from aggkit_torch.flower.strategy import MEASUREMENT_PREFIX, AggkitStrategy
 
-__all__ = ["SECAGG_QUERY", "SecureAggkitStrategy"]
+__all__ = ["SECAGG_QUERY", "GridWrapper", "PatientGrid", "SecureAggkitStrategy"]
 
 #: The message type of the protocol's stages after the first.
 SECAGG_QUERY = f"{MessageType.QUERY}.secagg"
 #: Where a message carries a protocol message: ``content[SECAGG_KEY]["msg"]`` (bytes).
 SECAGG_KEY = "secagg"
+
+
+class GridWrapper(Grid):
+    """A grid that hands every call to ``grid``: subclass it to change some of them.
+
+    Examples
+    --------
+    >>> class Quiet(GridWrapper):
+    ...     def get_node_ids(self):
+    ...         return []
+    >>> Quiet(None).grid is None
+    True
+    """
+
+    def __init__(self, grid: Any):
+        self.grid = grid
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PatientGrid(GridWrapper):
+    """A grid whose ``send_and_receive`` pulls the SuperLink fewer times than Flower's.
+
+    Flower's deployment grid pulls right after pushing, then every ``interval`` (3 s) until every
+    reply is in or the timeout passes. This one does the same, except that for an exchange it has
+    seen before (same ``key``: the message type unless the caller names a protocol stage) it
+    waits, after the first pull, until ``lead`` times that exchange's last duration has passed.
+    The replies are the same; when an exchange takes about as long as it did the round before,
+    it needs two or three pulls instead of one every 3 s. Everything else is the wrapped grid's.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The run's grid (Flower's ``HttpGrid`` on a deployment).
+    interval : float
+        Seconds between pulls otherwise (Flower's: 3).
+    lead : float
+        Fraction of the exchange's last duration to wait before the second pull.
+
+    Attributes
+    ----------
+    durations : dict of str to float
+        The last duration of each exchange (push to the pull that found its last reply).
+
+    Examples
+    --------
+    >>> class Instant:  # a grid whose replies are there at once
+    ...     def push_messages(self, messages):
+    ...         return [str(i) for i, _ in enumerate(messages)]
+    ...     def pull_messages(self, ids):
+    ...         return []
+    >>> grid = PatientGrid(Instant())
+    >>> grid.send_and_receive([], timeout=1.0)
+    []
+    >>> sorted(grid.durations)
+    ['']
+    """
+
+    def __init__(self, grid: Any, interval: float = 3.0, lead: float = 0.8):
+        super().__init__(grid)
+        self.interval = float(interval)
+        self.lead = float(lead)
+        self.durations: dict[str, float] = {}
+
+    def send_and_receive(  # type: ignore[override]
+        self, messages: Iterable[Message], *, timeout: float | None = None, key: str | None = None
+    ) -> list[Message]:
+        """Push ``messages``, pull their replies (see the class docstring) until all are in or
+        ``timeout`` seconds have passed."""
+        messages = list(messages)
+        if key is None:
+            key = messages[0].metadata.message_type if messages else ""
+        started = time.monotonic()
+        waiting = set(self.grid.push_messages(messages))
+        end = started + (math.inf if timeout is None else float(timeout))
+        expected = self.durations.get(key)
+        replies: list[Message] = []
+        pulls = 0
+        while True:
+            got = list(self.grid.pull_messages(waiting))
+            pulls += 1
+            replies.extend(got)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+            now = time.monotonic()
+            if not waiting or now >= end:
+                break
+            wait = self.interval
+            if pulls == 1 and expected is not None:
+                wait = max(wait, self.lead * expected - (now - started))
+            time.sleep(min(wait, end - now))
+        if not waiting:
+            self.durations[key] = time.monotonic() - started
+        return replies
+
+
+def _polls_for_replies(grid: Any) -> bool:
+    """Whether ``grid`` finds replies by pulling a SuperLink (Flower's deployment grid, or a grid
+    that says so with ``polls_for_replies = True``)."""
+    if hasattr(grid, "polls_for_replies"):
+        return bool(grid.polls_for_replies)
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    return isinstance(grid, HttpGrid)
 
 
 class SecureAggkitStrategy(AggkitStrategy):
@@ -133,6 +266,13 @@ class SecureAggkitStrategy(AggkitStrategy):
         self._plan = None
         self._server: SecAggServer | None = None
         self._node_of: dict[int, int] = {}
+
+    def start(self, grid: Grid, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`flwr.serverapp.strategy.Strategy.start`, waiting for replies through a
+        :class:`PatientGrid` on a deployment (see the module docstring)."""
+        if not isinstance(grid, PatientGrid) and _polls_for_replies(grid):
+            grid = PatientGrid(grid)
+        return super().start(grid, *args, **kwargs)
 
     # -- round start: train + advertise_keys ---------------------------------------------------
 
@@ -227,7 +367,8 @@ class SecureAggkitStrategy(AggkitStrategy):
                     )
                 stats["server_seconds"] += time.perf_counter() - started
                 assert self._grid is not None
-                answers = self._grid.send_and_receive(messages, timeout=self.stage_timeout)
+                named = {"key": server.stage} if isinstance(self._grid, PatientGrid) else {}
+                answers = self._grid.send_and_receive(messages, timeout=self.stage_timeout, **named)
                 self._take(server, answers)
             started = time.perf_counter()
             result = server.finish()

@@ -224,3 +224,120 @@ def test_a_round_that_samples_no_node_changes_nothing():
     for name in initial:
         np.testing.assert_array_equal(after_skip[name], after_one[name], err_msg=name)
     assert repr(skipped.aggregator_state) == repr(plain.aggregator_state)
+
+
+class _Clock:
+    """A fake clock for PatientGrid: ``sleep`` moves it on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class _SlowGrid:
+    """Replies to a node's message arrive ``delays[node]`` seconds after the push (never if
+    None); every pull is logged with its time."""
+
+    def __init__(self, clock: _Clock, delays: dict[int, float | None]):
+        self.clock, self.delays, self.pulls = clock, delays, []
+        self.pushed: dict[str, tuple[float, object]] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            key = str(len(self.pushed))
+            self.pushed[key] = (self.clock.now, message)
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, ids):
+        from flwr.app import Message, RecordDict
+
+        self.pulls.append(self.clock.now)
+        out = []
+        for key in ids:
+            pushed_at, message = self.pushed[key]
+            delay = self.delays[message.metadata.dst_node_id]
+            if delay is not None and self.clock.now >= pushed_at + delay:
+                reply = Message(RecordDict(), reply_to=message)
+                reply.metadata.__dict__["_reply_to_message_id"] = key
+                out.append(reply)
+        return out
+
+
+def _queries(nodes):
+    from flwr.app import Message, RecordDict
+
+    return [Message(RecordDict(), dst_node_id=n, message_type="query.secagg") for n in nodes]
+
+
+def test_patient_grid_gets_the_same_replies_with_fewer_pulls(monkeypatch):
+    from aggkit_torch.flower import secure
+
+    clock = _Clock()
+    monkeypatch.setattr(secure, "time", clock)
+    grid = _SlowGrid(clock, {1: 5.0, 2: 20.0})
+    patient = secure.PatientGrid(grid)
+    # First exchange of its kind: Flower's schedule, a pull at once and then every 3 s.
+    replies = patient.send_and_receive(_queries([1, 2]), timeout=600, key="share_keys")
+    assert len(replies) == 2
+    assert grid.pulls == [0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0]
+    assert patient.durations == {"share_keys": 21.0}
+    # The same exchange again: after the first pull it waits 80% of the last duration (16.8 s).
+    grid.pulls.clear()
+    start = clock.now
+    replies = patient.send_and_receive(_queries([1, 2]), timeout=600, key="share_keys")
+    assert len(replies) == 2
+    assert [round(t - start, 6) for t in grid.pulls] == [0.0, 16.8, 19.8, 22.8]
+    # Another exchange is not slowed by it: Flower's schedule again.
+    grid.pulls.clear()
+    start = clock.now
+    patient.send_and_receive(_queries([1]), timeout=600, key="unmask")
+    assert [t - start for t in grid.pulls] == [0.0, 3.0, 6.0]
+
+
+def test_patient_grid_stops_at_the_timeout_with_the_replies_it_has(monkeypatch):
+    from aggkit_torch.flower import secure
+
+    clock = _Clock()
+    monkeypatch.setattr(secure, "time", clock)
+    grid = _SlowGrid(clock, {1: 1.0, 2: None})  # node 2 never answers
+    patient = secure.PatientGrid(grid)
+    patient.durations["query.secagg"] = 100.0  # a long exchange last time: the timeout still wins
+    replies = patient.send_and_receive(_queries([1, 2]), timeout=10.0)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["0"]
+    assert grid.pulls == [0.0, 10.0]
+    assert patient.durations == {"query.secagg": 100.0}  # an unfinished exchange teaches nothing
+
+
+def test_strategy_waits_patiently_only_on_a_grid_that_polls(monkeypatch):
+    import aggkit as ak
+    from aggkit_torch.flower.secure import PatientGrid, SecureAggkitStrategy
+
+    seen = []
+    monkeypatch.setattr(
+        "aggkit_torch.flower.strategy.AggkitStrategy.start",
+        lambda self, grid, *a, **k: seen.append(grid),
+    )
+    strategy = SecureAggkitStrategy(ak.secure_aggregator(), honest_but_curious=True)
+
+    class Polling:
+        polls_for_replies = True
+
+    class Local:
+        pass
+
+    polling, local = Polling(), Local()
+    strategy.start(polling, None)
+    strategy.start(local, None)
+    assert isinstance(seen[0], PatientGrid) and seen[0].grid is polling
+    assert seen[1] is local
