@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -61,8 +62,16 @@ class ProcessMonitor:
     ran at once. A process's CPU is what it used while the monitor ran (all of it for a process
     started meanwhile) up to its last sample (a short-lived one may use a little more)."""
 
-    def __init__(self, roots: list[int], period: float = 0.5):
+    def __init__(
+        self,
+        roots: list[int],
+        period: float = 0.5,
+        limit: int | None = None,
+        on_excess: Any = None,
+    ):
         self.roots, self.period = roots, period
+        self.limit, self.on_excess = limit, on_excess
+        self.exceeded = 0  # ClientApps running at once when the limit was passed (0: never)
         self.cpu: dict[tuple[int, int], tuple[str, float, float]] = {}  # key -> kind, first, last
         self.most_clientapps = 0
         self._before: set[tuple[int, int]] | None = None  # processes already running at the start
@@ -119,6 +128,10 @@ class ProcessMonitor:
             self.cpu[key] = (kind, first, seconds)
             running += kind == "flwr-clientapp" and stat[0] != "Z"
         self.most_clientapps = max(self.most_clientapps, running)
+        if self.limit is not None and running > self.limit and not self.exceeded:
+            self.exceeded = running
+            if self.on_excess is not None:
+                self.on_excess()
         if self._before is None:
             self._before = set(self.cpu)
 
@@ -236,6 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--profile", type=Path, help="save each server's cProfile stats in this directory"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per flwr run")
+    parser.add_argument(
+        "--max-clientapps",
+        type=int,
+        help="stop the federation when more flwr-clientapp processes than this run at once "
+        "(default: 3 per node): a SuperNode relaunches a task whose ClientApp has not started "
+        "within 30 s, and on an overloaded machine that cascades",
+    )
     args = parser.parse_args(argv)
 
     # The SuperNodes' ClientApps import this repository's benchmarks package.
@@ -263,13 +283,21 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 start = time.perf_counter()
                 roots = [process.pid for process in federation.processes]
-                with ProcessMonitor(roots) as monitor:
+                limit = args.max_clientapps or 3 * args.nodes
+                with ProcessMonitor(roots, limit=limit, on_excess=federation.stop) as monitor:
                     done = federation.run(app, f"nodes={args.nodes}", timeout=args.timeout)
                 result = out / f"{VARIANTS[variant][2]}.json"
-                if done.returncode != 0 or not result.exists():
+                if monitor.exceeded or done.returncode != 0 or not result.exists():
+                    seen = json.dumps(monitor.figures(), indent=1)
+                    why = (
+                        f"{monitor.exceeded} flwr-clientapp processes at once (limit {limit}): "
+                        "the federation was stopped"
+                        if monitor.exceeded
+                        else (done.stdout + done.stderr)[-4000:]
+                    )
                     raise RuntimeError(
-                        f"{variant} failed:\n{(done.stdout + done.stderr)[-4000:]}\n"
-                        + federation.tail()
+                        f"{variant} failed after {time.perf_counter() - start:.0f} s at load "
+                        f"{os.getloadavg()[0]:.1f}: {why}\nprocesses: {seen}\n" + federation.tail()
                     )
                 figures = json.loads(result.read_text())
                 figures["load_average"] = os.getloadavg()[0]
