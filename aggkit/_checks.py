@@ -308,10 +308,13 @@ def clip_factors(norms: np.ndarray, clip: float) -> np.ndarray:
     return factors
 
 
-def positive_total_weight(total: float, count: int, who: str, what: str) -> None:
+def positive_total_weight(
+    total: float, count: int, who: str, what: str, clients: str = "clients of the round"
+) -> None:
     """Raise :class:`~aggkit.InvalidUpdateError` (on the weights) unless a round's total weight
     ``total`` over ``count`` clients is positive: a weighted rule ``who`` whose result ``what`` is
     a ratio by the total weight is undefined when every weight is 0 (and no client is to blame).
+    ``clients`` says which clients the total is over (Multi-Krum: its selected clients).
 
     Examples
     --------
@@ -324,7 +327,7 @@ is undefined when the total weight is 0 (all 3 clients of the round have weight 
     if not total > 0.0:
         raise InvalidUpdateError(
             f"{who}: {what} is undefined when the total weight is 0 "
-            f"(all {count} clients of the round have weight 0)",
+            f"(all {count} {clients} have weight 0)",
             path="weight",
         )
 

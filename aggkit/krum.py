@@ -119,7 +119,8 @@ def krum(num_byzantine: int, num_selected: int = 1) -> KrumFactory:
         A parameter is not an int, or is out of range; at ``next``, too few clients
         (:class:`~aggkit.EmptyRoundError` for none).
     aggkit.InvalidUpdateError
-        At ``next``, a client holding NaN or Inf (wrap in ``ak.zeroing`` to drop such clients).
+        At ``next``, a client holding NaN or Inf (wrap in ``ak.zeroing`` to drop such clients);
+        with ``m > 1``, selected clients whose weights are all 0 (their mean is undefined).
 
     Examples
     --------
@@ -172,6 +173,11 @@ class _KrumRound(WholeRound):
         factors = np.zeros(k)
         factors[chosen] = weights[chosen] * coef[chosen]
         total = float(np.add.accumulate(weights[chosen])[-1])
+        # The weighted mean of the selected clients is 0/0 when all their weights are 0 (whatever
+        # the unselected clients weigh): an error on the weights, as in ak.geometric_median.
+        _checks.positive_total_weight(
+            total, self.m, who, "the weighted mean of the selected clients", "selected clients"
+        )
         out = np.empty(n, dtype=self.layout.dtype)
         kernels.weighted_sum.weighted_row_sum(
             matrix, factors, np.empty(n), fresh=True, quotient=out, denominator=total

@@ -450,3 +450,26 @@ def test_geometric_median_refuses_a_round_of_zero_total_weight():
     # One positive weight is enough: the result is that client's update.
     out = process.next(process.initialize(), matrix, weights=np.array([0.0, 0.0, 2.0, 0.0]))
     np.testing.assert_allclose(out.result, matrix[2], rtol=1e-6)
+
+
+def test_multi_krum_refuses_selected_clients_of_zero_total_weight():
+    # Multi-Krum's result is the weighted mean of the selected clients: undefined when all of
+    # them have weight 0, even if unselected clients have weight (it used to return NaN). The
+    # error names the weights, not a client.
+    matrix = np.zeros((7, 3), np.float32)
+    matrix[5:] = 100.0  # clients 5 and 6 are outliers, never among the 5 selected
+    weights = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 1.0])
+    process = ak.krum(1, 5).create(ak.TensorSpec((3,), np.float32))
+    with pytest.raises(ak.InvalidUpdateError, match="total weight is 0") as caught:
+        process.next(process.initialize(), matrix, weights=weights)
+    assert caught.value.client is None and caught.value.path == "weight"
+    assert "all 5 selected clients have weight 0" in str(caught.value)
+    # One selected client of positive weight is enough: the result is its update.
+    weights[2] = 3.0
+    matrix[2] = 0.5
+    out = process.next(process.initialize(), matrix, weights=weights)
+    np.testing.assert_array_equal(out.result, matrix[2])
+    # Krum proper (one selected client) does not use the weights.
+    krum = ak.krum(1).create(ak.TensorSpec((3,), np.float32))
+    out = krum.next(krum.initialize(), matrix, weights=np.zeros(7))
+    assert np.isfinite(out.result).all()

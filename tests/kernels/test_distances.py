@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from aggkit.kernels.distances import (
-    GRAM_COLUMNS,
     center_distances,
     center_distances_numpy,
     center_step,
@@ -17,12 +16,15 @@ from aggkit.kernels.distances import (
     pairwise_sq_distances_numpy,
 )
 
+#: Widths up to two blocks and a bit of :func:`pairwise_sq_distances`'s explicit ``width=256``.
+COLUMNS = 256
+
 
 @st.composite
 def matrices(draw):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     k = draw(st.integers(1, 11))
-    n = draw(st.integers(0, 2 * GRAM_COLUMNS + 3))
+    n = draw(st.integers(0, 2 * COLUMNS + 3))
     elements = st.floats(-1e3, 1e3, width=np.dtype(dtype).itemsize * 8)
     matrix = draw(hnp.arrays(dtype, (k, n), elements=elements))
     coef = draw(hnp.arrays(np.float64, k, elements=st.sampled_from([0.0, 1.0, 0.25, 3.0])))
@@ -38,10 +40,11 @@ def _exact_sq(matrix, coef):
 def test_pairwise_matches_twin_and_differences(case, data):
     matrix, coef = case
     reference = data.draw(st.integers(0, len(matrix) - 1))
-    ours = pairwise_sq_distances(matrix, coef, reference)
+    width = data.draw(st.sampled_from([None, 1, 7, COLUMNS]))  # None: one block here
+    ours = pairwise_sq_distances(matrix, coef, reference, width=width)
     exact, x = _exact_sq(matrix, coef)
     scale = max(1.0, float((x**2).sum()))
-    twin = pairwise_sq_distances_numpy(matrix, coef, reference)
+    twin = pairwise_sq_distances_numpy(matrix, coef, reference, width=width)
     np.testing.assert_allclose(ours, twin, atol=1e-12 * scale)
     np.testing.assert_allclose(ours, exact, rtol=1e-9, atol=1e-12 * scale)
     assert (ours >= 0).all() and (np.diag(ours) == 0).all()
