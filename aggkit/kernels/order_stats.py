@@ -118,6 +118,16 @@ def sorting_network(k: int, first: int = 0, stop: int | None = None) -> np.ndarr
     return out
 
 
+@kernel(inline=True)
+def _middle(buf, lo, hi, so, out, w):  # pragma: no cover
+    """``out[j] = (buf[lo, so + j] + buf[hi, so + j]) / 2`` in float64 for ``j < w``: the median
+    of a sorted block's lanes (``lo``, ``hi``: its middle rows)."""
+    x = buf[lo, so : so + LANES]
+    y = buf[hi, so : so + LANES]
+    for j in range(w):
+        out[j] = (np.float64(x[j]) + np.float64(y[j])) * 0.5
+
+
 @kernel(parallel=True)
 def _order_statistic(
     matrix, rows, coef, comps, mode, start, count, width, out, bad, zero
@@ -174,10 +184,7 @@ def _order_statistic(
                 dst_out = out[lo + so : min(lo + so + LANES, hi)]
                 w = dst_out.shape[0]
                 if mode == 0:
-                    x = buf[mid_lo, so : so + LANES]
-                    y = buf[mid_hi, so : so + LANES]
-                    for j in range(w):
-                        dst_out[j] = (np.float64(x[j]) + np.float64(y[j])) * 0.5
+                    _middle(buf, mid_lo, mid_hi, so, dst_out, w)
                     continue
                 for j in range(LANES):
                     acc[j] = 0.0
@@ -187,10 +194,8 @@ def _order_statistic(
                         for j in range(LANES):
                             acc[j] += x[j]
                 else:
-                    x = buf[mid_lo, so : so + LANES]
-                    y = buf[mid_hi, so : so + LANES]
+                    _middle(buf, mid_lo, mid_hi, so, med, LANES)
                     for j in range(LANES):
-                        med[j] = (np.float64(x[j]) + np.float64(y[j])) * 0.5
                         shift[j] = 0
                     for i in range(k - count):
                         x = buf[i, so : so + LANES]
