@@ -11,6 +11,10 @@ Usage (``BASE`` is any git revision; the current tree is the contender)::
 
     python benchmarks/ab_revisions.py --base BASE [--rounds 20] [--presets mean,robust,dp,...]
 
+On a machine busy with other jobs, ``--clock cpu`` times each round by the worker's CPU time
+instead of the wall clock; run it single-threaded then (``NUMBA_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1``: idle worker threads spin, and their spinning would count).
+
 It checks ``BASE`` out into a temporary git worktree and removes it afterwards. It prints, per
 preset, the best and median round time of each tree and the median over rounds of the per-round
 ratio ``base / current`` (above 1.0: the current tree is faster).
@@ -37,6 +41,12 @@ PRESETS = {
     "dp": "ak.dp_aggregator(1.0, 100)",
     "compression": "ak.compression_aggregator()",
     "secure": "ak.secure_aggregator()",
+    # The Byzantine-robust rules at bench_byzantine.py's parameters for K=100 (f = K // 10).
+    "median": "ak.median()",
+    "trimmed_mean": "ak.trimmed_mean(0.1)",
+    "krum": "ak.krum(10)",
+    "multi_krum": "ak.krum(10, 90)",
+    "bulyan": "ak.bulyan(10)",
 }
 
 _WORKER = r"""
@@ -45,6 +55,7 @@ import numpy as np
 import aggkit as ak
 
 K, N = int(sys.argv[1]), int(sys.argv[2])
+clock = time.process_time if sys.argv[3] == "cpu" else time.perf_counter
 rng = np.random.default_rng(K + N)
 matrix = rng.standard_normal((K, N), dtype=np.float32) * np.float32(1 / np.sqrt(N))
 weights = rng.random(K) + 0.5
@@ -69,17 +80,17 @@ for line in sys.stdin:
     if name not in rounds:
         rounds[name] = make(expr)
         rounds[name]()  # compile or load the kernels; warm up
-    start = time.perf_counter()
+    start = clock()
     rounds[name]()
-    print(json.dumps(time.perf_counter() - start), flush=True)
+    print(json.dumps(clock() - start), flush=True)
 """
 
 
 class _Worker:
-    def __init__(self, tree: Path, shape: tuple[int, int]):
+    def __init__(self, tree: Path, shape: tuple[int, int], clock: str = "wall"):
         env = {**os.environ, "PYTHONPATH": str(tree)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(shape[0]), str(shape[1])],
+            [sys.executable, "-c", _WORKER, str(shape[0]), str(shape[1]), clock],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -108,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=100, help="rows of the client matrix")
     parser.add_argument("--values", type=int, default=431_080, help="columns of the matrix")
     parser.add_argument("--pause", type=float, default=0.15, help="idle seconds before a round")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="time rounds by wall or CPU time"
+    )
     args = parser.parse_args(argv)
     names = args.presets.split(",")
     unknown = sorted(set(names) - set(PRESETS))
@@ -124,10 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             shape = (args.clients, args.values)
-            workers = {"base": _Worker(base_tree, shape), "current": _Worker(here, shape)}
+            workers = {
+                "base": _Worker(base_tree, shape, args.clock),
+                "current": _Worker(here, shape, args.clock),
+            }
             print(f"base    {args.base}: {workers['base'].origin}")
             print(f"current {here}: {workers['current'].origin}")
-            print(f"K={shape[0]} x n={shape[1]:,} float32, {args.rounds} paired rounds\n")
+            print(
+                f"K={shape[0]} x n={shape[1]:,} float32, {args.rounds} paired rounds, "
+                f"{args.clock} clock\n"
+            )
             print(
                 f"{'preset':<12} {'base best':>10} {'cur best':>10} {'base med':>10} "
                 f"{'cur med':>10} {'ratio b/c':>10}"
