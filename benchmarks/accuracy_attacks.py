@@ -14,12 +14,22 @@ writes ``results.jsonl`` (one line per run, appended as runs finish; an interrup
 where it stopped), ``accuracy_attacks.md`` (the tables, with the command) and
 ``accuracy_attacks.png`` (one heat map per partition) into ``--out``. ``--quick`` runs a tiny
 version (CI smoke).
+
+Parallel workers (say one per rule, or ``--no-baseline`` on all but one) may share one ``--out``:
+each appends its runs to ``results.jsonl``, and the table and plot are always rendered from every
+run in that file (the rules, partitions, attacks and fractions of all workers, in a fixed
+order), under a lock, each file written whole and then renamed into place. So whichever worker
+finishes last renders the complete sweep, and no worker's table overwrites another's with a
+part of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,6 +84,21 @@ def _key(run: dict) -> tuple:
     return (run["partition"], run["attack"], run["fraction"], run["rule"])
 
 
+def load_results(out: Path) -> dict[tuple, dict]:
+    """Every finished run in ``out/results.jsonl`` by key (a later line wins; a line another
+    worker is still writing, cut short, is skipped)."""
+    done = {}
+    log = out / "results.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                run = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[_key(run)] = run
+    return done
+
+
 def sweep(args: argparse.Namespace) -> list[dict]:
     import torch
 
@@ -95,11 +120,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "results.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            run = json.loads(line)
-            done[_key(run)] = run
+    done = load_results(args.out)
     todo = [(p, a, f, r) for p, a, f in scenarios(args) for r in args.rules.split(",")]
     if args.report_only:
         return [done[k] for k in todo if k in done]
@@ -182,7 +203,75 @@ def command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _ordered(known: tuple, *groups) -> list:
+    """The union of ``groups`` (iterables), ``known``'s members first in ``known``'s order, then
+    the others sorted."""
+    seen = {x for group in groups for x in group}
+    return [x for x in known if x in seen] + sorted(seen - set(known), key=str)
+
+
+def merged(args: argparse.Namespace, results: dict[tuple, dict]) -> argparse.Namespace:
+    """``args`` widened to every rule, partition, attack and fraction that this worker asked
+    for or that ``results`` (all workers' runs) holds: what the rendered table covers."""
+    runs = list(results.values())
+    fractions = _ordered(
+        (),
+        (float(f) for f in args.fractions.split(",")),
+        (r["fraction"] for r in runs if r["attack"] != "none"),
+    )
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "rules": ",".join(
+                _ordered(RULE_NAMES, args.rules.split(","), (r["rule"] for r in runs))
+            ),
+            "partitions": ",".join(
+                _ordered(
+                    ("iid", "dirichlet"), args.partitions.split(","), (r["partition"] for r in runs)
+                )
+            ),
+            "attacks": ",".join(
+                _ordered(
+                    ATTACK_NAMES,
+                    args.attacks.split(","),
+                    (r["attack"] for r in runs if r["attack"] != "none"),
+                )
+            ),
+            "fractions": ",".join(f"{f:g}" for f in fractions),
+        }
+    )
+
+
+@contextlib.contextmanager
+def _render_lock(out: Path):
+    """An exclusive lock on ``out/.render.lock`` (workers sharing ``out`` render one at a time)."""
+    with (out / ".render.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _replace(path: Path, write_to) -> None:
+    """Write ``path`` whole through ``write_to(temporary path)``, then rename it into place."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    write_to(tmp)
+    os.replace(tmp, path)
+
+
+def render(args: argparse.Namespace) -> str:
+    """Write ``accuracy_attacks.md`` and ``.png`` into ``args.out`` from every run in its
+    ``results.jsonl`` (this worker's and any other's); returns the Markdown."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _render_lock(args.out):
+        results = load_results(args.out)
+        return write(list(results.values()), merged(args, results))
+
+
 def write(results: list[dict], args: argparse.Namespace) -> str:
+    """The tables of ``results`` for ``args``' rules, partitions, attacks and fractions (use
+    :func:`render`, which takes them from the results file, when workers share ``args.out``)."""
     columns = [("none", 0.0)] + [
         (a, float(f)) for f in args.fractions.split(",") for a in args.attacks.split(",")
     ]
@@ -221,7 +310,7 @@ def write(results: list[dict], args: argparse.Namespace) -> str:
         lines += [f"{missing} runs of the sweep are missing (empty cells).", ""]
     lines += ["![accuracy under attack](accuracy_attacks.png)", ""]
     text = "\n".join(lines)
-    (args.out / "accuracy_attacks.md").write_text(text)
+    _replace(args.out / "accuracy_attacks.md", lambda path: path.write_text(text))
     plot(by_key, columns, rules, args)
     return text
 
@@ -262,7 +351,10 @@ def plot(by_key: dict, columns: list, rules: list, args: argparse.Namespace) -> 
                     )
         ax.set_title(f"{partition}: test accuracy after {args.rounds} rounds")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.savefig(args.out / "accuracy_attacks.png", dpi=110, bbox_inches="tight")
+    _replace(
+        args.out / "accuracy_attacks.png",
+        lambda path: fig.savefig(path, format="png", dpi=110, bbox_inches="tight"),
+    )
     plt.close(fig)
 
 
@@ -298,8 +390,8 @@ def main(argv: list[str] | None = None) -> str:
     args = _parser().parse_args(argv)
     if args.quick:
         args.rounds, args.clients, args.local_steps, args.test_examples = 1, 30, 1, 200
-    results = sweep(args)
-    text = write(results, args)
+    sweep(args)
+    text = render(args)
     print(text)
     return text
 

@@ -3,6 +3,8 @@ flags, and the accuracy-under-attack script (quick mode, real MNIST)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,37 @@ def test_accuracy_attacks_script_quick(mnist_root, tmp_path):
     assert (tmp_path / "accuracy_attacks.png").read_bytes()[:4] == b"\x89PNG"
     accuracy_attacks.main(argv)  # a second call resumes: nothing runs again
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_accuracy_attacks_renders_every_workers_runs(tmp_path):
+    # Two workers share one --out: worker A ran mean (with and without attack), worker B ran
+    # median under attack only and finishes last. B's table must hold A's runs too (it used to
+    # render its own runs only and overwrite A's table); a line still being written is skipped.
+    from benchmarks import accuracy_attacks
+
+    def run(rule, attack, fraction, accuracy):
+        return {
+            "partition": "iid",
+            "attack": attack,
+            "fraction": fraction,
+            "rule": rule,
+            "num_byzantine": 2,
+            "accuracy": accuracy,
+            "seconds": 1.0,
+            "error": None,
+        }
+
+    lines = [run("mean", "none", 0.0, 0.91), run("mean", "sign_flip", 0.2, 0.42)]
+    lines.append(run("median", "sign_flip", 0.2, 0.77))
+    text = "\n".join(json.dumps(x) for x in lines) + '\n{"partition": "iid", "att'
+    (tmp_path / "results.jsonl").write_text(text)
+    argv = ["--out", str(tmp_path), "--partitions", "iid", "--fractions", "0.2"]
+    args = accuracy_attacks._parser().parse_args(
+        [*argv, "--attacks", "sign_flip", "--rules", "median", "--no-baseline"]
+    )
+    table = accuracy_attacks.render(args)
+    assert "| mean | 0.910 | 0.420 |" in table and "| median |  | 0.770 |" in table
+    assert table.index("| mean |") < table.index("| median |")  # RULE_NAMES order
+    assert (tmp_path / "accuracy_attacks.md").read_text() == table
+    assert (tmp_path / "accuracy_attacks.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".accuracy")) == []
