@@ -211,9 +211,10 @@ def workloads() -> list[Workload]:
     ]
 
 
-def probe_ratios(rounds: int = 12) -> dict:
+def probe_ratios(rounds: int = 12, only: list[str] | None = None) -> dict:
     """Each preset's round against the BLAS probe ``w @ X``, paired round by round (the issue
-    tracker's "x probe" figures): ``{name: {"ratio": median probe/round, "best_ratio", ms}}``."""
+    tracker's "x probe" figures): ``{name: {"ratio": median probe/round, "best_ratio", ms}}``;
+    ``only`` names some of them (``--probe-ratios-only``, to re-measure a few rows)."""
     matrix, weights, _, template = _data()
     w32 = weights.astype(np.float32)
     cases = {
@@ -228,6 +229,7 @@ def probe_ratios(rounds: int = 12) -> dict:
     return {
         name: _against_probe(name, w32, matrix, _round(factory, template, matrix, weights), rounds)
         for name, factory in cases.items()
+        if not only or name in only
     }
 
 
@@ -534,10 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe-ratios", action="store_true", help="also each preset's round against the probe"
     )
+    parser.add_argument(
+        "--probe-ratios-only",
+        nargs="+",
+        metavar="NAME",
+        help="only these rows of the probe table (e.g. 'secure_aggregator'), printed as JSON",
+    )
     parser.add_argument("--coldstart", type=Path, help="coldstart.py --json results to show")
     parser.add_argument("--coldstart-warm", type=Path, help="the same with --warm")
     parser.add_argument("--page", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
+    if args.probe_ratios_only:
+        load_before = os.getloadavg()
+        ratios = probe_ratios(only=args.probe_ratios_only)
+        print(json.dumps({"load": [load_before[0], os.getloadavg()[0]], "probe_ratios": ratios}))
+        return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text())
     else:

@@ -35,7 +35,8 @@ work for the cache and the vector unit:
   2**19 values of the MNIST CNN's largest layer), 8-point too: 16 vectors a few KiB apart fall
   into one L1 set.
 
-The measurements behind these choices are in ``docs/benchmarks.md`` ("Hadamard rotation").
+The measurements behind these choices are in ``docs/benchmarks-history.md`` ("Hadamard
+rotation").
 """
 
 from __future__ import annotations
