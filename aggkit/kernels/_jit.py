@@ -264,10 +264,11 @@ class _Job:
         self.done = threading.Event()
         self.error: BaseException | None = None
 
-    def work(self) -> None:
+    def work(self, ranges: int | None = None) -> None:
+        """Run ranges until none is left (or ``ranges`` of them)."""
         bounds = self.bounds
         last = len(bounds) - 1
-        while True:
+        while ranges is None or ranges > 0:
             with self.lock:
                 i = self.next
                 if i >= last:
@@ -281,6 +282,8 @@ class _Job:
                 self.pending -= 1
                 if not self.pending:
                     self.done.set()
+            if ranges is not None:
+                ranges -= 1
 
 
 class _Helpers:
@@ -355,6 +358,9 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
     ranges = min(num_tasks, 4 * threads)
     bounds = [num_tasks * i // ranges for i in range(ranges + 1)]
     job = _Job(function, bounds, args)
+    if not getattr(function, "overloads", True):
+        # A kernel's first call compiles it: in the calling thread (the helpers would wait).
+        job.work(ranges=1)
     _helpers.post(job, threads - 1)
     job.work()
     job.done.wait()

@@ -49,7 +49,7 @@ import numpy as np
 from numba import prange
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._jit import kernel, run_tasks, threads_for
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 from aggkit.kernels.weighted_sum import SMALL_COLUMNS
 
@@ -169,16 +169,30 @@ def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general):  # pragma
     return a0, b0
 
 
-@kernel(parallel=True)
+@kernel
 def _discretize_float(
-    matrix, rows, coef, lo, hi, scale, low, high, shift, general, out, flags, nan_columns, block
+    first,
+    stop_block,
+    matrix,
+    rows,
+    coef,
+    lo,
+    hi,
+    scale,
+    low,
+    high,
+    shift,
+    general,
+    out,
+    flags,
+    nan_columns,
+    block,
 ):  # pragma: no cover - compiled
     n = matrix.shape[1]
     num_rows = rows.shape[0]
-    num_blocks = (n + block - 1) // block
     # The fast form sums code + low: subtract low once per row at the end.
     offset = 0 if general else np.int64(low) * num_rows
-    for b in prange(num_blocks):
+    for b in range(first, stop_block):
         start = b * block
         stop = min(start + block, n)
         m = stop - start
@@ -343,23 +357,24 @@ def discretize_sum(
     for first in range(0, rows.shape[0] if n else 0, per_call):
         part = slice(first, first + per_call)
         chunk = np.zeros((num_blocks, len(rows[part]), 3), dtype=np.int64)
-        with threads_for(num_blocks):
-            _discretize_float(
-                matrix,
-                rows[part],
-                coef,
-                np.float64(lo),
-                np.float64(hi),
-                np.float64(scale),
-                low,
-                high,
-                np.uint64(np.int64(shift).view(np.uint64)),
-                general,
-                out,
-                chunk,
-                nan_columns,
-                block,
-            )
+        run_tasks(
+            _discretize_float,
+            num_blocks,
+            matrix,
+            rows[part],
+            coef,
+            np.float64(lo),
+            np.float64(hi),
+            np.float64(scale),
+            low,
+            high,
+            np.uint64(np.int64(shift).view(np.uint64)),
+            general,
+            out,
+            chunk,
+            nan_columns,
+            block,
+        )
         partials[:, part] = chunk
     if nan_columns.any():  # rare (an error for the caller): count NaN and Inf per row exactly
         for i, r in enumerate(rows):

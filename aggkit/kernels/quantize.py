@@ -35,7 +35,8 @@ The fused sum
 -------------
 Simulation does not need the packed integers: :func:`quantized_row_sum` computes each active
 row's levels and adds the decoded values straight into a float64 accumulator, applying each
-row's coefficient on the fly. ``prange`` runs over tasks of ``TASK`` columns of one tensor; a
+row's coefficient on the fly. Threads (:func:`aggkit.kernels._jit.run_tasks`: a serial kernel
+compiles in a fraction of a ``prange`` kernel's time) run tasks of ``TASK`` columns of one tensor; a
 task goes chunk by chunk, four rows at a time (four memory streams in flight, the accumulator
 loaded once per four rows). For every column the additions happen in row order, exactly as in
 :func:`quantized_row_sum_numpy`, so the two agree bit for bit. Tensors not marked for
@@ -56,7 +57,7 @@ import numpy as np
 from numba import prange
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, run_tasks
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 from aggkit.kernels.limits import WORD_BITS
 
@@ -190,8 +191,10 @@ def _accumulate_exact(x, coef, out):  # pragma: no cover - compiled
 # --------------------------------------------------------------------------------------------
 
 
-@kernel(parallel=True)
+@kernel
 def _quantized_row_sum(
+    first_task,
+    stop_task,
     matrix,
     rows,
     coef,
@@ -211,7 +214,11 @@ def _quantized_row_sum(
 ):  # pragma: no cover - compiled
     num_rows = rows.shape[0]
     chunk_size = BLOCKS * per_block
-    for task in prange(task_tensor.shape[0]):
+    words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
+    flat = words.reshape(4, chunk_size)
+    p = np.empty((4, 4))
+    keys = np.empty(4, dtype=np.uint64)
+    for task in range(first_task, stop_task):
         t = task_tensor[task]
         task_stop = min(task_start[task] + TASK, offsets[t + 1])
         if not quantize[t]:
@@ -220,10 +227,6 @@ def _quantized_row_sum(
                 i = rows[ii]
                 _accumulate_exact(matrix[i, task_start[task] : task_stop], coef[i], out)
             continue
-        words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
-        flat = words.reshape(4, chunk_size)
-        p = np.empty((4, 4))
-        keys = np.empty(4, dtype=np.uint64)
         ii = 0
         while ii < num_rows:
             group = 4 if ii + 4 <= num_rows else 1
@@ -470,7 +473,9 @@ def quantized_row_sum(
     rows = np.flatnonzero(coef).astype(np.int64)
     per_block, inv = _stream_shape(bits)
     if rows.size and tasks[0].size:
-        _quantized_row_sum(
+        run_tasks(
+            _quantized_row_sum,
+            tasks[0].size,
             matrix,
             rows,
             coef,

@@ -227,3 +227,30 @@ def test_run_tasks_works_in_a_forked_child():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
+
+
+def test_run_tasks_compiles_a_new_kernel_in_the_calling_thread():
+    import threading
+
+    import numba
+    import numpy as np
+
+    compiled_in: list = []
+
+    @numba.njit(nogil=True)
+    def fill(first, stop, out):
+        for t in range(first, stop):
+            out[t] = t
+
+    class Recorder:  # stands in for the dispatcher, which compiles on its first call
+        overloads = fill.overloads
+
+        def __call__(self, first, stop, out):
+            if not fill.overloads:
+                compiled_in.append(threading.current_thread().name)
+            fill(first, stop, out)
+
+    out = np.zeros(64)
+    _jit.run_tasks(Recorder(), 64, out)
+    assert compiled_in == ["MainThread"]
+    assert np.array_equal(out, np.arange(64))
