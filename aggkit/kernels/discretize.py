@@ -476,10 +476,10 @@ def discretize_sum_numpy(
 _DECODE_PIECE = 1 << 15
 
 
-@kernel(parallel=True)
-def _decode_sum(total, offset, step, out, bounds):  # pragma: no cover - compiled
+@kernel
+def _decode_sum(first, stop, total, offset, step, out, bounds):  # pragma: no cover - compiled
     n = total.shape[0]
-    for p in prange(bounds.shape[0]):
+    for p in range(first, stop):
         part = total[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
         dst = out[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
         low = part[0]
@@ -518,8 +518,12 @@ def decode_sum(
         return decode_sum_numpy(total, offset, step)
     out = np.empty(n)
     bounds = np.empty(((n + _DECODE_PIECE - 1) // _DECODE_PIECE, 2), dtype=np.int64)
-    with threads_for(bounds.shape[0], elements=n):
-        _decode_sum(total, np.int64(offset), np.float64(step), out, bounds)
+    run_tasks(
+        _decode_sum,
+        bounds.shape[0],
+        *(total, np.int64(offset), np.float64(step), out, bounds),
+        elements=n,
+    )
     return out, int(bounds[:, 0].min()), int(bounds[:, 1].max())
 
 
