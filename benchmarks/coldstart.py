@@ -117,6 +117,7 @@ def run_one(preset: str, clients: int, size: int, warm: bool) -> dict:
     command = [sys.executable, "-c", _PROBE, preset, str(clients), str(size)]
     if warm:  # fill the disk cache first
         subprocess.run(command, env=env, capture_output=True, check=True, cwd=_ROOT)
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=_ROOT)
@@ -125,6 +126,7 @@ def run_one(preset: str, clients: int, size: int, warm: bool) -> dict:
     if done.returncode:
         raise RuntimeError(f"{preset}: the probe failed:\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load"] = [load, os.getloadavg()[0]]  # 1-minute load average before and after
     result["process wall"] = wall
     result["process cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
@@ -135,6 +137,7 @@ def report(results: list[dict], kernels: bool) -> str:
     lines = [
         f"{'preset':<12}{'round wall':>11}{'round cpu':>10}{'compile':>9}{'compile cpu':>12}"
         f"{'process wall':>13}{'process cpu':>12}{'2nd round':>10}{'import numba cpu':>17}"
+        f"{'load':>12}"
     ]
     for r in results:
         lines.append(
@@ -142,6 +145,7 @@ def report(results: list[dict], kernels: bool) -> str:
             f"{r['compile total']:>9.2f}{r['compile cpu']:>12.2f}"
             f"{r['process wall']:>13.2f}{r['process cpu']:>12.2f}"
             f"{r['second round wall']:>10.3f}{r.get('import numba cpu', float('nan')):>17.2f}"
+            f"{'{:.1f}-{:.1f}'.format(*r['load']) if 'load' in r else '':>12}"
         )
     if kernels:
         for r in results:
