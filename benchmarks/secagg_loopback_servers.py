@@ -196,13 +196,14 @@ def _aggkit_main(grid: Grid, context: Context) -> None:
     )
     arrays = ArrayRecord({k: Array(v) for k, v in initial_model().items()})
 
-    class Marked(SecureAggkitStrategy):
-        def configure_train(self, server_round, arrays, config, grid):
-            if server_round > 1 and isinstance(grid, CountingGrid):
-                grid.mark_round()
-            return super().configure_train(server_round, arrays, config, grid)
-
     def body(grid: Grid, rounds: int) -> None:
+        class Marked(SecureAggkitStrategy):
+            # The strategy sees the grid it waits through (a PatientGrid around ``grid``).
+            def configure_train(self, server_round, arrays, config, through):
+                if server_round > 1 and isinstance(grid, CountingGrid):
+                    grid.mark_round()
+                return super().configure_train(server_round, arrays, config, through)
+
         strategy = Marked(
             ak.secure_aggregator(),
             FedAvgConfig(clients_per_round=nodes),
