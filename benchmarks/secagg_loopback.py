@@ -313,7 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
                     f"load {figures['load_average']:.1f})",
                     flush=True,
                 )
+                print(
+                    f"{repeat} {variant} processes: "
+                    + json.dumps({k[10:]: v for k, v in figures.items() if k[:10] == "processes."}),
+                    flush=True,
+                )
                 results[variant].append(figures)
+                if args.json:  # what is done so far, should a later variant fail
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.with_suffix(".partial.json").write_text(json.dumps(results))
                 if args.profile is not None and (out / f"{VARIANTS[variant][2]}.prof").exists():
                     args.profile.mkdir(parents=True, exist_ok=True)
                     (out / f"{VARIANTS[variant][2]}.prof").replace(
