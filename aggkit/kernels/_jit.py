@@ -241,8 +241,8 @@ def threads_for(tasks: int, elements: int | None = None) -> Iterator[None]:
 # --- Serial kernels over fixed tasks, run on a small pool of Python threads -----------------------
 #
 # numba compiles a ``parallel=True`` kernel through its parfor passes, which cost 1-2 s of CPU time
-# per kernel on the first call with an empty cache (0.3-0.8 s for the same body as a plain serial
-# kernel; docs/benchmarks.md, "Cold start"). The kernels a preset always uses are therefore serial
+# per kernel on the first call with an empty cache (0.1-0.8 s for the same body as a plain serial
+# kernel; docs/benchmarks-history.md, "Cold start"). The kernels a preset always uses are serial
 # ``nogil`` kernels over a range of fixed tasks (column blocks, pieces), and :func:`run_tasks`
 # hands out ranges of tasks to the calling thread and to up to ``threads - 1`` helper threads.
 # Which thread runs a task never changes its bits: tasks are fixed by the caller, not by the

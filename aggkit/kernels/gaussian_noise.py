@@ -61,7 +61,7 @@ def _add_gaussian_noise_kernel(first, stop, out, sigma, key, first_pair, tails):
     """``out[2p + h] += sigma * (z0, z1)[h]`` of Philox block ``first_pair + p``, for every pair
     of pieces ``first .. stop - 1`` outside the tail; ``tails[piece]`` counts the piece's tail
     pairs (those added 0.0). Serial: :func:`aggkit.kernels._jit.run_tasks` runs the pieces on
-    threads (as a ``prange`` kernel it took three times as long to compile).
+    threads (as a ``prange`` kernel it took twice as long to compile).
 
     ``out`` holds whole pairs (an even length starting at an even stream index). The wrapper adds
     a leading or trailing half pair, and the real values of tail pairs (probability ``2**-53``

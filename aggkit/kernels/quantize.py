@@ -36,7 +36,7 @@ The fused sum
 Simulation does not need the packed integers: :func:`quantized_row_sum` computes each active
 row's levels and adds the decoded values straight into a float64 accumulator, applying each
 row's coefficient on the fly. Threads (:func:`aggkit.kernels._jit.run_tasks`: a serial kernel
-compiles in a fraction of a ``prange`` kernel's time) run tasks of ``TASK`` columns of one tensor; a
+compiles in half a ``prange`` kernel's time or less) run tasks of ``TASK`` columns of one tensor; a
 task goes chunk by chunk, four rows at a time (four memory streams in flight, the accumulator
 loaded once per four rows). For every column the additions happen in row order, exactly as in
 :func:`quantized_row_sum_numpy`, so the two agree bit for bit. Tensors not marked for

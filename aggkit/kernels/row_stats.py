@@ -214,7 +214,7 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
     compile, most of the first round of ``robust_aggregator()`` with an empty cache). Numba's
     disk cache keys closures on their cells' values, so the cases are cached side by side. The
     kernel is serial over a range of tasks; :func:`aggkit.kernels._jit.run_tasks` runs the tasks
-    on threads (a parallel kernel took three times as long to compile).
+    on threads (a parallel kernel took 1.6-3 times as long to compile).
     """
 
     def _row_stats_partials(

@@ -106,7 +106,7 @@ def _weighted_row_sum(
     first, stop, matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
 ):  # pragma: no cover
     """Blocks ``first .. stop - 1`` of the sum (:func:`aggkit.kernels._jit.run_tasks` runs the
-    blocks on threads: a serial kernel compiles in a fraction of a parallel one's time)."""
+    blocks on threads: a serial kernel compiles in half a parallel one's time)."""
     n = matrix.shape[1]
     for b in range(first, stop):
         lo = b * block
