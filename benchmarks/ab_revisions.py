@@ -41,6 +41,9 @@ PRESETS = {
     "dp": "ak.dp_aggregator(1.0, 100)",
     "compression": "ak.compression_aggregator()",
     "secure": "ak.secure_aggregator()",
+    # The Hadamard rotation (issue 26's "x probe" rows), around a plain and a quantized sum.
+    "hadamard_sum": "ak.mean(ak.hadamard(ak.sum(), seed=1))",
+    "hadamard_quantized": "ak.mean(ak.hadamard(ak.quantized_sum(), seed=1))",
     # The Byzantine-robust rules at bench_byzantine.py's parameters for K=100 (f = K // 10).
     "median": "ak.median()",
     "trimmed_mean": "ak.trimmed_mean(0.1)",
