@@ -253,6 +253,9 @@ class _HadamardRound(Round):
         # inner round reads them (a sum adds each column in row order, so its bits do not change).
         padded = self.process.padded_layout
         rows = max(1, ROTATED_BYTES // max(1, padded.size * padded.dtype.itemsize))
+        # An even count: the kernel's threads split the rows' tasks in halves, and an odd count
+        # (7 MNIST CNN rows) gave one thread a whole row more of the largest tensor.
+        rows += rows % 2
         for lo in range(0, block.num_clients, rows):
             self._add_rows(block, lo, min(lo + rows, block.num_clients))
 
