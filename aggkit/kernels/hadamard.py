@@ -10,10 +10,12 @@ inverted in reverse order. Tensors with ``d <= 1`` are left alone.
   ``rademacher(key, j)`` from :mod:`aggkit.kernels.counter_rng`. Every client of a round uses the
   same signs, so they are drawn once per round, not once per client.
 * :func:`rotate_rows` rotates the active rows of a client matrix into a padded matrix (one task
-  per row and tensor, in parallel), in the output's dtype: ``out = x * (sign / sqrt(d))`` rounded
+  per row and tensor, on aggkit's task threads like the weighted sum: a numba ``prange`` kernel's
+  spinning OpenMP workers held both cores while the round's next, task-thread kernel waited,
+  3-5x slower rounds at 2 threads), in the output's dtype: ``out = x * (sign / sqrt(d))`` rounded
   to the output dtype, then the FWHT in that dtype.
-* :func:`unrotate` inverts the rotation of one float64 vector (the server's sum), with a parallel
-  FWHT.
+* :func:`unrotate` inverts the rotation of one float64 vector (the server's sum), on one thread
+  (a fraction of a millisecond; no OpenMP workers left spinning between rounds).
 
 The FWHT is the butterfly network ``(a, b) -> (a + b, a - b)`` over strides 1, 2, 4, ... . Every
 butterfly of a stage reads the previous stage's outputs, so the order in which a stage's
@@ -47,7 +49,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from aggkit import _checks
-from aggkit.kernels._jit import kernel
+from aggkit.kernels._jit import kernel, run_tasks
 from aggkit.kernels.counter_rng import _as_key, rademacher, rademacher_numpy
 
 __all__ = [
@@ -344,10 +346,10 @@ def _fwht_parallel(x):  # pragma: no cover - compiled
 # --------------------------------------------------------------------------------------------
 
 
-@kernel(parallel=True)
-def _fill_signs(key, out):  # pragma: no cover - compiled
+@kernel
+def _fill_signs(first, stop, key, out):  # pragma: no cover - compiled
     n = out.shape[0]
-    for piece in prange((n + _SIGN_PIECE - 1) // _SIGN_PIECE):
+    for piece in range(first, stop):
         start = piece * _SIGN_PIECE
         part = out[start : min(n, start + _SIGN_PIECE)]
         for j in range(part.shape[0]):
@@ -413,11 +415,14 @@ def _rotate_once(src, dst, signs, inv, first):  # pragma: no cover - compiled
     _vstages(dst, segment, d, 8)
 
 
-@kernel(parallel=True)
-def _rotate_rows(matrix, rows, offsets, padded, signs, sign_offsets, out):  # pragma: no cover
+@kernel
+def _rotate_rows(
+    first, stop, matrix, rows, offsets, padded, signs, sign_offsets, out
+):  # pragma: no cover
+    """Tasks ``first .. stop - 1`` (one per active row and tensor), run by ``run_tasks``."""
     num_tensors = offsets.shape[0] - 1
     repeats = sign_offsets.shape[1]
-    for task in prange(rows.shape[0] * num_tensors):
+    for task in range(first, stop):
         i = rows[task // num_tensors]
         t = task % num_tensors
         src = matrix[i, offsets[t] : offsets[t + 1]]
@@ -432,15 +437,11 @@ def _rotate_rows(matrix, rows, offsets, padded, signs, sign_offsets, out):  # pr
                 _rotate_once(src, dst, signs[start : start + d], inv, r == 0)
 
 
-@kernel(parallel=True)
+@kernel
 def _unrotate_tensor(y, signs, inv):  # pragma: no cover - compiled
-    _fwht_parallel(y)
-    n = y.shape[0]
-    for p in prange((n + _SIGN_PIECE - 1) // _SIGN_PIECE):
-        part = y[p * _SIGN_PIECE : min(n, (p + 1) * _SIGN_PIECE)]
-        s = signs[p * _SIGN_PIECE : min(n, (p + 1) * _SIGN_PIECE)]
-        for j in range(part.shape[0]):
-            part[j] = part[j] * (s[j] * inv)
+    _fwht_serial(y)
+    for j in range(y.shape[0]):
+        y[j] = y[j] * (signs[j] * inv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +469,7 @@ def fwht(x: np.ndarray) -> np.ndarray:
 def fill_signs(out: np.ndarray, key: int) -> np.ndarray:
     """Fill ``int8`` ``out`` with random signs: ``out[j] = rademacher(key, j)``."""
     _checks.array(out, "out", dtype=np.int8, ndim=1, writeable=True)
-    _fill_signs(_as_key(key), out)
+    run_tasks(_fill_signs, -(-out.size // _SIGN_PIECE), _as_key(key), out)
     return out
 
 
@@ -544,7 +545,8 @@ def rotate_rows(
     out[~active] = 0
     rows = np.flatnonzero(active).astype(np.int64)
     if rows.size and len(offsets) > 1:
-        _rotate_rows(matrix, rows, offsets, padded, signs, sign_offsets, out)
+        tasks = rows.size * (len(offsets) - 1)
+        run_tasks(_rotate_rows, tasks, matrix, rows, offsets, padded, signs, sign_offsets, out)
     return out
 
 
