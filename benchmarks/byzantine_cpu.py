@@ -19,20 +19,28 @@ from __future__ import annotations
 
 import os
 
-for _name in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_name] = "1"
+if __name__ == "__main__":
+    # Only when run as a script: pytest's --doctest-modules imports this file too, and a changed
+    # NUMBA_NUM_THREADS in the test process makes numba refuse every later compile.
+    for _name in (
+        "NUMBA_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+    ):
+        os.environ[_name] = "1"
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aggkit as ak  # noqa: E402
+import aggkit as ak
 
 
 def cases(k: int, f: int) -> dict:
