@@ -364,5 +364,8 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
     _helpers.post(job, threads - 1)
     job.work()
     job.done.wait()
+    # A helper that had not woken by now still finds this job in its queue later: drop the
+    # arrays it references, or a pooled result buffer (aggkit._buffers) would look held.
+    job.args = ()
     if job.error is not None:
         raise job.error

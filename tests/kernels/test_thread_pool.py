@@ -182,6 +182,31 @@ def test_run_tasks_gives_small_work_one_thread():
     assert len(calls) == 1
 
 
+def test_a_finished_run_tasks_call_keeps_no_reference_to_its_arrays(monkeypatch):
+    """A job posted to helpers that never woke stays queued: it must not keep the call's arrays
+    alive, or aggkit._buffers would see a free result buffer as held (a flaky buffer-reuse test
+    in CI showed it)."""
+    import numba
+    import numpy as np
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two threads")
+    queued = []
+    monkeypatch.setattr(_jit._helpers, "post", lambda job, helpers: queued.append(job))
+    out = np.zeros(8)
+    before = sys.getrefcount(out)
+
+    def function(first, stop, out):
+        for t in range(first, stop):
+            out[t] = t
+
+    with _jit.threads_for(2):
+        _jit.run_tasks(function, 8, out)
+    assert queued, "the job was not posted to the helpers"
+    assert np.array_equal(out, np.arange(8.0))  # the calling thread ran every range
+    assert sys.getrefcount(out) == before
+
+
 def test_run_tasks_raises_what_a_task_raised_after_the_others_finished():
     import numpy as np
 
