@@ -22,14 +22,8 @@ and received from each node. The per-round figure is the median round after the 
 also pays one-off costs. A /proc monitor counts the ``flwr-clientapp`` starts, their CPU and
 how many ran at once, and stops a run whose ClientApps cascade (``--max-clientapps``).
 
-Figures (docs/benchmarks.md, "Secure aggregation on Flower"; 2 cores shared with other test
-runs), server CPU per round, Flower / aggkit honest-but-curious:
-
-- 20 nodes, 3 rounds, load 1.5 at the start and 17-19 at the end: 1.68 s / 1.15 s = 1.46x
-  (the authenticated variant was stopped by a ClientApp cascade at load 60); a second run right
-  after: 1.37 s / 1.19 s = 1.15x (authenticated: 1.25 s, 1.09x). The goal, 2x, is not met;
-- 5 nodes, 3 rounds, load 9.3 to 2.9 (falling): 0.377 s / 0.347 s = 1.09x (authenticated:
-  0.330 s, 1.14x).
+The figures, with their load and commands, are in docs/benchmarks.md ("Secure aggregation on
+Flower").
 
 Run::
 

@@ -276,8 +276,8 @@ def _vstages(x, h, limit, most):  # pragma: no cover - compiled
     """The stages with strides ``h, 2h, ... < limit`` over ``x`` (``x.size`` a multiple of
     ``limit``, ``h`` a multiple of the lanes), in passes of up to ``most``-point butterflies.
 
-    Sixteen vectors at a stride of a few KiB fall into one L1 set (12 ways on the machine this
-    was tuned on), so passes outside an L1 block use at most 8 points."""
+    Sixteen vectors at a stride of a few KiB fall into one L1 set, more than a 12-way L1 holds,
+    so passes outside an L1 block use at most 8 points."""
     n = x.shape[0]
     while h < limit:
         points = _points(h, limit, most)

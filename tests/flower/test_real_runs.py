@@ -10,7 +10,7 @@
   for Flower's runtime, torch and MNIST). Needs only ``flwr``. 5 SuperNodes for 2 rounds: a
   round that carries the aggregator's state (the adaptive clip) from a real first round, with
   11 ClientApp starts; many clients per round are the simulation's part (and the in-process
-  test's, ``test_strategy.py``), which keeps the suite near ten minutes on 2 cores.
+  test's, ``test_strategy.py``), which keeps the suite near its ten-minute budget.
 
 Both run ``robust_aggregator()``; the final global model must be the one the
 trainer computes from the same seeds, partitions and initial weights, and the aggregator's
