@@ -521,7 +521,11 @@ def decode_sum(
     run_tasks(
         _decode_sum,
         bounds.shape[0],
-        *(total, np.int64(offset), np.float64(step), out, bounds),
+        total,
+        np.int64(offset),
+        np.float64(step),
+        out,
+        bounds,
         elements=n,
     )
     return out, int(bounds[:, 0].min()), int(bounds[:, 1].max())
