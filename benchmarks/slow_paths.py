@@ -1,0 +1,185 @@
+"""The slow paths a user meets first, each against its goal, measured in one sitting.
+
+One command re-measures the whole table of goals for the paths a new user meets first (the
+table of issue 26 in the project's tracker) so that every row shares the machine's state:
+
+* the first round of each preset in a fresh process with an empty kernel cache (CPU time,
+  ``--cold-runs`` runs each, through :mod:`benchmarks.coldstart`), and with a filled cache;
+* rounds against the BLAS probe ``w @ X`` (:func:`benchmarks.summary.probe_ratios`, paired round
+  by round), and ``robust_aggregator()`` at 32 clients x 10,000,000 values;
+* ``AggkitStrategy`` against Flower's ``FedAvg`` through Flower's message API
+  (:mod:`benchmarks.bench_flower_strategy`; needs ``torch`` and ``flwr``).
+
+It prints one line per goal (measured, goal, met or not) and, with ``--json``, writes the raw
+figures and the load average before and after each part. On a 2-core machine shared with other
+work, read the load beside every figure: the ratio goals are meant for an otherwise idle machine.
+
+Example (about 5 minutes on 2 cores)::
+
+    python -m benchmarks.slow_paths --json .benchmarks/slow_paths.json
+    python -m benchmarks.slow_paths --skip flower large --cold-runs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One row of the table: what is measured, the bound, and whether larger is better."""
+
+    what: str
+    key: str
+    bound: float
+    unit: str  # "s" (at most) or "x" (at least)
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.unit == "s" else value >= self.bound
+
+
+COLD = {"mean": 1.5, "robust": 2.5, "dp": 2.5, "compression": 2.5, "secure": 2.5}
+PROBE_GOALS = {
+    "mean(hadamard(sum))": 0.3,
+    "mean(hadamard(quantized_sum))": 0.25,
+    "compression_aggregator": 0.4,
+    "secure_aggregator": 0.4,
+}
+#: AggkitStrategy's median speed against Flower FedAvg's in the same rounds (> 1: faster).
+FLOWER_GOALS = {"aggkit mean": 1.0, "aggkit robust_aggregator": 1 / 1.15}
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def cold_start(runs: int) -> dict:
+    """First-round CPU time per preset, empty cache, ``runs`` fresh processes each
+    (presets interleaved run by run), and one filled-cache run each."""
+    from benchmarks.coldstart import PRESETS, run_one
+
+    cold: dict[str, list[float]] = {p: [] for p in PRESETS}
+    for _ in range(runs):
+        for preset in PRESETS:
+            cold[preset].append(run_one(preset, 100, 431_080, warm=False)["first round cpu"])
+            print(f"cold {preset}: {cold[preset][-1]:.2f} s CPU (load {_load()})", flush=True)
+    warm = {p: run_one(p, 100, 431_080, warm=True)["first round wall"] for p in PRESETS}
+    return {"cold_cpu_s": cold, "warm_wall_s": warm}
+
+
+def probe_rows(rounds: int) -> dict:
+    from benchmarks.summary import probe_ratios
+
+    return probe_ratios(rounds, only=list(PROBE_GOALS))
+
+
+def large_robust() -> dict:
+    from benchmarks.summary import large_robust_ratio
+
+    return large_robust_ratio()
+
+
+def flower(rounds: int) -> dict:
+    from benchmarks.bench_flower_strategy import _task_identity, measure
+
+    _task_identity()
+    return measure(rounds, full=True, only=["flower FedAvg", *FLOWER_GOALS])
+
+
+def table(data: dict) -> list[tuple[Goal, float | None, str]]:
+    """(goal, measured value, how it was summarized) for every goal the data covers."""
+    rows: list[tuple[Goal, float | None, str]] = []
+    if "cold" in data:
+        for preset, bound in COLD.items():
+            runs = data["cold"]["cold_cpu_s"][preset]
+            median = statistics.median(runs)
+            span = f"median of {len(runs)} runs, {min(runs):.2f}-{max(runs):.2f} s"
+            rows.append(
+                (Goal(f"first round, empty cache: {preset}", preset, bound, "s"), median, span)
+            )
+        warm = data["cold"]["warm_wall_s"]
+        worst = max(warm.values())
+        rows.append(
+            (Goal("first round, filled cache: slowest preset", "warm", 0.5, "s"), worst, "wall")
+        )
+    for name, bound in PROBE_GOALS.items():
+        if name in data.get("probe", {}):
+            entry = data["probe"][name]
+            rows.append(
+                (
+                    Goal(f"{name} vs probe", name, bound, "x"),
+                    entry["ratio"],
+                    f"median (best {entry['best_ratio']:.2f}x)",
+                )
+            )
+    if "large" in data:
+        entry = data["large"]
+        rows.append(
+            (
+                Goal("robust_aggregator() K=32 x 10,000,000 vs probe", "large", 0.4, "x"),
+                entry["ratio"],
+                f"median (best {entry['best_ratio']:.2f}x)",
+            )
+        )
+    for name, bound in FLOWER_GOALS.items():
+        if name in data.get("flower", {}):
+            entry = data["flower"][name]
+            rows.append(
+                (
+                    Goal(f"AggkitStrategy({name.split()[1]}) vs Flower FedAvg", name, bound, "x"),
+                    entry["ratio"],
+                    f"median speed ratio (best {entry['best_ratio']:.2f}x)",
+                )
+            )
+    return rows
+
+
+def render(rows) -> str:
+    lines = [f"{'what':<52}{'measured':>10}{'goal':>9}  met  how"]
+    for goal, value, how in rows:
+        sign = "<=" if goal.unit == "s" else ">="
+        lines.append(
+            f"{goal.what:<52}{value:>9.2f}{goal.unit}{sign:>4}{goal.bound:.2f}{goal.unit}"
+            f"  {'yes' if goal.met(value) else 'NO ':<4} {how}"
+        )
+    return "\n".join(lines)
+
+
+PARTS = ("cold", "probe", "large", "flower")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cold-runs", type=int, default=4, help="fresh processes per preset")
+    parser.add_argument("--rounds", type=int, default=12, help="paired rounds per probe row")
+    parser.add_argument("--skip", nargs="*", choices=PARTS, default=[], help="parts to leave out")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args(argv)
+    data: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": {}}
+    steps = {
+        "cold": lambda: cold_start(args.cold_runs),
+        "probe": lambda: probe_rows(args.rounds),
+        "large": large_robust,
+        "flower": lambda: flower(max(4, args.rounds // 2)),
+    }
+    for part in PARTS:
+        if part in args.skip:
+            continue
+        before = _load()
+        data[part] = steps[part]()
+        data["load"][part] = [before, _load()]
+        if args.json:  # partial results survive an interrupted run
+            args.json.write_text(json.dumps(data, indent=1))
+    print(render(table(data)))
+    print("load average (1 min) before/after each part:", data["load"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

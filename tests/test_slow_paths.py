@@ -1,0 +1,31 @@
+"""benchmarks/slow_paths.py: the goal table reads the measurements the right way round."""
+
+from benchmarks.slow_paths import COLD, FLOWER_GOALS, PROBE_GOALS, render, table
+
+
+def _data(cold: float, ratio: float, speed: float) -> dict:
+    return {
+        "cold": {
+            "cold_cpu_s": {p: [cold, cold + 1.0, cold - 0.1] for p in COLD},
+            "warm_wall_s": {p: 0.3 for p in COLD},
+        },
+        "probe": {n: {"ratio": ratio, "best_ratio": ratio} for n in PROBE_GOALS},
+        "large": {"ratio": ratio, "best_ratio": ratio},
+        "flower": {n: {"ratio": speed, "best_ratio": speed} for n in FLOWER_GOALS},
+    }
+
+
+def test_times_must_be_at_most_and_ratios_at_least_their_bounds():
+    fast = table(_data(cold=1.0, ratio=0.6, speed=1.2))
+    assert all(goal.met(value) for goal, value, _ in fast)
+    slow = table(_data(cold=3.0, ratio=0.1, speed=0.5))
+    assert not any(goal.met(value) for goal, value, _ in slow if goal.key != "warm")
+
+
+def test_cold_start_is_the_median_of_its_runs_and_every_goal_has_a_row():
+    rows = table(_data(cold=1.45, ratio=0.6, speed=1.2))
+    mean = next(value for goal, value, _ in rows if goal.key == "mean")
+    assert mean == 1.45  # runs 1.45, 2.45, 1.35: the median, not the mean (1.75) or the best
+    assert len(rows) == len(COLD) + 1 + len(PROBE_GOALS) + 1 + len(FLOWER_GOALS)
+    text = render(rows)
+    assert "NO" not in text and text.count("yes") == len(rows)
