@@ -62,6 +62,7 @@ __all__ = [
     "offsets",
     "positive_total_weight",
     "real",
+    "residues",
     "seed",
     "shape",
     "sharing_threshold",
@@ -428,6 +429,26 @@ def array(
     if writeable and not value.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return value
+
+
+def residues(values: np.ndarray, modulus: int, name: str) -> np.ndarray:
+    """``values`` (an integer array) if every entry is in ``[0, modulus)``: the range check of
+    words modulo ``modulus`` (secure aggregation's inputs and masked words), one pass each for
+    the minimum (signed dtypes only) and the maximum.
+
+    >>> residues(np.array([0, 6], np.uint32), 7, "masked").tolist()
+    [0, 6]
+    >>> residues(np.array([0, 7], np.uint32), 7, "masked")
+    Traceback (most recent call last):
+    ...
+    ValueError: masked must be in [0, 7), got values in [0, 7]
+    """
+    if values.size and (
+        int(values.max()) >= modulus or (values.dtype.kind == "i" and int(values.min()) < 0)
+    ):
+        low, high = int(values.min()), int(values.max())
+        raise ValueError(f"{name} must be in [0, {modulus}), got values in [{low}, {high}]")
+    return values
 
 
 def offsets(value: Any, size: int, name: str = "offsets") -> np.ndarray:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aggkit import kernels
 from aggkit.secure.errors import AuthenticationError
+from aggkit.secure.messages import word_dtype  # re-exported: the dtype of a round's vectors
 
 __all__ = [
     "CHUNK_BYTES",
@@ -162,15 +163,6 @@ def share_digest(session_id: bytes, owner: int, holder: int, kind: bytes, share:
     return hashlib.sha256(
         LABEL + b"|share|" + kind + session_id + struct.pack(">II", owner, holder) + share
     ).digest()
-
-
-def word_dtype(modulus: int) -> np.dtype:
-    """``uint32`` for ``modulus <= 2**32``, else ``uint64`` (``modulus <= 2**64``)."""
-    if not isinstance(modulus, int | np.integer) or isinstance(modulus, bool):
-        raise TypeError(f"modulus must be an int, got {type(modulus).__name__}")
-    if not 2 <= modulus <= 1 << 64:
-        raise ValueError(f"modulus must be in [2, 2**64], got {modulus}")
-    return np.dtype(np.uint32) if modulus <= 1 << 32 else np.dtype(np.uint64)
 
 
 class MaskGenerator:

@@ -20,14 +20,23 @@ Ed25519 signature in the authenticated mode (``aggkit.secure.identity``), empty 
 honest-but-curious mode. A response's signature covers :meth:`Message.signed_bytes`, its wire
 form with the signature left empty, so it binds every field, the session and the sender.
 
-Wire format (version 2): ``b"AKSA"``, a version byte, a kind byte, then the fields in declaration
+Wire format (version 3): ``b"AKSA"``, a version byte, a kind byte, then the fields in declaration
 order, big-endian: ids and counts as ``uint32``, sizes as ``uint64``, fixed-size keys raw,
 variable byte strings (signatures included) prefixed by their ``uint32`` length. A masked input
-is written as its signature, a word-size byte (4 or 8), a ``uint64`` length and the
-little-endian words, last, so that decoding can view them without a copy. Decoding rejects a
-wrong magic, an unknown version or kind, truncated or trailing bytes and every field that fails
-validation, with :class:`~aggkit.secure.errors.MessageFormatError`. The same checks run when a
-message is built in Python (``ValueError`` / ``TypeError``), so an invalid message cannot be sent.
+is written as its signature, its modulus ``R`` (as ``R - 1``, ``uint64``), a word-size byte
+``w``, a ``uint64`` byte length and the words, last: each word little-endian in exactly
+``w = ceil(log2(R) / 8)`` bytes (:func:`word_bytes`: 5 bytes for ``R = 2**37``, 4 for
+``R <= 2**32``), so that a word carries no byte it cannot use. Version 2 sent every word in 4 or
+8 bytes (37-bit words took 8); version 3 refuses version-2 bytes by their version byte.
+
+Decoding rejects a wrong magic, an unknown version or kind, truncated or trailing bytes and every
+field that fails validation, with :class:`~aggkit.secure.errors.MessageFormatError`. For a masked
+input that means a word size outside 1..8 or other than ``word_bytes(R)``, a byte length that is
+not a multiple of it, and any word ``>= R`` (the high bits of a packed word set): the message
+carries its modulus so that decoding is the one place that checks the words' range (the server
+then only checks that the modulus is its round's). The same checks run when a message is built
+in Python (``ValueError`` / ``TypeError``), so an invalid message cannot be sent, and a word
+cannot be packed into fewer bytes than it needs and silently wrap.
 
 This module does not import ``cryptography``.
 
@@ -35,6 +44,10 @@ Examples
 --------
 >>> msg = UnmaskRequest(session_id=bytes(16), client_id=3, survivors=(1, 3), dropped=(2,))
 >>> decode(msg.to_bytes()) == msg
+True
+>>> words = np.array([0, 5, 2**37 - 1], np.uint64)
+>>> msg = MaskedInputResponse(bytes(16), 3, words, modulus=2**37)  # 5 bytes a word on the wire
+>>> decode(msg.to_bytes()).masked.tolist() == words.tolist()
 True
 """
 
@@ -47,6 +60,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from aggkit import _checks
 from aggkit.secure.errors import MessageFormatError
 
 __all__ = [
@@ -69,10 +83,12 @@ __all__ = [
     "UnmaskResponse",
     "decode",
     "fields",
+    "word_bytes",
+    "word_dtype",
 ]
 
 MAGIC = b"AKSA"
-VERSION = 2
+VERSION = 3
 #: The five stages, in protocol order (the honest-but-curious mode runs all but
 #: ``consistency_check``).
 STAGES = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
@@ -81,6 +97,53 @@ SESSION_ID_SIZE = 16
 MAX_CLIENT_ID = (1 << 31) - 3
 _KEY = 32
 _SIGNATURE = 64
+
+
+# --------------------------------------------------------------------------- words modulo R
+
+
+def _modulus(modulus: object) -> int:
+    if not isinstance(modulus, int | np.integer) or isinstance(modulus, bool):
+        raise TypeError(f"modulus must be an int, got {type(modulus).__name__}")
+    if not 2 <= modulus <= 1 << 64:
+        raise ValueError(f"modulus must be in [2, 2**64], got {modulus}")
+    return int(modulus)
+
+
+def word_dtype(modulus: int) -> np.dtype:
+    """``uint32`` for ``modulus <= 2**32``, else ``uint64`` (``modulus <= 2**64``): the dtype of
+    the vectors of a round modulo ``modulus``.
+
+    >>> word_dtype(2**32), word_dtype(2**37)
+    (dtype('uint32'), dtype('uint64'))
+    """
+    return np.dtype(np.uint32) if _modulus(modulus) <= 1 << 32 else np.dtype(np.uint64)
+
+
+def word_bytes(modulus: int) -> int:
+    """Bytes per masked word on the wire: the fewest that hold ``modulus - 1``, 1 to 8.
+
+    >>> word_bytes(2**32), word_bytes(2**37), word_bytes(2**37 + 1), word_bytes(2**64)
+    (4, 5, 5, 8)
+    """
+    return max(1, ((_modulus(modulus) - 1).bit_length() + 7) // 8)
+
+
+def _pack(words: np.ndarray, size: int) -> bytes:
+    """The low ``size`` bytes of each word, little-endian, as one byte string (NumPy views)."""
+    little = np.ascontiguousarray(words, words.dtype.newbyteorder("<"))
+    if size == little.dtype.itemsize:
+        return little.tobytes()
+    return little.view(np.uint8).reshape(-1, little.dtype.itemsize)[:, :size].tobytes()
+
+
+def _unpack(data: memoryview, size: int, dtype: np.dtype) -> np.ndarray:
+    """Words of ``size`` little-endian bytes into ``dtype`` (a view when no widening is needed)."""
+    if size == dtype.itemsize:
+        return np.frombuffer(data, dtype.newbyteorder("<")).astype(dtype, copy=False)
+    wide = np.zeros((len(data) // size, dtype.itemsize), np.uint8)
+    wide[:, :size] = np.frombuffer(data, np.uint8).reshape(-1, size)
+    return wide.view(dtype.newbyteorder("<")).reshape(-1).astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- encoding helpers
@@ -489,10 +552,14 @@ class MaskedInputRequest(Message):
 
 @dataclass(frozen=True, eq=False)
 class MaskedInputResponse(Message):
-    """Client -> server: the masked vector ``y_u``, ``uint32`` (``R <= 2**32``) or ``uint64``.
+    """Client -> server: the masked vector ``y_u``, words in ``[0, modulus)``.
 
-    Decoding returns a read-only view of the received bytes (no copy). ``signature``:
-    authenticated mode, the client's signature of this message (masked vector included).
+    ``masked`` is ``word_dtype(modulus)``: ``uint32`` for ``modulus <= 2**32``, else ``uint64``;
+    ``modulus`` defaults to the dtype's full range (``2**32`` or ``2**64``). On the wire each word
+    takes :func:`word_bytes` ``(modulus)`` bytes. Decoding returns a read-only view of the
+    received bytes when the words fill their dtype (``word_bytes == itemsize``), else a new array.
+    ``signature``: authenticated mode, the client's signature of this message (masked vector and
+    modulus included).
     """
 
     KIND: ClassVar[int] = 6
@@ -500,6 +567,7 @@ class MaskedInputResponse(Message):
     session_id: bytes
     client_id: int
     masked: np.ndarray
+    modulus: int | None = None
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -508,27 +576,44 @@ class MaskedInputResponse(Message):
         m = self.masked
         if not isinstance(m, np.ndarray) or m.ndim != 1 or m.dtype not in (np.uint32, np.uint64):
             raise TypeError("masked must be a 1-D uint32 or uint64 array")
+        full = 1 << (8 * m.dtype.itemsize)
+        modulus = full if self.modulus is None else _modulus(self.modulus)
+        object.__setattr__(self, "modulus", modulus)
+        if m.dtype != word_dtype(modulus):
+            raise TypeError(f"masked must be {word_dtype(modulus)} for modulus {modulus}")
+        if modulus < full:
+            _checks.residues(m, modulus, "masked")
         _check_signature(self.signature)
 
     def _write(self, w: _Writer) -> None:
-        m = self.masked
+        size = word_bytes(self.modulus)
         w.blob(self.signature)
-        w.u8(m.dtype.itemsize)
-        w.u64(m.shape[0])
-        w.raw(np.ascontiguousarray(m, m.dtype.newbyteorder("<")).tobytes())
+        w.u64(self.modulus - 1)
+        w.u8(size)
+        w.u64(self.masked.shape[0] * size)
+        w.raw(_pack(self.masked, size))
 
     @classmethod
     def _read(cls, r: _Reader, session_id: bytes, client_id: int) -> MaskedInputResponse:
         signature = r.blob()
+        modulus = r.u64() + 1
         size = r.u8()
-        if size not in (4, 8):
-            raise MessageFormatError(f"word size must be 4 or 8 bytes, got {size}")
-        n = r.u64()
-        if n > (len(r.view) - r.pos) // size:
+        if not 1 <= size <= 8:
+            raise MessageFormatError(f"masked: word size must be 1 to 8 bytes, got {size}")
+        if size != word_bytes(modulus):
+            raise MessageFormatError(
+                f"masked: word size must be {word_bytes(modulus)} bytes for modulus {modulus}, "
+                f"got {size}"
+            )
+        length = r.u64()
+        if length % size:
+            raise MessageFormatError(
+                f"masked: {length} bytes is not a whole number of {size}-byte words"
+            )
+        if length > len(r.view) - r.pos:
             raise MessageFormatError("message is truncated")
-        data = r.take(n * size)
-        words = np.frombuffer(data, f"<u{size}").astype(f"=u{size}", copy=False)
-        return cls(session_id, client_id, words, signature)
+        words = _unpack(r.take(length), size, word_dtype(modulus))
+        return cls(session_id, client_id, words, modulus, signature)
 
 
 @dataclass(frozen=True, eq=False)

@@ -112,7 +112,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from aggkit import kernels
+from aggkit import _checks, kernels
 from aggkit.secure import crypto, shamir
 from aggkit.secure.errors import (
     AuthenticationError,
@@ -632,11 +632,7 @@ class SecAggClient:
                 f"client {self.client_id}: the input must have shape ({self._length},), "
                 f"got {x.shape}"
             )
-        if x.size and (x.min() < 0 or (self._modulus < 1 << 64 and x.max() >= self._modulus)):
-            raise ValueError(
-                f"client {self.client_id}: input values must be in [0, {self._modulus})"
-            )
-        return x
+        return _checks.residues(x, self._modulus, f"client {self.client_id}: input values")
 
     def _mask(self, request: MaskedInputRequest, value: np.ndarray) -> MaskedInputResponse:
         u = self.client_id
@@ -662,7 +658,7 @@ class SecAggClient:
         generator = crypto.MaskGenerator(self._modulus)
         masked = value.astype(generator.dtype)  # a fresh copy, never the caller's array
         generator.apply_many(masked, masks)
-        return self._signed(MaskedInputResponse(self._session, u, masked))
+        return self._signed(MaskedInputResponse(self._session, u, masked, self._modulus))
 
     def _check_survivors(self, u3: frozenset[int]) -> None:
         """Refuse a survivor set without this client or with fewer than ``t`` of its holders."""
@@ -1123,9 +1119,11 @@ class SecAggServer:
                 f"client {r.client_id}: masked input must be {self._dtype}[{self.vector_length}], "
                 f"got {y.dtype}{list(y.shape)}"
             )
-        full = 1 << (8 * self._dtype.itemsize)
-        if self.modulus < full and y.size and int(y.max()) >= self.modulus:
-            raise ProtocolViolation(f"client {r.client_id}: masked values not in [0, modulus)")
+        if r.modulus != self.modulus:  # the message checked its words against its modulus
+            raise ProtocolViolation(
+                f"client {r.client_id}: masked input modulo {r.modulus}, the round's is "
+                f"{self.modulus}"
+            )
         self._verify(r)
         kernels.masking.add_mod(self._sum, y, self.modulus)
 

@@ -212,8 +212,13 @@ def test_server_rejects_incomplete_or_malformed_unmask_answers():
 def test_server_rejects_masked_values_outside_the_modulus():
     server, clients, requests = up_to_masked_input(2, modulus=1000, vector_length=2, threshold=2)
     answer = clients[0].handle(requests[0], np.array([1, 2]))
-    forged = dataclasses.replace(answer, masked=np.array([5, 1000], np.uint32))
-    with pytest.raises(ProtocolViolation, match="modulus"):
+    assert answer.modulus == 1000
+    # The message checks its words against its modulus (built here, or decoded: MessageFormatError
+    # in test_protocol_messages.py), and the server checks that the modulus is its round's.
+    with pytest.raises(ValueError, match=r"masked must be in \[0, 1000\)"):
+        dataclasses.replace(answer, masked=np.array([5, 1000], np.uint32))
+    forged = dataclasses.replace(answer, masked=np.array([5, 1000], np.uint32), modulus=2**32)
+    with pytest.raises(ProtocolViolation, match="modulo 4294967296, the round's is 1000"):
         server.receive(forged)
     wrong = dataclasses.replace(answer, masked=np.array([5], np.uint32))
     with pytest.raises(ProtocolViolation):
