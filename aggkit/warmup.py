@@ -44,9 +44,14 @@ def _presets() -> dict[str, Callable[[], Factory]]:
 PRESETS: tuple[str, ...] = ("mean", "robust", "dp", "compression", "secure")
 
 # Two sizes: kernels that pick a code path by length (serial below a block, parallel above)
-# compile both. The larger one spans several Hadamard blocks and random-number pieces.
+# compile both. The larger one spans several Hadamard blocks and random-number pieces, and is
+# also run beside a small tensor (a layer and its bias: a compression round then sums the small
+# one exactly).
 _SIZES = (1_000, 300_000)
-_CLIENTS = 4
+_SMALL_TENSOR = 10
+# Some kernels compile a one-row path only for a number of rows that is not a multiple of four
+# (``aggkit.kernels.quantize``, ``aggkit.kernels.discretize``): both counts run.
+_CLIENTS = (4, 5)
 
 
 def preset_factory(name: str) -> Factory:
@@ -58,7 +63,7 @@ def preset_factory(name: str) -> Factory:
 
 
 def warmup(presets: Iterable[str] = PRESETS, dtypes: Iterable[str] = ("float32",)) -> list[str]:
-    """Run two small rounds of each preset in ``presets`` for each dtype; the presets run.
+    """Run small rounds of each preset in ``presets`` for each dtype; the presets run.
 
     Compiles (or loads) every kernel those compositions use and, with the disk cache on (the
     default; ``AGGKIT_NUMBA_CACHE=0`` turns it off), writes them to it.
@@ -70,13 +75,17 @@ def warmup(presets: Iterable[str] = PRESETS, dtypes: Iterable[str] = ("float32",
     for name in names:
         factory = preset_factory(name)
         for dtype in dtypes:
-            for size in _SIZES:
-                process = factory.create(_spec(size, dtype))
+            for sizes in [(size,) for size in _SIZES] + [(_SIZES[-1], _SMALL_TENSOR)]:
+                process = factory.create([_spec(size, dtype) for size in sizes])
                 state = process.initialize()
-                values = rng.normal(0.0, 1e-3, (_CLIENTS, size)).astype(dtype)
-                weights = np.ones(_CLIENTS) if factory.is_weighted else None
-                for _ in range(2):  # later rounds use updated estimates
-                    state = process.next(state, values, weights).state
+                for clients in _CLIENTS:
+                    values = [
+                        [rng.normal(0.0, 1e-3, size).astype(dtype) for size in sizes]
+                        for _ in range(clients)
+                    ]
+                    weights = np.ones(clients) if factory.is_weighted else None
+                    for _ in range(2):  # later rounds use updated estimates
+                        state = process.next(state, values, weights).state
     return names
 
 

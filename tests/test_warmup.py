@@ -13,9 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A mean round in a fresh process: which aggkit kernels compiled, and how many loaded from disk.
-_ROUND = """
-import json, numpy as np, aggkit as ak
+# Records the names of the aggkit kernels that compile.
+_LISTENER = """
 from numba.core import event
 compiled = []
 
@@ -26,9 +25,18 @@ class Listener(event.Listener):
     def on_end(self, ev):
         func = getattr(ev.data["dispatcher"], "py_func", None)
         if func is not None and func.__module__.startswith("aggkit."):
-            compiled.append(func.__qualname__)
+            compiled.append(func.__qualname__.rsplit(".", 1)[-1])
 
 event.register("numba:compile", Listener())
+"""
+
+# A mean round in a fresh process: which aggkit kernels compiled, and how many loaded from disk.
+_ROUND = (
+    """
+import json, numpy as np, aggkit as ak
+"""
+    + _LISTENER
+    + """
 process = ak.mean().create(ak.TensorSpec((3000,), np.float32))
 values = np.random.default_rng(1).normal(size=(7, 3000)).astype(np.float32)
 process.next(process.initialize(), values, np.arange(1.0, 8.0))
@@ -42,6 +50,7 @@ for module in list(vars(kernels).values()):
                 hits += sum(obj.stats.cache_hits.values())
 print(json.dumps({"compiled": compiled, "cache_hits": hits}))
 """
+)
 
 
 def _env(cache_dir: Path) -> dict[str, str]:
@@ -113,3 +122,57 @@ def test_coldstart_script_reports_a_tiny_first_round(tmp_path, capsys):
     assert result["compiles"], "an empty cache must compile the mean's kernels"
     assert 0 < result["compile total"] <= result["first round wall"]
     assert result["process cpu"] > 0
+
+
+# Rounds of compression_aggregator() and secure_aggregator() in a fresh process with an empty
+# cache: which aggkit kernels compiled, first for 8 clients and one quantized tensor, then for 7
+# clients and a small tensor beside it.
+_PATHS = (
+    """
+import json, numpy as np, aggkit as ak
+"""
+    + _LISTENER
+    + """
+rng = np.random.default_rng(2)
+found = []
+for clients, sizes in ((8, (30000,)), (7, (30000, 10))):
+    for factory in (ak.compression_aggregator(), ak.secure_aggregator()):
+        process = factory.create([ak.TensorSpec((s,), np.float32) for s in sizes])
+        values = [
+            [rng.normal(0, 1e-3, s).astype(np.float32) for s in sizes] for _ in range(clients)
+        ]
+        weights = np.ones(clients) if factory.is_weighted else None
+        process.next(process.initialize(), values, weights)
+    found.append(compiled[:])
+    compiled.clear()
+from aggkit.kernels import discretize, quantize
+flags = [str(s[-1]) for s in quantize._chunk_words.signatures + discretize._code.signatures]
+print(json.dumps([found, flags]))
+"""
+)
+
+
+@pytest.mark.slow
+def test_a_round_compiles_only_the_kernel_paths_it_takes():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AGGKIT_NUMBA_CACHE="0")
+    (first, second), flags = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", _PATHS],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    # Four active rows at a time, every tensor quantized with 16-bit uniforms, the fast code.
+    assert "_quantized_row_sum_u16" in first and "_discretize_float" in first
+    for unused in ("_accumulate_levels", "_accumulate_exact", "_chunk_words32"):
+        assert unused not in first
+    assert first.count("_code") == 1  # one form of the secure sum's code
+    # The flags that pick a branch of the helpers are compile-time constants, never runtime
+    # values that would keep both branches in the loop.
+    assert flags and all(flag.startswith("Literal[bool]") for flag in flags)
+    # Three rows left over and a tensor summed exactly: the kernels with those paths.
+    assert "_quantized_row_sum_u16_rem_exact" in second and "_discretize_float_rem" in second
+    assert "_accumulate_levels" in second and "_accumulate_exact" in second

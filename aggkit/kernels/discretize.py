@@ -43,6 +43,7 @@ run at a fraction of the weighted sum's speed; three choices bring it close to t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -169,94 +170,105 @@ def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general):  # pragma
     return a0, b0
 
 
-@kernel
-def _discretize_float(
-    first,
-    stop_block,
-    matrix,
-    rows,
-    coef,
-    lo,
-    hi,
-    scale,
-    low,
-    high,
-    shift,
-    general,
-    out,
-    flags,
-    nan_columns,
-    block,
-):  # pragma: no cover - compiled
-    n = matrix.shape[1]
-    num_rows = rows.shape[0]
-    # The fast form sums code + low: subtract low once per row at the end.
-    offset = 0 if general else np.int64(low) * num_rows
-    for b in range(first, stop_block):
-        start = b * block
-        stop = min(start + block, n)
-        m = stop - start
-        # Codes (plus low) are integers, and the wrapper bounds the rows per call so that their
-        # float64 sums stay below 2**53 and exact; they convert to int64 once per block.
-        total = np.zeros(m)
-        i = 0
-        while i + 4 <= num_rows:
-            x0 = matrix[rows[i], start:stop]
-            x1 = matrix[rows[i + 1], start:stop]
-            x2 = matrix[rows[i + 2], start:stop]
-            x3 = matrix[rows[i + 3], start:stop]
-            c0 = coef[rows[i]]
-            c1 = coef[rows[i + 1]]
-            c2 = coef[rows[i + 2]]
-            c3 = coef[rows[i + 3]]
-            if general:
+@functools.cache
+def _float_kernel(general: bool, remainder: bool):
+    """The float pass for one case, compiled only when a sum first needs it.
+
+    ``general`` (the literal form of :func:`_code`, for ranges the fast form cannot take) and
+    ``remainder`` (the active rows are not a multiple of four: the last ones go one at a time)
+    are constants of the closure, so numba prunes the branches a case does not take before it
+    types them: a secure sum compiles one form of the code and the one-row loop only when it has
+    such rows (one kernel with every path took 1.2 s of CPU time to compile, the largest part of
+    ``secure_aggregator()``'s first round with an empty cache). numba's disk cache keys closures
+    on their cells' values, so the cases are cached side by side.
+    """
+
+    def _discretize_float(
+        first,
+        stop_block,
+        matrix,
+        rows,
+        coef,
+        lo,
+        hi,
+        scale,
+        low,
+        high,
+        shift,
+        out,
+        flags,
+        nan_columns,
+        block,
+    ):  # pragma: no cover - compiled
+        n = matrix.shape[1]
+        num_rows = rows.shape[0]
+        # The fast form sums code + low: subtract low once per row at the end.
+        offset = 0
+        if not general:
+            offset = np.int64(low) * num_rows
+        for b in range(first, stop_block):
+            start = b * block
+            stop = min(start + block, n)
+            m = stop - start
+            # Codes (plus low) are integers, and the wrapper bounds the rows per call so that
+            # their float64 sums stay below 2**53 and exact; they convert to int64 once per block.
+            total = np.zeros(m)
+            i = 0
+            while i + 4 <= num_rows:
+                x0 = matrix[rows[i], start:stop]
+                x1 = matrix[rows[i + 1], start:stop]
+                x2 = matrix[rows[i + 2], start:stop]
+                x3 = matrix[rows[i + 3], start:stop]
+                c0 = coef[rows[i]]
+                c1 = coef[rows[i + 1]]
+                c2 = coef[rows[i + 2]]
+                c3 = coef[rows[i + 3]]
+                # `general` is a constant of the closure: numba types it as a literal, and
+                # compiles one form of the code.
                 a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
-                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, True
+                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, general
                 )
-            else:
-                a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
-                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, False
-                )
-            flags[b, i, 0] = a0
-            flags[b, i + 1, 0] = a1
-            flags[b, i + 2, 0] = a2
-            flags[b, i + 3, 0] = a3
-            flags[b, i, 1] = b0
-            flags[b, i + 1, 1] = b1
-            flags[b, i + 2, 1] = b2
-            flags[b, i + 3, 1] = b3
-            # An Inf is clipped like any large value: look for one only where something was
-            # clipped, while the block's rows are still in cache.
-            if a0 + b0:
-                flags[b, i, 2] = _count_inf(x0)
-            if a1 + b1:
-                flags[b, i + 1, 2] = _count_inf(x1)
-            if a2 + b2:
-                flags[b, i + 2, 2] = _count_inf(x2)
-            if a3 + b3:
-                flags[b, i + 3, 2] = _count_inf(x3)
-            i += 4
-        while i < num_rows:
-            x0 = matrix[rows[i], start:stop]
-            c0 = coef[rows[i]]
-            if general:
-                a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, True)
-            else:
-                a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, False)
-            flags[b, i, 0] = a0
-            flags[b, i, 1] = b0
-            if a0 + b0:
-                flags[b, i, 2] = _count_inf(x0)
-            i += 1
-        acc = out[start:stop]
-        bad = 0
-        for j in range(m):
-            t = total[j]
-            if t == t:
-                acc[j] += np.int64(t) - offset
-            else:
-                bad += 1
-        nan_columns[b] += bad
+                flags[b, i, 0] = a0
+                flags[b, i + 1, 0] = a1
+                flags[b, i + 2, 0] = a2
+                flags[b, i + 3, 0] = a3
+                flags[b, i, 1] = b0
+                flags[b, i + 1, 1] = b1
+                flags[b, i + 2, 1] = b2
+                flags[b, i + 3, 1] = b3
+                # An Inf is clipped like any large value: look for one only where something was
+                # clipped, while the block's rows are still in cache.
+                if a0 + b0:
+                    flags[b, i, 2] = _count_inf(x0)
+                if a1 + b1:
+                    flags[b, i + 1, 2] = _count_inf(x1)
+                if a2 + b2:
+                    flags[b, i + 2, 2] = _count_inf(x2)
+                if a3 + b3:
+                    flags[b, i + 3, 2] = _count_inf(x3)
+                i += 4
+            if remainder:
+                while i < num_rows:
+                    x0 = matrix[rows[i], start:stop]
+                    c0 = coef[rows[i]]
+                    a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general)
+                    flags[b, i, 0] = a0
+                    flags[b, i, 1] = b0
+                    if a0 + b0:
+                        flags[b, i, 2] = _count_inf(x0)
+                    i += 1
+            acc = out[start:stop]
+            bad = 0
+            for j in range(m):
+                t = total[j]
+                if t == t:
+                    acc[j] += np.int64(t) - offset
+                else:
+                    bad += 1
+            nan_columns[b] += bad
+
+    _discretize_float.__qualname__ = f"_discretize_float{'_general' * general}{'_rem' * remainder}"
+    return kernel(_discretize_float)
 
 
 def _active_rows(coef: np.ndarray) -> np.ndarray:
@@ -358,7 +370,7 @@ def discretize_sum(
         part = slice(first, first + per_call)
         chunk = np.zeros((num_blocks, len(rows[part]), 3), dtype=np.int64)
         run_tasks(
-            _discretize_float,
+            _float_kernel(general, len(rows[part]) % 4 != 0),
             num_blocks,
             matrix,
             rows[part],
@@ -369,7 +381,6 @@ def discretize_sum(
             low,
             high,
             np.uint64(np.int64(shift).view(np.uint64)),
-            general,
             out,
             chunk,
             nan_columns,

@@ -53,6 +53,8 @@ implementation's ``pack_into_int(value, bits, 28)``. :func:`unpack_bits` inverts
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -105,27 +107,17 @@ def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
 
 
 @kernel
-def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
+def _chunk_words(key, chunk, count, words, short):  # pragma: no cover - compiled
     """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into ``words[:, b]``.
 
-    ``words`` is ``uint32[4, 256]`` (word ``k`` of a block to row ``k``) or ``uint32[8, 256]``
-    (the low then the high 16 bits of word ``k`` to rows ``2k`` and ``2k + 1``; kept as uint32,
-    which the rounding loop converts in one instruction); ``words.reshape(-1)[r]`` is then the
-    random number of element ``r`` of the chunk.
+    ``words`` is ``uint32[4, 256]`` (word ``k`` of a block to row ``k``) or, when ``short``,
+    ``uint32[8, 256]`` (the low then the high 16 bits of word ``k`` to rows ``2k`` and ``2k + 1``;
+    kept as uint32, which the rounding loop converts in one instruction);
+    ``words.reshape(-1)[r]`` is then the random number of element ``r`` of the chunk. The fused
+    sum passes ``short`` as a constant (numba then compiles only that branch).
     """
     first = chunk * BLOCKS
-    if words.shape[0] == 4:
-        w0s = words[0]
-        w1s = words[1]
-        w2s = words[2]
-        w3s = words[3]
-        for b in range(count):
-            w0, w1, w2, w3 = mix_block(key, first + b)
-            w0s[b] = w0
-            w1s[b] = w1
-            w2s[b] = w2
-            w3s[b] = w3
-    else:
+    if short:
         h0 = words[0]
         h1 = words[1]
         h2 = words[2]
@@ -144,6 +136,17 @@ def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
             h5[b] = w2 >> _S16
             h6[b] = w3 & _M16
             h7[b] = w3 >> _S16
+    else:
+        w0s = words[0]
+        w1s = words[1]
+        w2s = words[2]
+        w3s = words[3]
+        for b in range(count):
+            w0, w1, w2, w3 = mix_block(key, first + b)
+            w0s[b] = w0
+            w1s[b] = w1
+            w2s[b] = w2
+            w3s[b] = w3
 
 
 @kernel
@@ -191,81 +194,107 @@ def _accumulate_exact(x, coef, out):  # pragma: no cover - compiled
 # --------------------------------------------------------------------------------------------
 
 
-@kernel
-def _quantized_row_sum(
-    first_task,
-    stop_task,
-    matrix,
-    rows,
-    coef,
-    task_tensor,
-    task_start,
-    offsets,
-    quantize,
-    lo,
-    scale,
-    step,
-    top,
-    per_block,
-    inv,
-    round_key,
-    first_client,
-    acc,
-):  # pragma: no cover - compiled
-    num_rows = rows.shape[0]
-    chunk_size = BLOCKS * per_block
-    words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
-    flat = words.reshape(4, chunk_size)
-    p = np.empty((4, 4))
-    keys = np.empty(4, dtype=np.uint64)
-    for task in range(first_task, stop_task):
-        t = task_tensor[task]
-        task_stop = min(task_start[task] + TASK, offsets[t + 1])
-        if not quantize[t]:
-            out = acc[task_start[task] : task_stop]
-            for ii in range(num_rows):
-                i = rows[ii]
-                _accumulate_exact(matrix[i, task_start[task] : task_stop], coef[i], out)
-            continue
-        ii = 0
-        while ii < num_rows:
-            group = 4 if ii + 4 <= num_rows else 1
-            for k in range(group):
-                i = rows[ii + k]
-                keys[k] = fold_in(fold_in(round_key, first_client + i), t)
-                p[k, 0] = coef[i]
-                p[k, 1] = lo[i, t]
-                p[k, 2] = scale[i, t]
-                p[k, 3] = step[i, t]
-            # Row by row over the whole task: long contiguous runs of each row for the prefetcher.
-            for start in range(task_start[task], task_stop, chunk_size):
-                stop = min(start + chunk_size, task_stop)
-                m = stop - start
-                chunk = (start - offsets[t]) // chunk_size
-                count = min(m, BLOCKS)
-                out = acc[start:stop]
+@functools.cache
+def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
+    """The fused-sum kernel for one case, compiled only when a round first needs it.
+
+    ``short`` (16-bit uniforms: eight numbers per block), ``remainder`` (the active rows are not
+    a multiple of four: the last ones go one at a time) and ``exact`` (some tensor is not
+    quantized) are constants of the closure, so numba prunes the branches a case does not take
+    before it types them: a round compiles one uniform width, and the one-row and exact paths
+    only when it has such rows or tensors (every path in one kernel took 1.6 s of CPU time to
+    compile, half of ``compression_aggregator()``'s first round with an empty cache). numba's
+    disk cache keys closures on their cells' values, so the cases are cached side by side (as in
+    :func:`aggkit.kernels.row_stats._partials_kernel`).
+    """
+    per_block = 8 if short else 4
+
+    def _quantized_row_sum(
+        first_task,
+        stop_task,
+        matrix,
+        rows,
+        coef,
+        task_tensor,
+        task_start,
+        offsets,
+        quantize,
+        lo,
+        scale,
+        step,
+        top,
+        inv,
+        round_key,
+        first_client,
+        acc,
+    ):  # pragma: no cover - compiled
+        num_rows = rows.shape[0]
+        chunk_size = BLOCKS * per_block
+        words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
+        flat = words.reshape(4, chunk_size)
+        p = np.empty((4, 4))
+        keys = np.empty(4, dtype=np.uint64)
+        for task in range(first_task, stop_task):
+            t = task_tensor[task]
+            first = task_start[task]
+            task_stop = min(first + TASK, offsets[t + 1])
+            if exact:
+                if not quantize[t]:
+                    out = acc[first:task_stop]
+                    for ii in range(num_rows):
+                        i = rows[ii]
+                        _accumulate_exact(matrix[i, first:task_stop], coef[i], out)
+                    continue
+            # Rows four at a time, then (``remainder``) the last ones one at a time: for every
+            # column the rows are added in order.
+            ii = 0
+            while ii < num_rows:
+                group = 4
+                if remainder:
+                    if ii + 4 > num_rows:
+                        group = 1
                 for k in range(group):
-                    _chunk_words(keys[k], chunk, count, words[k])
-                if group == 4:
-                    _accumulate_levels4(
-                        matrix[rows[ii], start:stop],
-                        matrix[rows[ii + 1], start:stop],
-                        matrix[rows[ii + 2], start:stop],
-                        matrix[rows[ii + 3], start:stop],
-                        flat[0, :m],
-                        flat[1, :m],
-                        flat[2, :m],
-                        flat[3, :m],
-                        p,
-                        inv,
-                        top,
-                        out,
-                    )
-                else:
-                    x = matrix[rows[ii], start:stop]
-                    w = flat[0, :m]
-                    _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], inv, top, out)
-            ii += group
+                    i = rows[ii + k]
+                    keys[k] = fold_in(fold_in(round_key, first_client + i), t)
+                    p[k, 0] = coef[i]
+                    p[k, 1] = lo[i, t]
+                    p[k, 2] = scale[i, t]
+                    p[k, 3] = step[i, t]
+                # Row by row over the whole task: long contiguous runs of each row for the
+                # prefetcher.
+                for start in range(first, task_stop, chunk_size):
+                    stop = min(start + chunk_size, task_stop)
+                    m = stop - start
+                    chunk = (start - offsets[t]) // chunk_size
+                    count = min(m, BLOCKS)
+                    out = acc[start:stop]
+                    for k in range(group):
+                        _chunk_words(keys[k], chunk, count, words[k], short)
+                    if group == 4:
+                        _accumulate_levels4(
+                            matrix[rows[ii], start:stop],
+                            matrix[rows[ii + 1], start:stop],
+                            matrix[rows[ii + 2], start:stop],
+                            matrix[rows[ii + 3], start:stop],
+                            flat[0, :m],
+                            flat[1, :m],
+                            flat[2, :m],
+                            flat[3, :m],
+                            p,
+                            inv,
+                            top,
+                            out,
+                        )
+                    elif remainder:
+                        x = matrix[rows[ii], start:stop]
+                        w = flat[0, :m]
+                        _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], inv, top, out)
+                ii += group
+
+    _quantized_row_sum.__qualname__ = (
+        f"_quantized_row_sum_u{16 if short else 32}{'_rem' * remainder}{'_exact' * exact}"
+    )
+    return kernel(_quantized_row_sum)
 
 
 @kernel(parallel=True)
@@ -277,7 +306,7 @@ def _stochastic_levels(x, coef, lo, scale, top, per_block, inv, key, out):  # pr
         stop = min(start + chunk_size, n)
         m = stop - start
         words = np.empty((per_block, BLOCKS), dtype=np.uint32)
-        _chunk_words(key, chunk, min(m, BLOCKS), words)
+        _chunk_words(key, chunk, min(m, BLOCKS), words, per_block == 8)
         w = words.reshape(chunk_size)[:m]
         _store_levels(x[start:stop], w, coef, lo, scale, inv, top, out[start:stop])
 
@@ -473,8 +502,9 @@ def quantized_row_sum(
     rows = np.flatnonzero(coef).astype(np.int64)
     per_block, inv = _stream_shape(bits)
     if rows.size and tasks[0].size:
+        partial_rows = rows.size % 4 != 0
         run_tasks(
-            _quantized_row_sum,
+            _row_sum_kernel(per_block == 8, partial_rows, not bool(np.all(quantize))),
             tasks[0].size,
             matrix,
             rows,
@@ -487,7 +517,6 @@ def quantized_row_sum(
             scale,
             step,
             top,
-            per_block,
             inv,
             np.uint64(round_key),
             np.int64(first_client),

@@ -103,6 +103,22 @@ def test_zero_coefficient_rows_hold_zeros_even_over_nan():
     assert ours.tolist() == [0, 0, 0]
 
 
+# Each case compiles its own kernel (aggkit.kernels.discretize._float_kernel): the fast and the
+# literal form of the code, with and without rows left over after the groups of four.
+@pytest.mark.parametrize("rows", [9, 10])  # 8 active rows (two groups of four), 9 (one left)
+@pytest.mark.parametrize("bounds", [(-2.0, 2.0), (1e6, 1e6 + 0.5)])
+def test_float_matches_twin_in_every_kernel_case(rows, bounds):
+    rng = np.random.default_rng(rows)
+    matrix = rng.standard_normal((rows, 3 * discretize.BLOCK + 5)).astype(np.float32) * 3
+    matrix[:, :7] += 1e6  # some values inside the far range too
+    coef = rng.random(rows)
+    coef[4] = 0.0
+    ours, twin, flags, twin_flags = _both(matrix, coef, _code(*bounds, np.float32))
+    np.testing.assert_array_equal(ours, twin)
+    np.testing.assert_array_equal(flags, twin_flags)
+    assert flags[:, :2].sum() > 0  # something was clipped
+
+
 def test_more_rows_than_one_call_takes(monkeypatch):
     monkeypatch.setattr(discretize, "_ROWS_PER_CALL", 3)
     rng = np.random.default_rng(5)

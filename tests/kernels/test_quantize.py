@@ -69,16 +69,20 @@ def test_fused_sum_matches_twin_bit_for_bit(case):
     np.testing.assert_array_equal(ours, twin)
 
 
+# Each case compiles its own kernel (aggkit.kernels.quantize._row_sum_kernel): with and without
+# rows left over after the groups of four, with and without a tensor summed exactly.
+@pytest.mark.parametrize("rows, exact", [(11, True), (13, False)])
 @pytest.mark.parametrize("bits", [4, 8])  # 32-bit and 16-bit uniforms
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype, bits):
+def test_fused_sum_matches_twin_across_tasks_and_row_groups(dtype, bits, rows, exact):
     rng = np.random.default_rng(3)
     cols = 2 * TASK + CHUNK + 13  # three tasks, the last with a partial chunk
-    matrix = rng.standard_normal((11, cols)).astype(dtype)  # two groups of four rows, then three
-    coef = rng.random(11)
+    # 11 rows, one of them inactive: two groups of four rows, then two; 13: three groups.
+    matrix = rng.standard_normal((rows, cols)).astype(dtype)
+    coef = rng.random(rows)
     coef[5] = 0.0
     offs = np.array([0, 7, cols - 500, cols])
-    quantize = np.array([True, True, False])
+    quantize = np.array([True, True, not exact])
     lo, scale, step = _ranges(matrix, coef, offs, bits)
     args = (matrix, coef, offs, quantize, lo, scale, step, bits, 99, 3)
     ours = quantized_row_sum(*args, np.zeros(cols))
