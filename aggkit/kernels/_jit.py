@@ -169,6 +169,7 @@ def kernel(
     fastmath_reassoc: bool = False,
     fastmath_contract: bool = False,
     inline: bool = False,
+    helper: bool = False,
 ):
     """Compile ``function`` with aggkit's kernel options.
 
@@ -191,6 +192,13 @@ def kernel(
     ``inline=True`` inlines a device function into its callers at the numba IR level. numba does
     not inline large helpers on its own, and a call left in a hot loop stops it from vectorizing
     (the Gaussian noise loop, for one, ran several times slower with its call left in).
+
+    ``helper=True`` marks a function that only other kernels call: numba then compiles no Python
+    entry point for it (the wrapper that unboxes every argument and boxes the result), which is
+    part of every compilation's cost (about 0.2 s of CPU time of ``secure_aggregator()``'s first
+    round with an empty cache for its five helpers; ``docs/benchmarks-history.md``, "Cold
+    start"). Calling a helper from Python raises :class:`TypeError` (numba itself would jump to
+    the missing entry point). No kernel gets a C-callable (``cfunc``) wrapper: aggkit calls none.
     """
     flags = {"reassoc"} if fastmath_reassoc else set()
     if fastmath_contract:
@@ -198,16 +206,31 @@ def kernel(
     fastmath = flags or False
 
     def decorate(fn):
-        return numba.njit(
+        dispatcher = numba.njit(
             cache=CACHE,
             nogil=True,
             fastmath=fastmath,
             error_model="numpy",
             parallel=parallel,
             inline="always" if inline else "never",
+            no_cfunc_wrapper=True,
+            no_cpython_wrapper=helper,
         )(fn)
+        if helper:
+            dispatcher.__class__ = _HelperDispatcher
+        return dispatcher
 
     return decorate if function is None else decorate(function)
+
+
+class _HelperDispatcher(numba.core.registry.CPUDispatcher):
+    """A ``kernel(helper=True)`` function: callable from kernels only (it has no Python entry)."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"{self.py_func.__qualname__} is a kernel helper without a Python entry point: "
+            "call it from a kernel"
+        )
 
 
 #: Elements (matrix values read) below which a parallel kernel gets one more thread only per this

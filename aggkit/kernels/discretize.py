@@ -85,7 +85,7 @@ _FAST_LIMIT = 2.0**40
 # -- float rows ----------------------------------------------------------------------------------
 
 
-@kernel
+@kernel(helper=True)
 def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - compiled
     """The code of one float64 value, as a float64 integer; NaN for NaN.
 
@@ -118,7 +118,7 @@ def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - co
     return code
 
 
-@kernel
+@kernel(helper=True)
 def _count_inf(x):  # pragma: no cover - compiled
     """The number of +-Inf in ``x`` (run only for rows that had values clipped)."""
     count = 0

@@ -106,7 +106,7 @@ def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
     return min(np.floor((v - lo) * scale + np.float64(word) * inv), top)
 
 
-@kernel
+@kernel(helper=True)
 def _chunk_words(key, chunk, count, words, short):  # pragma: no cover - compiled
     """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into ``words[:, b]``.
 
@@ -149,14 +149,14 @@ def _chunk_words(key, chunk, count, words, short):  # pragma: no cover - compile
             w3s[b] = w3
 
 
-@kernel
+@kernel(helper=True)
 def _accumulate_levels(x, words, coef, lo, scale, step, inv, top, out):  # pragma: no cover
     for j in range(x.shape[0]):
         q = _level(coef * x[j], lo, scale, words[j], inv, top)
         out[j] += lo + q * step
 
 
-@kernel
+@kernel(helper=True)
 def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, inv, top, out):  # pragma: no cover
     """Four rows at a time (four memory streams; ``out`` read and written once).
 
@@ -177,13 +177,13 @@ def _accumulate_levels4(x0, x1, x2, x3, w0, w1, w2, w3, p, inv, top, out):  # pr
         out[j] = a
 
 
-@kernel
+@kernel(helper=True)
 def _store_levels(x, words, coef, lo, scale, inv, top, out):  # pragma: no cover - compiled
     for j in range(x.shape[0]):
         out[j] = np.uint32(_level(coef * x[j], lo, scale, words[j], inv, top))
 
 
-@kernel
+@kernel(helper=True)
 def _accumulate_exact(x, coef, out):  # pragma: no cover - compiled
     for j in range(x.shape[0]):
         out[j] += coef * x[j]

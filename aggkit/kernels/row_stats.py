@@ -71,7 +71,7 @@ class RowStats:
 # faster than one (docs/benchmarks-history.md, "Statistics pass").
 
 
-@kernel(fastmath_reassoc=True)
+@kernel(fastmath_reassoc=True, helper=True)
 def _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
     for j in range(x0.shape[0]):
@@ -94,7 +94,7 @@ def _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     return q0, q1, q2, q3, q4, q5, q6, q7
 
 
-@kernel(fastmath_reassoc=True)
+@kernel(fastmath_reassoc=True, helper=True)
 def _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     for j in range(x0.shape[0]):
@@ -111,7 +111,7 @@ def _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
 
 # numba widens int32 arithmetic to int64, which halves the vector width; the explicit np.int32
 # casts keep the maxima in 32-bit lanes.
-@kernel(fastmath_reassoc=True, fastmath_contract=True)
+@kernel(fastmath_reassoc=True, fastmath_contract=True, helper=True)
 def _sum_sq_abs_max32_8(
     x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
 ):  # pragma: no cover - compiled
@@ -161,7 +161,7 @@ def _sum_sq_abs_max32_8(
     )
 
 
-@kernel
+@kernel(helper=True)
 def _abs_max64_8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     mask = np.int64(0x7FFFFFFFFFFFFFFF)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int64(0)
@@ -177,7 +177,7 @@ def _abs_max64_8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
-@kernel
+@kernel(helper=True)
 def _key_min_max32(x):  # pragma: no cover - compiled
     mask = np.int32(0x7FFFFFFF)
     kmin = mask
@@ -190,7 +190,7 @@ def _key_min_max32(x):  # pragma: no cover - compiled
     return np.int64(kmin), np.int64(kmax)
 
 
-@kernel
+@kernel(helper=True)
 def _key_min_max64(x):  # pragma: no cover - compiled
     mask = np.int64(0x7FFFFFFFFFFFFFFF)
     kmin = mask

@@ -14,6 +14,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import aggkit
 
 
@@ -27,7 +30,10 @@ def _call(root: Path) -> str:
     return done.stdout.strip()
 
 
-def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path):
+# A helper with a Python entry point, and one without (kernel(helper=True): callable from kernels
+# only), whose code the caller's cache entry holds all the same.
+@pytest.mark.parametrize("decorator", ["@kernel", "@kernel(helper=True)"])
+def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path, decorator):
     package = tmp_path / "aggkit"
     shutil.copytree(
         Path(aggkit.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
@@ -43,7 +49,7 @@ def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path):
         def helper(x):
             return x + 1
         """
-        )
+        ).replace("@kernel", decorator)
     )
     (kernels / "caller_mod.py").write_text(
         textwrap.dedent(
@@ -61,3 +67,14 @@ def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path):
     assert any((kernels / "__pycache__").glob("caller_mod.caller-*.nbi"))  # it was cached
     helper.write_text(helper.read_text().replace("x + 1", "x + 100"))
     assert _call(tmp_path) == "202"
+
+
+def test_a_helper_refuses_a_call_from_python_and_runs_inside_kernels():
+    from aggkit.kernels import row_stats
+
+    with pytest.raises(TypeError, match="_key_min_max32 is a kernel helper"):
+        row_stats._key_min_max32(np.zeros(3, np.int32))
+    stats = row_stats.row_stats(
+        np.array([[1.0, -2.0, 3.0]], np.float32), np.array([0, 3]), with_minmax=True
+    )  # calls the helper from a kernel
+    assert stats.tensor_min.tolist() == [[-2.0]] and stats.tensor_max.tolist() == [[3.0]]
