@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
+from aggkit import _checks
 from aggkit.dp import gaussian_adaptive
+from aggkit.kernels.limits import CODE_BITS
 from aggkit.mean import mean, unweighted_mean
 from aggkit.process import Factory
 from aggkit.quantile import quantile_estimator
@@ -17,12 +19,31 @@ from aggkit.robust import clipping, zeroing
 __all__ = ["dp_aggregator", "robust_aggregator"]
 
 
-def _default_zeroing(inner: Factory, secure_estimation: bool = False) -> Factory:
+def _secure_records(code_bits: int | None) -> Factory | None:
+    """A quantile estimate's record sum: secure with ``code_bits``-bit codes (what
+    ``secure_estimation=True`` gives at 32 bits), or None (plain) for ``code_bits=None``."""
+    if code_bits is None:
+        return None
+    from aggkit.secure.secure_sum import secure_sum
+
+    return secure_sum(1.0, code_bits=code_bits)
+
+
+def _secure_count(code_bits: int | None) -> Factory | None:
+    if code_bits is None:
+        return None
+    from aggkit.secure.secure_sum import secure_sum
+
+    return secure_sum(1, 0)
+
+
+def _default_zeroing(inner: Factory, secure_bits: int | None = None) -> Factory:
     """Zero updates whose L-inf norm exceeds ``2 * q0.98 + 1`` of the client L-inf norms.
 
     The estimate starts at 10 and, with learning rate ln(10), adapts very quickly to a value
     somewhat above the largest values seen so far: it can grow by 10**0.98 (about 9.5x) per round
-    and shrink by 10**-0.02 (about 0.955x).
+    and shrink by 10**-0.02 (about 0.955x). ``secure_bits``: estimate and count through secure
+    sums (the records with codes of that many bits); None: plain sums.
     """
     norm = quantile_estimator(
         10.0,
@@ -30,25 +51,16 @@ def _default_zeroing(inner: Factory, secure_estimation: bool = False) -> Factory
         math.log(10.0),
         multiplier=2.0,
         increment=1.0,
-        secure_estimation=secure_estimation,
+        record_sum=_secure_records(secure_bits),
     )
-    count_sum = None
-    if secure_estimation:
-        from aggkit.secure.secure_sum import secure_sum
-
-        count_sum = secure_sum(1, 0)
-    return zeroing(norm, inner, zeroed_count_sum=count_sum)
+    return zeroing(norm, inner, zeroed_count_sum=_secure_count(secure_bits))
 
 
-def _default_clipping(inner: Factory, secure_estimation: bool = False) -> Factory:
-    """Clip to the running 0.8 quantile of client L2 norms (start 1.0, learning rate 0.2)."""
-    norm = quantile_estimator(1.0, 0.8, 0.2, secure_estimation=secure_estimation)
-    count_sum = None
-    if secure_estimation:
-        from aggkit.secure.secure_sum import secure_sum
-
-        count_sum = secure_sum(1, 0)
-    return clipping(norm, inner, clipped_count_sum=count_sum)
+def _default_clipping(inner: Factory, secure_bits: int | None = None) -> Factory:
+    """Clip to the running 0.8 quantile of client L2 norms (start 1.0, learning rate 0.2);
+    ``secure_bits`` as in :func:`_default_zeroing`."""
+    norm = quantile_estimator(1.0, 0.8, 0.2, record_sum=_secure_records(secure_bits))
+    return clipping(norm, inner, clipped_count_sum=_secure_count(secure_bits))
 
 
 def _check_flags(**flags: bool) -> None:
@@ -202,15 +214,16 @@ def compression_aggregator(
 
 
 def secure_aggregator(
-    *, zeroing: bool = True, clipping: bool = True, weighted: bool = True
+    *, zeroing: bool = True, clipping: bool = True, weighted: bool = True, code_bits: int = 32
 ) -> Factory:
     """Robust mean computed with secure sums only (``tff.learning``'s ``secure_aggregator``).
 
     Every sum the server takes goes through a secure channel: the values through a 32-bit
-    discretized secure sum whose symmetric range is ``2 * q0.95`` of the clients' max |value|
-    (estimated with secure sums too, starting at 50), the weights through a secure sum in
-    ``[0, 2**20 - 1]`` (larger weights are clipped and counted), the counts of zeroed and clipped
-    clients through 1-bit secure sums, and every quantile estimate's records through secure sums.
+    (``code_bits``) discretized secure sum whose symmetric range is ``2 * q0.95`` of the
+    clients' max |value| (estimated with secure sums too, starting at 50), the weights through a
+    secure sum in ``[0, 2**20 - 1]`` (larger weights are clipped and counted), the counts of
+    zeroed and clipped clients through 1-bit secure sums, and every quantile estimate's records
+    through secure sums.
     Use it with :mod:`aggkit.secure` to run the real pairwise-masking protocol behind the sums.
 
     Parameters
@@ -219,6 +232,13 @@ def secure_aggregator(
         Include the adaptive zeroing / clipping stages (with secure estimation).
     weighted : bool
         Weighted or unweighted mean at the core.
+    code_bits : int
+        Bits per code of every float secure sum here (values, weights, the estimates'
+        records), 1 to 32 (:func:`aggkit.secure.secure_sum.secure_sum`); 32, TFF's width, by
+        default. Fewer bits make each value and weight coarser (a step of
+        ``range / (2**b - 1)``: the weights' range is ``[0, 2**20 - 1]``) and a real protocol's
+        messages shorter: a sum of ``K`` clients needs ``b + ceil(log2 K)`` bits per value on
+        the wire (at 20 clients, 22-bit codes fit 4-byte words, 32-bit codes take 5 bytes).
 
     Examples
     --------
@@ -233,14 +253,21 @@ def secure_aggregator(
     from aggkit.secure.secure_sum import secure_sum
 
     _check_flags(zeroing=zeroing, clipping=clipping, weighted=weighted)
-    bound = quantile_estimator(50.0, 0.95, 1.0, multiplier=2.0, secure_estimation=True)
+    code_bits = _checks.integer(code_bits, "code_bits", low=1, high=CODE_BITS)
+    records = _secure_records(code_bits)
+    bound = quantile_estimator(50.0, 0.95, 1.0, multiplier=2.0, record_sum=records)
     factory: Factory
     if weighted:
-        factory = mean(value_sum=secure_sum(bound), weight_sum=secure_sum(float(2**20 - 1), 0.0))
+        factory = mean(
+            value_sum=secure_sum(bound, code_bits=code_bits),
+            weight_sum=secure_sum(float(2**20 - 1), 0.0, code_bits=code_bits),
+        )
     else:
-        factory = unweighted_mean(value_sum=secure_sum(bound), count_sum=secure_sum(1, 0))
+        factory = unweighted_mean(
+            value_sum=secure_sum(bound, code_bits=code_bits), count_sum=secure_sum(1, 0)
+        )
     if clipping:
-        factory = _default_clipping(factory, secure_estimation=True)
+        factory = _default_clipping(factory, secure_bits=code_bits)
     if zeroing:
-        factory = _default_zeroing(factory, secure_estimation=True)
+        factory = _default_zeroing(factory, secure_bits=code_bits)
     return factory

@@ -141,7 +141,9 @@ def make_aggregator(name: str, args: argparse.Namespace) -> ak.Factory:
             population=args.clients,
             delta=args.delta,
         )
-    return {"compression": ak.compression_aggregator, "secure": ak.secure_aggregator}[name]()
+    if name == "secure":
+        return ak.secure_aggregator(code_bits=args.code_bits)
+    return {"compression": ak.compression_aggregator}[name]()
 
 
 def _default(name: str, text: str) -> str:
@@ -305,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="for --aggregator trimmed_mean (default: the rule's default)",
+    )
+    add(
+        "--code-bits",
+        type=int,
+        default=32,
+        help="for --aggregator secure: bits per secure-sum code, 1 to 32 (default: 32)",
     )
     choice(
         "--dataset",

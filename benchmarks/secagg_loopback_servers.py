@@ -205,7 +205,7 @@ def _aggkit_main(grid: Grid, context: Context) -> None:
                 return super().configure_train(server_round, arrays, config, through)
 
         strategy = Marked(
-            ak.secure_aggregator(),
+            ak.secure_aggregator(code_bits=int(config["code-bits"])),
             FedAvgConfig(clients_per_round=nodes),
             fraction_evaluate=0.0,
             min_evaluate_nodes=0,
@@ -231,6 +231,8 @@ def _aggkit_main(grid: Grid, context: Context) -> None:
         simulate_round(inputs, modulus=2**32, seed=0, authenticated=authenticated)
 
     label = "aggkit-authenticated" if authenticated else "aggkit-honest-but-curious"
+    if int(config["code-bits"]) != 32:
+        label += f"-{int(config['code-bits'])}-bit"
     _timed(label, grid, context, body, warm)
 
 

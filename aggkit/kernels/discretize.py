@@ -298,8 +298,9 @@ def discretize_sum(
     *,
     block: int = BLOCK,
     numpy_columns: int = SMALL_COLUMNS,
+    max_code: int = MAX_CODE,
 ) -> np.ndarray:
-    """Add the 32-bit code of ``clip(coef[i] * matrix[i], lo, hi)`` of every row into ``out``.
+    """Add the code of ``clip(coef[i] * matrix[i], lo, hi)`` of every row into ``out``.
 
     A row whose coefficient is 0 holds exact zeros: it adds the code of ``clip(0, lo, hi)`` to
     every column without its values being read (so NaN there does nothing). When an active row
@@ -314,18 +315,22 @@ def discretize_sum(
     lo, hi : float
         The clipping range (float64 values of the bounds in the value dtype), ``lo <= hi``.
     scale : float
-        ``(2**32 - 1) / (hi - lo)``, or 0 when ``hi == lo``.
+        ``max_code / (hi - lo)``, or 0 when ``hi == lo``.
     shift : int
         ``sat64(rint(lo * scale))``.
     out : numpy.ndarray
         ``int64[n]`` accumulator, updated in place. The caller keeps the number of rows added
-        below ``2**31`` (each code is at most ``2**32 - 1``).
+        below ``2**31`` (each code is at most ``max_code``).
     block : int
         Columns per parallel block; the result does not depend on it.
     numpy_columns : int
         Up to this many columns (a secure sum's weights or counts), the NumPy twin does the work:
         the same bits, and no kernel to compile for a matrix that only such sums use (the
         float64 weight column of ``secure_aggregator``, for one).
+    max_code : int
+        The largest code, ``2**b - 1`` for ``b``-bit codes (default 32 bits); codes are clamped
+        to it. Below 32 bits, the literal form (ranges far from 0, see :func:`_code`) runs in
+        the NumPy twin, so the compiled kernel keeps its one clamp.
 
     Returns
     -------
@@ -351,16 +356,17 @@ def discretize_sum(
     num_zero = coef.shape[0] - rows.shape[0]
     n = matrix.shape[1]
     num_blocks = (n + block - 1) // block
+    max_code = _checks.integer(max_code, "max_code", low=1, high=MAX_CODE)
     low = float(np.rint(lo * scale))
-    high = min(float(np.rint(hi * scale)), low + MAX_CODE)
+    high = min(float(np.rint(hi * scale)), low + max_code)
     # The fast form sums codes plus `low` in float64: keep each call's sums below 2**53.
     general = not (scale > 0 and max(abs(low), abs(high)) < _FAST_LIMIT)
     if not general and int(low) != shift:
         raise ValueError(f"shift must be rint(lo * scale) = {int(low)}, got {shift}")
-    if n <= numpy_columns:
-        return discretize_sum_numpy(matrix, coef, lo, hi, scale, shift, out)
+    if n <= numpy_columns or (general and max_code != MAX_CODE):
+        return discretize_sum_numpy(matrix, coef, lo, hi, scale, shift, out, max_code=max_code)
     if num_zero:
-        out += num_zero * encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
+        out += num_zero * encode_float_numpy(np.zeros(1), lo, hi, scale, shift, max_code)[0]
     per_call = _ROWS_PER_CALL
     if not general:
         per_call = min(per_call, int(2**53 // (max(abs(low), abs(high)) + 1)))
@@ -408,9 +414,10 @@ def _check_float_args(matrix: np.ndarray, coef: np.ndarray, out: np.ndarray) -> 
 
 
 def encode_float_numpy(
-    values: np.ndarray, lo: float, hi: float, scale: float, shift: int
+    values: np.ndarray, lo: float, hi: float, scale: float, shift: int, max_code: int = MAX_CODE
 ) -> np.ndarray:
-    """The codes of float64 ``values`` (after the client's shift by ``lo``), as ``int64``.
+    """The codes of float64 ``values`` (after the client's shift by ``lo``), as ``int64``,
+    clamped to ``max_code`` (``2**32 - 1`` unless a narrower code asks otherwise).
 
     Examples
     --------
@@ -425,13 +432,12 @@ def encode_float_numpy(
         a = np.where(inside, np.where(inside, t, 0.0).astype(np.int64), INT64_MIN)
     a = np.where(t >= _TWO_63, INT64_MAX, a)
     d = a.view(np.uint64) - np.int64(shift).view(np.uint64)
-    return np.minimum(d, np.uint64(MAX_CODE)).astype(np.int64)
+    return np.minimum(d, np.uint64(max_code)).astype(np.int64)
 
 
-def discretize_rows_numpy(
-    matrix: np.ndarray, coef: np.ndarray, lo: float, hi: float, scale: float, shift: int
-) -> np.ndarray:
-    """The ``int64[K, n]`` codes of every float row: what each client sends.
+def discretize_rows_numpy(matrix, coef, lo, hi, scale, shift, *, max_code=MAX_CODE) -> np.ndarray:
+    """The ``int64[K, n]`` codes of every float row: what each client sends (each clamped to
+    ``max_code``, ``2**32 - 1`` unless a narrower code asks otherwise).
 
     A secure-sum backend that runs the real protocol receives these, one row per client.
     Coefficient-0 rows hold exact zeros. (Whole-matrix NumPy, elementwise as row by row: a
@@ -440,10 +446,10 @@ def discretize_rows_numpy(
     """
     with np.errstate(invalid="ignore"):  # 0 * Inf in a coefficient-0 row: replaced below
         values = coef[:, None] * matrix.astype(np.float64)
-    codes = encode_float_numpy(values, lo, hi, scale, shift)
+    codes = encode_float_numpy(values, lo, hi, scale, shift, max_code)
     zero = coef == 0
     if zero.any():
-        codes[zero] = encode_float_numpy(np.zeros(1), lo, hi, scale, shift)[0]
+        codes[zero] = encode_float_numpy(np.zeros(1), lo, hi, scale, shift, max_code)[0]
     return codes
 
 
@@ -475,9 +481,12 @@ def discretize_sum_numpy(
     scale: float,
     shift: int,
     out: np.ndarray,
+    *,
+    max_code: int = MAX_CODE,
 ) -> np.ndarray:
     """NumPy twin of :func:`discretize_sum` (same accumulator, same counts)."""
-    out += discretize_rows_numpy(matrix, coef, lo, hi, scale, shift).sum(axis=0, dtype=np.int64)
+    codes = discretize_rows_numpy(matrix, coef, lo, hi, scale, shift, max_code=max_code)
+    out += codes.sum(axis=0, dtype=np.int64)
     return clip_flags_numpy(matrix, coef, lo, hi)
 
 

@@ -12,7 +12,9 @@ and maps it to integers; the server decodes the integer sum.
   ``s = (2**32 - 1) / (hi - lo)``, and the server decodes
   ``(sum q + n * sat64(rint(lo * s))) * (hi - lo) / (2**32 - 1)``. Each client's value is off by
   at most half a step ``(hi - lo) / (2**32 - 1)``, so about 9 significant digits of the range;
-  a zero decodes to exactly zero whatever the range.
+  a zero decodes to exactly zero whatever the range. ``secure_sum(..., code_bits=b)`` uses
+  ``b``-bit codes instead (``2**b - 1`` in place of ``2**32 - 1``): coarser, but a sum of ``K``
+  clients then needs ``b + ceil(log2 K)`` bits on a secure aggregation protocol's wire.
 
 Bounds are constants, or estimation processes that adapt between rounds: one process gives the
 symmetric range ``[-R, R]`` and is fed each client's ``max(|min|, |max|)``; two processes give the
@@ -39,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import channels, kernels
+from aggkit import _checks, channels, kernels
 from aggkit.kernels.limits import CODE_BITS, INT64_MAX, INT64_MIN, MAX_BITWIDTH, MAX_CODE
 from aggkit.process import (
     AggregationProcess,
@@ -112,9 +114,13 @@ class FloatCode:
     span: float
     scale: float
     shift: int
+    #: The largest code, ``2**bits - 1`` (``bits`` is 32 unless :meth:`of` was given fewer).
+    max_code: int = MAX_CODE
 
     @classmethod
-    def of(cls, lo: float, hi: float, dtype: Any) -> FloatCode:
+    def of(cls, lo: float, hi: float, dtype: Any, bits: int = CODE_BITS) -> FloatCode:
+        """The code of ``[lo, hi]`` for ``dtype`` values, ``bits`` (1 to 32) bits wide."""
+        max_code = (1 << _checks.integer(bits, "bits", low=1, high=CODE_BITS)) - 1
         dtype = np.dtype(dtype)
         lo_d, hi_d = dtype.type(lo), dtype.type(hi)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -132,50 +138,57 @@ class FloatCode:
                 f"the bounds [{lo}, {hi}] are too close: upper - lower must be 0 or at least "
                 f"{MIN_FLOAT_SPAN:.3g} (else the 32-bit code's scale overflows)"
             )
-        scale = MAX_CODE / span if span else 0.0
-        return cls(float(lo_d), float(hi_d), span, scale, _sat64(float(lo_d) * scale))
+        scale = max_code / span if span else 0.0
+        shift = _sat64(float(lo_d) * scale)
+        return cls(float(lo_d), float(hi_d), span, scale, shift, max_code)
+
+    @property
+    def bits(self) -> int:
+        """The code's width in bits."""
+        return self.max_code.bit_length()
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The ``int64`` codes of float ``values`` (clipped into ``[lo, hi]`` first)."""
         return kernels.discretize.encode_float_numpy(
-            values, self.lo, self.hi, self.scale, self.shift
+            values, self.lo, self.hi, self.scale, self.shift, self.max_code
         )
 
     def decode(self, total: np.ndarray, num_summands: int, *, checked: bool = False) -> np.ndarray:
         """The float64 sum that ``num_summands`` clients' codes adding up to ``total`` encode.
 
-        ``checked``: first refuse a ``total`` outside ``[0, (2**32 - 1) * num_summands]``
+        ``checked``: first refuse a ``total`` outside ``[0, max_code * num_summands]``
         (ValueError), with its range read in the decoding pass.
         """
         total = np.asarray(total, dtype=np.int64)
         offset = num_summands * self.shift
-        if self.span and abs(offset) + MAX_CODE * num_summands <= INT64_MAX:
+        step = self.span / self.max_code
+        if self.span and abs(offset) + self.max_code * num_summands <= INT64_MAX:
             decoded, low, high = kernels.discretize.decode_sum(
-                np.ascontiguousarray(total).reshape(-1), offset, self.span / MAX_CODE
+                np.ascontiguousarray(total).reshape(-1), offset, step
             )
             if checked and total.size:
-                _check_range(low, high, num_summands)
+                _check_range(low, high, num_summands, self.max_code)
             return decoded.reshape(total.shape)
         if checked:
-            _check_total(total, num_summands)
+            _check_total(total, num_summands, self.max_code)
         if not self.span:
             return np.full(total.shape, num_summands * self.lo)
         # Only for ranges tiny next to their offset: Python integers.
         exact = (total.astype(object) + offset).astype(np.float64)
-        return np.multiply(exact, self.span / MAX_CODE, dtype=np.float64)
+        return np.multiply(exact, step, dtype=np.float64)
 
 
-def _check_total(total: np.ndarray, num_summands: int) -> None:
-    """The server's check that a sum of ``num_summands`` codes is in ``[0, MAX_CODE * n]``."""
+def _check_total(total: np.ndarray, num_summands: int, max_code: int = MAX_CODE) -> None:
+    """The server's check that a sum of ``num_summands`` codes is in ``[0, max_code * n]``."""
     if total.size:
-        _check_range(int(total.min()), int(total.max()), num_summands)
+        _check_range(int(total.min()), int(total.max()), num_summands, max_code)
 
 
-def _check_range(low: int, high: int, num_summands: int) -> None:
-    if low < 0 or high > MAX_CODE * num_summands:
+def _check_range(low: int, high: int, num_summands: int, max_code: int) -> None:
+    if low < 0 or high > max_code * num_summands:
         raise ValueError(
-            f"a sum of {num_summands} 32-bit codes must be in [0, {MAX_CODE * num_summands}], "
-            f"got values in [{low}, {high}]"
+            f"a sum of {num_summands} {max_code.bit_length()}-bit codes must be in "
+            f"[0, {max_code * num_summands}], got values in [{low}, {high}]"
         )
 
 
@@ -318,6 +331,8 @@ class SecureSumFactory(Factory):
 
     upper_bound: Bound
     lower_bound: Bound | None = None
+    #: Float mode: bits per client code (1 to 32).
+    code_bits: int = CODE_BITS
     #: ``"int"`` for integer bounds, ``"float"`` for float bounds or estimation processes (part of
     #: the value: ``secure_sum(1) != secure_sum(1.0)``).
     mode: str = field(init=False, repr=False)
@@ -331,6 +346,13 @@ class SecureSumFactory(Factory):
             raise TypeError(
                 "upper_bound and lower_bound must be of one kind (both ints, both floats or "
                 f"both estimation processes), got {self.upper_bound!r} and {self.lower_bound!r}"
+            )
+        bits = _checks.integer(self.code_bits, "code_bits", low=1, high=CODE_BITS)
+        object.__setattr__(self, "code_bits", bits)
+        if kind == "int" and bits != CODE_BITS:
+            raise ValueError(
+                f"code_bits applies to float bounds (integer bounds set their own width), got "
+                f"{bits} with integer bounds"
             )
         if kind == "process":
             return
@@ -371,12 +393,14 @@ class SecureSumFactory(Factory):
         return SecureSumProcess(layout, self)
 
 
-def secure_sum(upper_bound: Bound, lower_bound: Bound | None = None) -> SecureSumFactory:
+def secure_sum(
+    upper_bound: Bound, lower_bound: Bound | None = None, *, code_bits: int = CODE_BITS
+) -> SecureSumFactory:
     """An unweighted aggregator summing client values through secure aggregation.
 
     Values are clipped into ``[lower_bound, upper_bound]`` and summed on secure channels only.
     Integer bounds sum integer tensors exactly; float bounds or estimation processes sum float
-    tensors discretized to 32 bits (see the module docstring).
+    tensors discretized to ``code_bits`` bits, 32 by default (see the module docstring).
 
     Parameters
     ----------
@@ -387,6 +411,12 @@ def secure_sum(upper_bound: Bound, lower_bound: Bound | None = None) -> SecureSu
     lower_bound : same kind as ``upper_bound``, optional
         The lower bound (a process is fed each client's minimum, and the upper one each client's
         maximum).
+    code_bits : int
+        Float mode: the width of each client's code, 1 to 32 (default 32). Each value is off by
+        at most half a step ``(hi - lo) / (2**code_bits - 1)``; in exchange a sum of ``K``
+        clients needs ``code_bits + ceil(log2 K)`` bits, which is what a secure aggregation
+        protocol sends per value (22 bits over 20 clients fit 32-bit words, 32 bits need 37).
+        Integer bounds take their width from the bounds: ``code_bits`` must stay 32 there.
 
     Returns
     -------
@@ -404,7 +434,8 @@ def secure_sum(upper_bound: Bound, lower_bound: Bound | None = None) -> SecureSu
         tensors; float bounds need float32 or float64 tensors).
     ValueError
         ``upper_bound <= lower_bound``, a lone constant ``upper_bound <= 0``, a non-finite float
-        bound, or integer bounds beyond int64 or further apart than ``2**62``.
+        bound, integer bounds beyond int64 or further apart than ``2**62``, ``code_bits``
+        outside 1..32, or other than 32 with integer bounds.
 
     Examples
     --------
@@ -418,7 +449,7 @@ def secure_sum(upper_bound: Bound, lower_bound: Bound | None = None) -> SecureSu
     >>> counts["secure_upper_clipped_count"], counts["secure_lower_clipped_count"]
     (2, 1)
     """
-    return SecureSumFactory(upper_bound, lower_bound)
+    return SecureSumFactory(upper_bound, lower_bound, code_bits)
 
 
 # -- the process ---------------------------------------------------------------------------------
@@ -452,6 +483,7 @@ class SecureSumProcess(AggregationProcess):
     def __init__(self, layout: Layout, factory: SecureSumFactory):
         super().__init__(layout)
         self.mode = factory.mode
+        self.code_bits = factory.code_bits
         self.dtype = _single_dtype(layout, self.mode)
         self.upper = factory.upper_bound
         self.lower = factory.lower_bound
@@ -535,8 +567,8 @@ class _SecureSumRound(Round):
             self.code = None
             self.bitwidth = max(1, (hi - lo).bit_length())
         else:
-            self.code = FloatCode.of(lo, hi, process.dtype)
-            self.bitwidth = CODE_BITS
+            self.code = FloatCode.of(lo, hi, process.dtype, process.code_bits)
+            self.bitwidth = process.code_bits
         self.values = channels.SecureChannelSum(
             size, bitwidth=self.bitwidth, owner="secure_sum values"
         )
@@ -560,20 +592,22 @@ class _SecureSumRound(Round):
                 discretize.discretize_rows_int_numpy,
                 discretize.discretize_sum_int,
             )
+            options = {}
         else:
             c = self.code
             args = (c.lo, c.hi, c.scale, c.shift)
+            options = {"max_code": c.max_code}
             encode_rows, fused_sum = discretize.discretize_rows_numpy, discretize.discretize_sum
         if self.values.fused:
             self.values.add_accumulated(k)
-            flags = fused_sum(matrix, coef, *args, self.values.accumulator)
+            flags = fused_sum(matrix, coef, *args, self.values.accumulator, **options)
         else:
             flags = discretize.clip_flags_numpy(matrix, coef, self.lo, self.hi)
         bad = np.flatnonzero(flags[:, 2])
         if bad.size:
             raise block.nonfinite_error(int(bad[0]))
         if not self.values.fused:
-            self.values.add(encode_rows(matrix, coef, *args))
+            self.values.add(encode_rows(matrix, coef, *args, **options))
         per_client = np.ones((k, 3), dtype=np.int64)
         per_client[:, 1:] = flags[:, :2] > 0
         self.counts.add(per_client)

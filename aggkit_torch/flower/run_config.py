@@ -76,6 +76,7 @@ RUN_CONFIG: dict[str, str | int | float | bool] = {
     "clip": 0.12,
     "num-byzantine": 0,
     "trim-fraction": 0.0,
+    "code-bits": 32,
     "target-epsilon": 0.0,
     "delta": 1e-5,
     "sampling": "",

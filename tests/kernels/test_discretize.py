@@ -67,6 +67,52 @@ def test_float_matches_twin_bit_for_bit(data, matrix, bounds, block):
     np.testing.assert_array_equal(flags, twin_flags)
 
 
+@given(
+    st.data(),
+    client_matrices(allow_nonfinite=False, magnitude=1e7, max_rows=7),
+    RANGES,
+    st.integers(1, 32),
+    st.integers(1, 64),
+)
+def test_narrow_codes_match_twin_and_stay_below_their_largest_code(
+    data, matrix, bounds, bits, block
+):
+    coef = data.draw(coefficients(matrix.shape[0]))
+    code = FloatCode.of(*bounds, matrix.dtype, bits)
+    assert code.max_code == 2**bits - 1 and code.bits == bits
+    args = (code.lo, code.hi, code.scale, code.shift)
+    ours = np.zeros(matrix.shape[1], np.int64)
+    twin = np.zeros(matrix.shape[1], np.int64)
+    flags = discretize_sum(
+        matrix, coef, *args, ours, block=block, numpy_columns=0, max_code=code.max_code
+    )
+    twin_flags = discretize_sum_numpy(matrix, coef, *args, twin, max_code=code.max_code)
+    np.testing.assert_array_equal(ours, twin)
+    np.testing.assert_array_equal(flags, twin_flags)
+    rows = discretize.discretize_rows_numpy(matrix, coef, *args, max_code=code.max_code)
+    assert rows.min(initial=0) >= 0 and rows.max(initial=0) <= code.max_code
+    np.testing.assert_array_equal(rows.sum(axis=0, dtype=np.int64), twin)
+
+
+def test_a_value_at_the_upper_bound_is_clamped_to_the_narrow_largest_code():
+    # lo * scale = -0.5 and hi * scale = 2**b - 1.5 round to -0 and 2**b - 2: one code short; with
+    # lo * scale = 0.5, hi * scale = 2**b - 0.5 they round to 0 and 2**b (even): one code over,
+    # which the clamp brings back to 2**b - 1, in the kernel's fast form and in the twin.
+    bits = 22
+    scale = 1.0
+    lo, hi = 0.5, 2.0**bits - 0.5
+    x = np.array([[hi, lo, hi, hi, hi]] * 5, np.float64)
+    for columns in (0, 10):
+        out = np.zeros(5, np.int64)
+        discretize_sum(
+            x, np.ones(5), lo, hi, scale, 0, out, numpy_columns=columns, max_code=2**bits - 1
+        )
+        assert out.tolist() == [5 * (2**bits - 1), 0, *[5 * (2**bits - 1)] * 3]
+    assert encode_float_numpy(np.array([hi]), lo, hi, scale, 0, 2**bits - 1)[0] == 2**bits - 1
+    with pytest.raises(ValueError, match="max_code"):
+        discretize_sum(x, np.ones(5), lo, hi, scale, 0, np.zeros(5, np.int64), max_code=2**32)
+
+
 @given(client_matrices(allow_nonfinite=False, max_rows=7), RANGES)
 def test_float_codes_are_in_range_and_count_every_client(matrix, bounds):
     code = _code(*bounds, matrix.dtype)

@@ -74,9 +74,13 @@ def _subset(values, weights, included):
 # -- bit-identical without dropouts --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])
-def test_secure_aggregator_is_bit_identical_over_rounds(weighted):
-    process = ak.secure_aggregator(weighted=weighted).create(TEMPLATE)
+@pytest.mark.parametrize(
+    ("weighted", "code_bits"),
+    [(True, 32), (False, 32), (True, 22)],
+    ids=["weighted", "unweighted", "weighted-22-bit"],
+)
+def test_secure_aggregator_is_bit_identical_over_rounds(weighted, code_bits):
+    process = ak.secure_aggregator(weighted=weighted, code_bits=code_bits).create(TEMPLATE)
     backend = MaskingBackend(seed=1)
     k = 10
     state_in = state_mask = process.initialize()
@@ -102,6 +106,8 @@ def test_secure_aggregator_is_bit_identical_over_rounds(weighted):
                 assert run.modulus == use.modulus
             assert run.included == tuple(range(k))
             assert run.bytes_to_server > 0 and run.bytes_to_clients > 0
+            # Every float sum (values, weights, estimates' records) has code_bits-bit codes.
+            assert use.bitwidth in (1, code_bits) or use.bitwidth is None
         assert report.aborted is None and report.dropped == {} and report.pruned == {}
     # The data exercised zeroing and clipping, and the rounds moved the estimates.
     assert got.measurements["zeroed_count"] >= 1

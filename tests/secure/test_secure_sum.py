@@ -457,10 +457,60 @@ def test_bad_parameters_raise_naming_the_argument(args, error, name):
         secure_sum(*args)
 
 
+@pytest.mark.parametrize(
+    ("args", "code_bits", "error", "match"),
+    [
+        ((1.0,), 0, ValueError, "code_bits must be an int in \\[1, 32\\]"),
+        ((1.0,), 33, ValueError, "code_bits must be an int in \\[1, 32\\]"),
+        ((1.0,), 22.0, TypeError, "code_bits must be an int"),
+        ((1.0,), True, TypeError, "code_bits must be an int"),
+        ((1,), 22, ValueError, "code_bits applies to float bounds"),
+    ],
+)
+def test_code_bits_are_checked(args, code_bits, error, match):
+    with pytest.raises(error, match=match):
+        secure_sum(*args, code_bits=code_bits)
+    if isinstance(args[0], float):
+        with pytest.raises(error, match=match):
+            ak.secure_aggregator(code_bits=code_bits)
+
+
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=12),
+    st.floats(-1e3, 1e3),
+    st.floats(1e-3, 1e3),
+    st.integers(1, 32),
+)
+def test_narrow_codes_round_trip_within_their_step_and_go_out_at_their_width(
+    values, lo, span, bits
+):
+    hi = lo + span
+    code = FloatCode.of(lo, hi, np.float64, bits)
+    proc = secure_sum(hi, lo, code_bits=bits).create(_spec(np.float64))
+    with channels.recording() as log:
+        out = proc.next((), np.asarray(values))
+    assert [use.bitwidth for use in log] == [bits, 1]
+    exact = sum(min(max(v, code.lo), code.hi) for v in values)
+    step = code.span / (2**bits - 1)
+    decoding = 1e-15 * len(values) * max(abs(code.lo), abs(code.hi))
+    assert abs(float(out.result) - exact) <= step * len(values) + decoding
+    if bits < 32:  # a 32-bit code is finer: its error is below the narrow code's step
+        wide = secure_sum(hi, lo).create(_spec(np.float64)).next((), np.asarray(values))
+        assert abs(float(wide.result) - exact) <= step * len(values) / 2 + decoding
+
+
+def test_a_narrow_code_decodes_a_sum_outside_its_range_as_an_error():
+    code = FloatCode.of(-1.0, 1.0, np.float64, 22)
+    code.decode(np.array([0, 2 * (2**22 - 1)]), 2, checked=True)
+    with pytest.raises(ValueError, match=r"a sum of 2 22-bit codes must be in \[0, 8388606\]"):
+        code.decode(np.array([0, 2 * (2**22 - 1) + 1]), 2, checked=True)
+
+
 def test_factories_compare_by_value():
     assert secure_sum(1.0, -1.0) == secure_sum(np.float64(1.0), np.float32(-1.0))
     assert secure_sum(1) != secure_sum(1.0)
     assert secure_sum(3).mode == "int" and secure_sum(3.0).mode == "float"
+    assert secure_sum(1.0) == secure_sum(1.0, code_bits=32) != secure_sum(1.0, code_bits=22)
 
 
 # -- behaviour ------------------------------------------------------------------------------------
