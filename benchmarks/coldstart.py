@@ -42,6 +42,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 #: ``python -m aggkit warmup``).
 PRESETS = ("mean", "robust", "dp", "compression", "secure")
 
+#: The issue tracker's goals for the first round's CPU time with an empty cache (seconds).
+GOALS = {"mean": 1.5, "robust": 2.5, "dp": 2.5, "compression": 2.5, "secure": 2.5}
+
 # Runs in the fresh process: argv = preset, clients, size. Prints one JSON line.
 _PROBE = r"""
 import json, sys, time
@@ -109,6 +112,23 @@ print(json.dumps({
 """
 
 
+def _revision() -> str:
+    """The source tree's short git revision (with ``+`` when it has uncommitted changes)."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return (rev or "?") + ("+" if dirty else "")
+
+
 def run_one(preset: str, clients: int, size: int, warm: bool) -> dict:
     """Run :data:`_PROBE` for ``preset`` in a new interpreter; its result plus process totals."""
     env = dict(os.environ)
@@ -127,6 +147,8 @@ def run_one(preset: str, clients: int, size: int, warm: bool) -> dict:
         raise RuntimeError(f"{preset}: the probe failed:\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["load"] = [load, os.getloadavg()[0]]  # 1-minute load average before and after
+    result["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - wall))
+    result["revision"] = _revision()
     result["process wall"] = wall
     result["process cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result

@@ -105,6 +105,7 @@ import numpy as np
 from numba import prange
 
 from aggkit.kernels._jit import kernel, threads_for
+from aggkit.kernels._minmax import min2
 from aggkit.kernels.limits import TAIL_LEVELS, UINT64_LIMIT
 
 __all__ = [
@@ -439,7 +440,7 @@ def _fill_uniform01_kernel(out, key, offset, bits):
     scale = 2.0**-bits
     for piece in prange((n + _PIECE - 1) // _PIECE):
         start = piece * _PIECE
-        part = out[start : min(n, start + _PIECE)]
+        part = out[start : min2(n, start + _PIECE)]
         first = offset + start
         for j in range(part.size):
             w0, w1, _, _ = random_block(key, first + j)
@@ -452,7 +453,7 @@ def _fill_rademacher_kernel(out, key, offset):
     n = out.size
     for piece in prange((n + _PIECE - 1) // _PIECE):
         start = piece * _PIECE
-        part = out[start : min(n, start + _PIECE)]
+        part = out[start : min2(n, start + _PIECE)]
         first = offset + start
         for j in range(part.size):
             part[j] = rademacher(key, first + j)

@@ -51,6 +51,7 @@ from numba import prange
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks, threads_for
+from aggkit.kernels._minmax import max2, min2
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 from aggkit.kernels.weighted_sum import SMALL_COLUMNS
 
@@ -100,8 +101,8 @@ def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - co
     unsigned difference with ``shift`` (a uint64 holding ``sat64(rint(lo * scale))``).
     """
     if not general:
-        return min(max(np.rint(v * scale), low), high)
-    v = min(max(v, lo), hi)
+        return min2(max2(np.rint(v * scale), low), high)
+    v = min2(max2(v, lo), hi)
     t = np.rint(v * scale)
     if t >= _TWO_63:
         a = np.int64(INT64_MAX)
@@ -208,7 +209,7 @@ def _float_kernel(general: bool, remainder: bool):
             offset = np.int64(low) * num_rows
         for b in range(first, stop_block):
             start = b * block
-            stop = min(start + block, n)
+            stop = min2(start + block, n)
             m = stop - start
             # Codes (plus low) are integers, and the wrapper bounds the rows per call so that
             # their float64 sums stay below 2**53 and exact; they convert to int64 once per block.
@@ -500,14 +501,14 @@ _DECODE_PIECE = 1 << 15
 def _decode_sum(first, stop, total, offset, step, out, bounds):  # pragma: no cover - compiled
     n = total.shape[0]
     for p in range(first, stop):
-        part = total[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
-        dst = out[p * _DECODE_PIECE : min(n, (p + 1) * _DECODE_PIECE)]
+        part = total[p * _DECODE_PIECE : min2(n, (p + 1) * _DECODE_PIECE)]
+        dst = out[p * _DECODE_PIECE : min2(n, (p + 1) * _DECODE_PIECE)]
         low = part[0]
         high = part[0]
         for j in range(part.shape[0]):
             t = part[j]
-            low = min(low, t)
-            high = max(high, t)
+            low = min2(low, t)
+            high = max2(high, t)
             dst[j] = np.float64(t + offset) * step
         bounds[p, 0] = low
         bounds[p, 1] = high
@@ -571,7 +572,7 @@ def _discretize_int(matrix, rows, lo, hi, divisor, out, flags, block):  # pragma
     one = np.uint64(1)
     for b in prange(num_blocks):
         start = b * block
-        stop = min(start + block, n)
+        stop = min2(start + block, n)
         acc = out[start:stop]
         for i in range(num_rows):
             x = matrix[rows[i], start:stop]
@@ -714,7 +715,7 @@ def _modular_sum(matrix, rows, modulus, out, block):  # pragma: no cover - compi
     num_blocks = (n + block - 1) // block
     for b in prange(num_blocks):
         start = b * block
-        stop = min(start + block, n)
+        stop = min2(start + block, n)
         acc = out[start:stop]
         for i in range(rows.shape[0]):
             x = matrix[rows[i], start:stop]

@@ -16,6 +16,7 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks
+from aggkit.kernels._minmax import min2
 
 __all__ = ["BLOCK", "divide_cast", "divide_cast_numpy"]
 
@@ -29,7 +30,7 @@ def _divide_cast(first, stop, total, denominator, out, block):  # pragma: no cov
     n = total.shape[0]
     for b in range(first, stop):
         lo = b * block
-        hi = min(lo + block, n)
+        hi = min2(lo + block, n)
         src = total[lo:hi]
         dst = out[lo:hi]
         for j in range(hi - lo):

@@ -42,6 +42,7 @@ import numpy as np
 
 from aggkit.kernels import counter_rng
 from aggkit.kernels._jit import kernel, run_tasks
+from aggkit.kernels._minmax import min2
 from aggkit.kernels.counter_rng import normal_pair_head
 
 __all__ = [
@@ -71,7 +72,7 @@ def _add_gaussian_noise_kernel(first, stop, out, sigma, key, first_pair, tails):
     pairs = out.size // 2
     for piece in range(first, stop):
         start = piece * _PIECE_PAIRS
-        stop = min(pairs, start + _PIECE_PAIRS)
+        stop = min2(pairs, start + _PIECE_PAIRS)
         # A slice per piece: numba vectorizes a loop over it (not one over the whole of out).
         part = out[2 * start : 2 * stop]
         block = first_pair + np.uint64(start)

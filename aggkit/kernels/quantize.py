@@ -60,6 +60,7 @@ from numba import prange
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks
+from aggkit.kernels._minmax import min2
 from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
 from aggkit.kernels.limits import WORD_BITS
 
@@ -103,7 +104,7 @@ _ZERO = np.uint64(0)
 @kernel(inline=True)
 def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
     """The stochastic level of ``v >= lo`` in ``[0, top]`` for the uniform ``word * inv``."""
-    return min(np.floor((v - lo) * scale + np.float64(word) * inv), top)
+    return min2(np.floor((v - lo) * scale + np.float64(word) * inv), top)
 
 
 @kernel(helper=True)
@@ -237,7 +238,7 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
         for task in range(first_task, stop_task):
             t = task_tensor[task]
             first = task_start[task]
-            task_stop = min(first + TASK, offsets[t + 1])
+            task_stop = min2(first + TASK, offsets[t + 1])
             if exact:
                 if not quantize[t]:
                     out = acc[first:task_stop]
@@ -263,10 +264,10 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                 # Row by row over the whole task: long contiguous runs of each row for the
                 # prefetcher.
                 for start in range(first, task_stop, chunk_size):
-                    stop = min(start + chunk_size, task_stop)
+                    stop = min2(start + chunk_size, task_stop)
                     m = stop - start
                     chunk = (start - offsets[t]) // chunk_size
-                    count = min(m, BLOCKS)
+                    count = min2(m, BLOCKS)
                     out = acc[start:stop]
                     for k in range(group):
                         _chunk_words(keys[k], chunk, count, words[k], short)
@@ -303,10 +304,10 @@ def _stochastic_levels(x, coef, lo, scale, top, per_block, inv, key, out):  # pr
     chunk_size = BLOCKS * per_block
     for chunk in prange((n + chunk_size - 1) // chunk_size):
         start = chunk * chunk_size
-        stop = min(start + chunk_size, n)
+        stop = min2(start + chunk_size, n)
         m = stop - start
         words = np.empty((per_block, BLOCKS), dtype=np.uint32)
-        _chunk_words(key, chunk, min(m, BLOCKS), words, per_block == 8)
+        _chunk_words(key, chunk, min2(m, BLOCKS), words, per_block == 8)
         w = words.reshape(chunk_size)[:m]
         _store_levels(x[start:stop], w, coef, lo, scale, inv, top, out[start:stop])
 
@@ -325,7 +326,7 @@ def _pack_bits(values, bits, group, out):  # pragma: no cover - compiled
     b = np.uint64(bits)
     for piece in prange((num_groups + _GROUPS_PER_PIECE - 1) // _GROUPS_PER_PIECE):
         first = piece * _GROUPS_PER_PIECE * group
-        last = min(first + _GROUPS_PER_PIECE * group, n)
+        last = min2(first + _GROUPS_PER_PIECE * group, n)
         w = piece * _GROUPS_PER_PIECE * per_group
         buffer = np.uint64(0)
         filled = np.uint64(0)
@@ -350,7 +351,7 @@ def _unpack_bits(words, bits, group, out):  # pragma: no cover - compiled
     mask = np.uint64((1 << bits) - 1)
     for piece in prange((num_groups + _GROUPS_PER_PIECE - 1) // _GROUPS_PER_PIECE):
         first = piece * _GROUPS_PER_PIECE * group
-        last = min(first + _GROUPS_PER_PIECE * group, n)
+        last = min2(first + _GROUPS_PER_PIECE * group, n)
         w = piece * _GROUPS_PER_PIECE * per_group
         buffer = np.uint64(0)
         filled = np.uint64(0)

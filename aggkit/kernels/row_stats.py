@@ -35,6 +35,7 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks
+from aggkit.kernels._minmax import max2, min2
 
 __all__ = ["CHUNK", "RowStats", "row_stats", "row_stats_numpy"]
 
@@ -141,14 +142,14 @@ def _sum_sq_abs_max32_8(
         q5 += v5 * v5
         q6 += v6 * v6
         q7 += v7 * v7
-        a0 = max(a0, np.int32(b0[j] & mask))
-        a1 = max(a1, np.int32(b1[j] & mask))
-        a2 = max(a2, np.int32(b2[j] & mask))
-        a3 = max(a3, np.int32(b3[j] & mask))
-        a4 = max(a4, np.int32(b4[j] & mask))
-        a5 = max(a5, np.int32(b5[j] & mask))
-        a6 = max(a6, np.int32(b6[j] & mask))
-        a7 = max(a7, np.int32(b7[j] & mask))
+        a0 = max2(a0, np.int32(b0[j] & mask))
+        a1 = max2(a1, np.int32(b1[j] & mask))
+        a2 = max2(a2, np.int32(b2[j] & mask))
+        a3 = max2(a3, np.int32(b3[j] & mask))
+        a4 = max2(a4, np.int32(b4[j] & mask))
+        a5 = max2(a5, np.int32(b5[j] & mask))
+        a6 = max2(a6, np.int32(b6[j] & mask))
+        a7 = max2(a7, np.int32(b7[j] & mask))
     return (q0, q1, q2, q3, q4, q5, q6, q7), (
         np.int64(a0),
         np.int64(a1),
@@ -166,14 +167,14 @@ def _abs_max64_8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
     mask = np.int64(0x7FFFFFFFFFFFFFFF)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int64(0)
     for j in range(x0.shape[0]):
-        a0 = max(a0, x0[j] & mask)
-        a1 = max(a1, x1[j] & mask)
-        a2 = max(a2, x2[j] & mask)
-        a3 = max(a3, x3[j] & mask)
-        a4 = max(a4, x4[j] & mask)
-        a5 = max(a5, x5[j] & mask)
-        a6 = max(a6, x6[j] & mask)
-        a7 = max(a7, x7[j] & mask)
+        a0 = max2(a0, x0[j] & mask)
+        a1 = max2(a1, x1[j] & mask)
+        a2 = max2(a2, x2[j] & mask)
+        a3 = max2(a3, x3[j] & mask)
+        a4 = max2(a4, x4[j] & mask)
+        a5 = max2(a5, x5[j] & mask)
+        a6 = max2(a6, x6[j] & mask)
+        a7 = max2(a7, x7[j] & mask)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
@@ -185,8 +186,8 @@ def _key_min_max32(x):  # pragma: no cover - compiled
     for j in range(x.shape[0]):
         b = x[j]
         k = np.int32(b ^ ((b >> 31) & mask))
-        kmin = min(kmin, k)
-        kmax = max(kmax, k)
+        kmin = min2(kmin, k)
+        kmax = max2(kmax, k)
     return np.int64(kmin), np.int64(kmax)
 
 
@@ -198,8 +199,8 @@ def _key_min_max64(x):  # pragma: no cover - compiled
     for j in range(x.shape[0]):
         b = x[j]
         k = b ^ ((b >> 63) & mask)
-        kmin = min(kmin, k)
-        kmax = max(kmax, k)
+        kmin = min2(kmin, k)
+        kmax = max2(kmax, k)
     return kmin, kmax
 
 

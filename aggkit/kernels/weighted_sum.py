@@ -27,6 +27,7 @@ import numpy as np
 
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks
+from aggkit.kernels._minmax import max2, min2
 from aggkit.kernels.divide_cast import divide_cast_numpy
 
 __all__ = [
@@ -110,7 +111,7 @@ def _weighted_row_sum(
     n = matrix.shape[1]
     for b in range(first, stop):
         lo = b * block
-        hi = min(lo + block, n)
+        hi = min2(lo + block, n)
         out = acc[lo:hi]
         m = out.shape[0]
         if fresh:  # zero the block in cache, just before its rows are added
@@ -121,7 +122,7 @@ def _weighted_row_sum(
             seg = bits[lo:hi]
             t = np.int64(0)
             for j in range(m):
-                t = max(t, seg[j] & _ABS_MASK)
+                t = max2(t, seg[j] & _ABS_MASK)
             top[b] = t
         if quotient.shape[0]:  # ``acc / denominator``, while the block is in cache
             dst = quotient[lo:hi]
