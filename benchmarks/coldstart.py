@@ -113,13 +113,13 @@ print(json.dumps({
 
 
 def _revision() -> str:
-    """The source tree's short git revision (with ``+`` when it has uncommitted changes)."""
+    """The source tree's short git revision (``+`` when ``aggkit/`` has uncommitted changes)."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "aggkit"],
             cwd=_ROOT,
             capture_output=True,
             text=True,

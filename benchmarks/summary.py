@@ -582,7 +582,7 @@ def _coldstart_lines(data: dict) -> list[str]:
         "its signatures; median over the runs; kernels above 0.04 s). The first kernel of each "
         "preset includes numba's set-up.",
         "",
-        "| preset | kernel |" + (" before |" if old else "") + " compile CPU |",
+        "| preset | kernel |" + (" before | after |" if old else " compile CPU |"),
         "|---|---|" + ("---:|" if old else "") + "---:|",
     ]
     for preset, results in cold.items():
@@ -594,7 +594,8 @@ def _coldstart_lines(data: dict) -> list[str]:
                 continue
             cells = [f"{d[name]:.2f} s" if name in d else "-" for d in ([then] if old else [])]
             cells.append(f"{now[name]:.2f} s" if name in now else "-")
-            lines.append(f"| {preset} | `{name}` | " + " | ".join(cells) + " |")
+            shown = name.replace(".<locals>.impl", "")  # numba's overloads: builtins.ol_max
+            lines.append(f"| {preset} | `{shown}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Command: `python benchmarks/coldstart.py --json .benchmarks/coldstart-1.json` (one "
