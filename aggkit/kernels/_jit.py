@@ -273,36 +273,44 @@ def threads_for(tasks: int, elements: int | None = None) -> Iterator[None]:
 
 
 class _Job:
-    """One :func:`run_tasks` call: ranges of tasks handed out in order to whichever thread asks."""
+    """One :func:`run_tasks` call: ranges of tasks handed out in order to whichever thread asks.
 
-    __slots__ = ("args", "bounds", "done", "error", "function", "lock", "next", "pending")
+    A thread asks for ``1 / (2 * threads)`` of the tasks left, but never more than
+    ``1 / (4 * threads)`` of all of them, and at least one task: the first ranges are long (few
+    calls, each a few microseconds of Python and GIL), the last ones single tasks, so the threads
+    finish within one task of each other, and a thread that started late or runs slower (its core
+    shared with another process) holds at most an eighth of the work at two threads.
+    """
 
-    def __init__(self, function, bounds, args):
+    __slots__ = ("args", "done", "error", "function", "lock", "next", "pending", "threads", "total")
+
+    def __init__(self, function, total, threads, args):
         self.function = function
-        self.bounds = bounds
+        self.total = total
+        self.threads = threads
         self.args = args
         self.lock = threading.Lock()
         self.next = 0
-        self.pending = len(bounds) - 1
+        self.pending = total
         self.done = threading.Event()
         self.error: BaseException | None = None
 
     def work(self, ranges: int | None = None) -> None:
         """Run ranges until none is left (or ``ranges`` of them)."""
-        bounds = self.bounds
-        last = len(bounds) - 1
+        total, threads, lock = self.total, self.threads, self.lock
+        longest = total // (4 * threads)
         while ranges is None or ranges > 0:
-            with self.lock:
-                i = self.next
-                if i >= last:
+            with lock:
+                first = self.next
+                if first >= total:
                     return
-                self.next = i + 1
+                stop = self.next = first + max(1, min(longest, (total - first) // (2 * threads)))
             try:
-                self.function(bounds[i], bounds[i + 1], *self.args)
+                self.function(first, stop, *self.args)
             except BaseException as error:  # re-raised by the caller
                 self.error = self.error or error
-            with self.lock:
-                self.pending -= 1
+            with lock:
+                self.pending -= stop - first
                 if not self.pending:
                     self.done.set()
             if ranges is not None:
@@ -349,10 +357,12 @@ if hasattr(os, "register_at_fork"):
 def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> None:
     """Call the serial kernel ``function(first, stop, *args)`` over tasks ``0 .. num_tasks - 1``.
 
-    The tasks are cut into contiguous ranges (about four per thread) that the calling thread and
-    up to ``numba.get_num_threads() - 1`` helper threads take in order, so a thread that starts
-    late (a busy machine) takes fewer. ``function`` must be a ``nogil`` kernel whose tasks are
-    independent and write disjoint outputs; its results then do not depend on the thread count.
+    The calling thread and up to ``numba.get_num_threads() - 1`` helper threads take contiguous
+    ranges of tasks in order: long ranges first (``1 / (4 * threads)`` of the tasks), then
+    ``1 / (2 * threads)`` of the tasks left, down to single tasks, so a thread that starts late
+    (a busy machine) takes fewer and all finish within a task of each other. ``function`` must
+    be a ``nogil`` kernel whose tasks are independent and write disjoint outputs; its results
+    then do not depend on the thread count.
     The thread count follows numba's (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``,
     :func:`threads_for`), capped at ``num_tasks`` and, given the ``elements`` the call reads, at
     one thread per :data:`MIN_ELEMENTS_PER_THREAD`.
@@ -378,9 +388,7 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
     if threads <= 1:
         function(0, num_tasks, *args)
         return
-    ranges = min(num_tasks, 4 * threads)
-    bounds = [num_tasks * i // ranges for i in range(ranges + 1)]
-    job = _Job(function, bounds, args)
+    job = _Job(function, num_tasks, threads, args)
     if not getattr(function, "overloads", True):
         # A kernel's first call compiles it: in the calling thread (the helpers would wait).
         job.work(ranges=1)

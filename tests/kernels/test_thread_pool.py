@@ -167,7 +167,14 @@ def test_run_tasks_runs_every_task_exactly_once_in_contiguous_ranges(tasks, thre
     assert ranges[0][0] == 0 and ranges[-1][1] == tasks
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))  # no gap, no overlap
     used = min(threads, tasks, numba.get_num_threads())
-    assert len(ranges) == (1 if used == 1 else min(tasks, 4 * used))
+    if used == 1:
+        assert ranges == [(0, tasks)]
+    else:  # 1/(2 used) of the tasks left, at most 1/(4 used) of all: long first, one task last
+        size = [
+            max(1, min(tasks // (4 * used), (tasks - first) // (2 * used))) for first, _ in ranges
+        ]
+        assert [stop - first for first, stop in ranges] == size
+        assert ranges[-1][1] - ranges[-1][0] == 1
     if threads == 1 or tasks == 1:
         assert {name for *_, name in calls} == {"MainThread"}  # no helper woken
 
@@ -223,7 +230,10 @@ def test_run_tasks_raises_what_a_task_raised_after_the_others_finished():
     with pytest.raises(ZeroDivisionError, match="task 9"):
         _jit.run_tasks(function, 16, out)
     if numba.get_num_threads() > 1:
-        assert out.sum() == 15  # every other task ran before the error was raised
+        # The range holding task 9 stopped there; every other range ran before the raise.
+        skipped = np.flatnonzero(out == 0)
+        assert skipped[0] == 9 and np.array_equal(skipped, np.arange(9, 9 + skipped.size))
+        assert out[:9].all() and out[-1] == 1 and skipped.size < 7
     else:
         assert out.sum() == 9  # one call over all tasks, stopped at task 9
     _jit.run_tasks(lambda first, stop, out: out.__setitem__(slice(first, stop), 2), 16, out)
