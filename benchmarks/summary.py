@@ -572,6 +572,11 @@ def _coldstart_lines(data: dict) -> list[str]:
     lines += ["", f"Measured: {_sitting(runs)}."]
     if old:
         lines[-1] += f" Before: {_sitting(before)}, alternating with them."
+    lines[-1] += (
+        " The same tree's figures move by tens of percent from one sitting to the next; other "
+        "sittings, instruction counts and what changed are on the "
+        "[history page](benchmarks-history.md#cold-start)."
+    )
     lines += [
         "",
         "With an empty cache the first kernel compiled also pays numba's one-time set-up (about "
