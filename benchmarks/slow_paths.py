@@ -11,10 +11,10 @@ table of issue 26 in the project's tracker) so that every row shares the machine
   (:mod:`benchmarks.bench_flower_strategy`; needs ``torch`` and ``flwr``).
 
 It prints one line per goal (measured, goal, met or not) and, with ``--json``, writes the raw
-figures and the load average before and after each part. On a 2-core machine shared with other
-work, read the load beside every figure: the ratio goals are meant for an otherwise idle machine.
+figures and the load average before and after each part: read the load beside every figure, as
+the ratio goals are meant for an otherwise idle machine (docs/benchmarks.md has the figures).
 
-Example (about 5 minutes on 2 cores)::
+Example::
 
     python -m benchmarks.slow_paths --json .benchmarks/slow_paths.json
     python -m benchmarks.slow_paths --skip flower large --cold-runs 2
@@ -118,34 +118,20 @@ def table(data: dict) -> list[tuple[Goal, float | None, str]]:
         )
     for name, bound in PROBE_GOALS.items():
         if name in data.get("probe", {}):
-            entry = data["probe"][name]
-            rows.append(
-                (
-                    Goal(f"{name} vs probe", name, bound, "x"),
-                    entry["ratio"],
-                    f"median (best {entry['best_ratio']:.2f}x)",
-                )
-            )
+            rows.append(_ratio_row(Goal(f"{name} vs probe", name, bound, "x"), data["probe"][name]))
     if "large" in data:
-        entry = data["large"]
-        rows.append(
-            (
-                Goal("robust_aggregator() K=32 x 10,000,000 vs probe", "large", 0.4, "x"),
-                entry["ratio"],
-                f"median (best {entry['best_ratio']:.2f}x)",
-            )
-        )
+        goal = Goal("robust_aggregator() K=32 x 10,000,000 vs probe", "large", 0.4, "x")
+        rows.append(_ratio_row(goal, data["large"]))
     for name, bound in FLOWER_GOALS.items():
         if name in data.get("flower", {}):
-            entry = data["flower"][name]
-            rows.append(
-                (
-                    Goal(f"AggkitStrategy({name.split()[1]}) vs Flower FedAvg", name, bound, "x"),
-                    entry["ratio"],
-                    f"median speed ratio (best {entry['best_ratio']:.2f}x)",
-                )
-            )
+            goal = Goal(f"AggkitStrategy({name.split()[1]}) vs Flower FedAvg", name, bound, "x")
+            rows.append(_ratio_row(goal, data["flower"][name], "median speed ratio"))
     return rows
+
+
+def _ratio_row(goal: Goal, entry: dict, what: str = "median") -> tuple[Goal, float, str]:
+    """A ratio goal's row: the median same-run ratio, with the best times' ratio beside it."""
+    return goal, entry["ratio"], f"{what} (best {entry['best_ratio']:.2f}x)"
 
 
 def render(rows) -> str:

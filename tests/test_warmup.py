@@ -59,20 +59,24 @@ def _env(cache_dir: Path) -> dict[str, str]:
     )
 
 
+def _json_of(script: str, env: dict[str, str]):
+    """What ``script`` prints as JSON, run in a fresh interpreter with ``env``."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
 @pytest.mark.slow
 def test_warmup_fills_the_cache_so_that_a_new_process_compiles_nothing(tmp_path):
     cache = tmp_path / "numba-cache"
     env = _env(cache)
-    cold = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _ROUND],
-            env=_env(tmp_path / "empty"),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    cold = _json_of(_ROUND, _env(tmp_path / "empty"))
     assert cold["compiled"] and cold["cache_hits"] == 0  # the probe can see compilation
 
     done = subprocess.run(
@@ -86,16 +90,7 @@ def test_warmup_fills_the_cache_so_that_a_new_process_compiles_nothing(tmp_path)
     assert "warmed mean" in done.stdout
     assert list(cache.rglob("*.nbi")) and list(cache.rglob("*.nbc"))
 
-    warm = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _ROUND],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    warm = _json_of(_ROUND, env)
     assert warm["compiled"] == []
     assert warm["cache_hits"] > 0
 
@@ -155,16 +150,7 @@ print(json.dumps([found, flags]))
 @pytest.mark.slow
 def test_a_round_compiles_only_the_kernel_paths_it_takes():
     env = dict(os.environ, PYTHONPATH=str(ROOT), AGGKIT_NUMBA_CACHE="0")
-    (first, second), flags = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _PATHS],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    (first, second), flags = _json_of(_PATHS, env)
     # Four active rows at a time, every tensor quantized with 16-bit uniforms, the fast code.
     assert "_quantized_row_sum_u16" in first and "_discretize_float" in first
     for unused in ("_accumulate_levels", "_accumulate_exact", "_chunk_words32"):
