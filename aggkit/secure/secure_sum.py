@@ -558,6 +558,8 @@ def _int_result(total: np.ndarray, offset: int, layout: Layout) -> np.ndarray:
 
 
 class _SecureSumRound(Round):
+    owns_result = True  # decoding writes a new array: a mean divides it in place
+
     def __init__(self, process: SecureSumProcess, state: State, lo: Any, hi: Any):
         self.process = process
         self.state = state

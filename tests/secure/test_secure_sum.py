@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import aggkit as ak
 from aggkit import channels, process
 from aggkit.errors import InvalidUpdateError
+from aggkit.process import Contributions
 from aggkit.secure.secure_sum import (
     MAX_CODE,
     FloatCode,
@@ -620,6 +621,34 @@ def test_streamed_blocks_give_the_same_bits(monkeypatch):
         np.testing.assert_array_equal(batch.result, streamed.result)
         assert batch.measurements == streamed.measurements
         assert batch.state == streamed.state
+
+
+@pytest.mark.parametrize(
+    ("factory", "dtype"),
+    [
+        (secure_sum(2.0), np.float32),
+        (secure_sum(CountingEstimate(1.5, 0.5)), np.float64),
+        (secure_sum(5, -3), np.int32),
+    ],
+)
+def test_a_round_hands_over_a_new_result_that_a_mean_divides_in_place(factory, dtype):
+    """``owns_result``: the finished sum shares memory with nothing the round keeps, so a mean
+    divides it in its own pass (``process.divide``) and gets the bits of ``np.divide``."""
+    rng = np.random.default_rng(5)
+    clients = (rng.standard_normal((6, 40)) * 3).astype(dtype)
+    proc = factory.create(_spec(dtype, (40,)))
+    round_ = proc.begin_round(proc.initialize())
+    assert round_.owns_result
+    batch = ak.ClientBatch(clients.astype(proc.layout.dtype), proc.layout)
+    block = Contributions(batch, np.ones(6), needs=proc.stats_needed)
+    round_.add(block, None)
+    _, total, _ = round_.finish()
+    assert not np.shares_memory(total, round_.values.accumulator)
+    if dtype != np.int32:
+        mean = ak.unweighted_mean(factory).create(_spec(dtype, (40,)))
+        out = mean.next(mean.initialize(), list(clients))
+        expected = np.divide(total, np.float64(6)).astype(dtype)
+        np.testing.assert_array_equal(out.result, expected)
 
 
 def test_zero_clients():
