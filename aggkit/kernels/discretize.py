@@ -498,7 +498,9 @@ _DECODE_PIECE = 1 << 15
 
 
 @kernel
-def _decode_sum(first, stop, total, offset, step, out, bounds):  # pragma: no cover - compiled
+def _decode_sum(
+    first, stop, total, offset, step, denominator, out, bounds
+):  # pragma: no cover - compiled
     n = total.shape[0]
     for p in range(first, stop):
         part = total[p * _DECODE_PIECE : min2(n, (p + 1) * _DECODE_PIECE)]
@@ -509,13 +511,20 @@ def _decode_sum(first, stop, total, offset, step, out, bounds):  # pragma: no co
             t = part[j]
             low = min2(low, t)
             high = max2(high, t)
-            dst[j] = np.float64(t + offset) * step
+            # Rounded to the product, then to the quotient, then to out's dtype, as NumPy does.
+            dst[j] = (np.float64(t + offset) * step) / denominator
         bounds[p, 0] = low
         bounds[p, 1] = high
 
 
 def decode_sum(
-    total: np.ndarray, offset: int, step: float, *, numpy_columns: int = SMALL_COLUMNS
+    total: np.ndarray,
+    offset: int,
+    step: float,
+    *,
+    denominator: float = 1.0,
+    out: np.ndarray | None = None,
+    numpy_columns: int = SMALL_COLUMNS,
 ) -> tuple[np.ndarray, int, int]:
     """``float64(total + offset) * step``, and the smallest and largest ``total``, in one pass.
 
@@ -526,18 +535,27 @@ def decode_sum(
     keeps ``|offset| + max(|total|)`` within int64 for totals that pass its check (a total that
     fails it may wrap here; its decoding is discarded).
 
-    Returns ``(decoded, low, high)``; ``low = high = 0`` for an empty ``total``.
+    A mean's last step can ride along: the decoded value divided by ``denominator`` (a float64
+    division; 1.0, the default, changes no bit) and rounded to ``out``'s dtype, float32 or
+    float64 (a new float64 array by default). These are the bits of
+    ``np.divide(decoded, denominator).astype(out.dtype)``, without the decoded vector in memory.
+
+    Returns ``(out, low, high)``; ``low = high = 0`` for an empty ``total``.
 
     Examples
     --------
     >>> decode_sum(np.array([0, 2, 4]), -2, 0.5)
     (array([-1.,  0.,  1.]), 0, 4)
+    >>> decode_sum(np.array([0, 2, 4]), -2, 0.5, denominator=4.0, out=np.empty(3, np.float32))
+    (array([-0.25,  0.  ,  0.25], dtype=float32), 0, 4)
     """
     _checks.array(total, "total", dtype=np.int64, ndim=1)
     n = total.shape[0]
+    if out is None:
+        out = np.empty(n)
+    _checks.array(out, "out", dtype=(np.float32, np.float64), shape=(n,), writeable=True)
     if n <= numpy_columns:
-        return decode_sum_numpy(total, offset, step)
-    out = np.empty(n)
+        return decode_sum_numpy(total, offset, step, denominator=denominator, out=out)
     bounds = np.empty(((n + _DECODE_PIECE - 1) // _DECODE_PIECE, 2), dtype=np.int64)
     run_tasks(
         _decode_sum,
@@ -545,6 +563,7 @@ def decode_sum(
         total,
         np.int64(offset),
         np.float64(step),
+        np.float64(denominator),
         out,
         bounds,
         elements=n,
@@ -552,12 +571,26 @@ def decode_sum(
     return out, int(bounds[:, 0].min()), int(bounds[:, 1].max())
 
 
-def decode_sum_numpy(total: np.ndarray, offset: int, step: float) -> tuple[np.ndarray, int, int]:
+def decode_sum_numpy(
+    total: np.ndarray,
+    offset: int,
+    step: float,
+    *,
+    denominator: float = 1.0,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, int]:
     """Twin of :func:`decode_sum`."""
     decoded = np.multiply(total + np.int64(offset), step, dtype=np.float64)
+    if denominator != 1.0:  # a division by 1.0 changes no bit
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            decoded = np.divide(decoded, np.float64(denominator))
+    if out is None:
+        out = decoded
+    else:
+        out[...] = decoded.astype(out.dtype)
     if not total.size:
-        return decoded, 0, 0
-    return decoded, int(total.min()), int(total.max())
+        return out, 0, 0
+    return out, int(total.min()), int(total.max())
 
 
 # -- integer rows --------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from aggkit import _checks, channels, kernels
+from aggkit import _buffers, _checks, channels, kernels
 from aggkit.kernels.limits import CODE_BITS, INT64_MAX, INT64_MIN, MAX_BITWIDTH, MAX_CODE
 from aggkit.process import (
     AggregationProcess,
@@ -153,18 +153,32 @@ class FloatCode:
             values, self.lo, self.hi, self.scale, self.shift, self.max_code
         )
 
-    def decode(self, total: np.ndarray, num_summands: int, *, checked: bool = False) -> np.ndarray:
+    def decode(
+        self,
+        total: np.ndarray,
+        num_summands: int,
+        *,
+        checked: bool = False,
+        denominator: float = 1.0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The float64 sum that ``num_summands`` clients' codes adding up to ``total`` encode.
 
         ``checked``: first refuse a ``total`` outside ``[0, max_code * num_summands]``
-        (ValueError), with its range read in the decoding pass.
+        (ValueError), with its range read in the decoding pass. ``denominator`` and ``out`` (a
+        float32 or float64 vector): the sum divided by ``denominator`` and rounded to ``out``'s
+        dtype in the same pass, a mean's last step (the bits of ``np.divide`` then ``astype``).
         """
         total = np.asarray(total, dtype=np.int64)
         offset = num_summands * self.shift
         step = self.span / self.max_code
         if self.span and abs(offset) + self.max_code * num_summands <= INT64_MAX:
             decoded, low, high = kernels.discretize.decode_sum(
-                np.ascontiguousarray(total).reshape(-1), offset, step
+                np.ascontiguousarray(total).reshape(-1),
+                offset,
+                step,
+                denominator=denominator,
+                out=None if out is None else out.reshape(-1),
             )
             if checked and total.size:
                 _check_range(low, high, num_summands, self.max_code)
@@ -172,10 +186,14 @@ class FloatCode:
         if checked:
             _check_total(total, num_summands, self.max_code)
         if not self.span:
-            return np.full(total.shape, num_summands * self.lo)
-        # Only for ranges tiny next to their offset: Python integers.
-        exact = (total.astype(object) + offset).astype(np.float64)
-        return np.multiply(exact, step, dtype=np.float64)
+            decoded = np.full(total.shape, num_summands * self.lo)
+        else:  # Only for ranges tiny next to their offset: Python integers.
+            exact = (total.astype(object) + offset).astype(np.float64)
+            decoded = np.multiply(exact, step, dtype=np.float64)
+        if denominator == 1.0 and out is None:
+            return decoded
+        out = np.empty(decoded.shape) if out is None else out.reshape(decoded.shape)
+        return kernels.divide_cast.divide_cast_numpy(decoded, denominator, out)
 
 
 def _check_total(total: np.ndarray, num_summands: int, max_code: int = MAX_CODE) -> None:
@@ -640,12 +658,25 @@ class _SecureSumRound(Round):
         self.maximum.append(high)
 
     def finish(self) -> tuple[State, np.ndarray, dict]:
+        return self._finish()
+
+    def finish_divided(self, denominator: float, dtype: np.dtype) -> tuple[State, np.ndarray, dict]:
+        """A float code decodes, divides and rounds to ``dtype`` in one pass (the bits of
+        :func:`aggkit.process.divide`); an integer sum divides its result as any round does."""
+        dtype = np.dtype(dtype)
+        if self.code is None or dtype not in (np.float32, np.float64):
+            return super().finish_divided(denominator, dtype)
+        return self._finish(denominator, _buffers.empty(self.process.layout.size, dtype))
+
+    def _finish(
+        self, denominator: float = 1.0, out: np.ndarray | None = None
+    ) -> tuple[State, np.ndarray, dict]:
         total = self.values.finish()
         num, above, below = (int(v) for v in self.counts.finish())
         if self.code is None:
             result = _int_result(total, num * self.lo, self.process.layout)
         else:
-            result = self.code.decode(total, num, checked=True)
+            result = self.code.decode(total, num, checked=True, denominator=denominator, out=out)
         process = self.process
         if process.adaptive:
             minimum = np.concatenate([np.zeros(0), *self.minimum])

@@ -369,17 +369,28 @@ def test_few_columns_take_the_numpy_twin_with_the_same_bits():
     st.integers(-(2**40), 2**40),
     st.floats(1e-12, 1e3),
     st.integers(0, 2**32 - 1),
+    st.sampled_from([1.0, 3.0, 0.1, 1e-300, 0.0, -7.5]),
+    st.sampled_from([None, np.float32, np.float64]),
 )
-def test_decode_sum_matches_twin(n, offset, step, seed):
-    # Past SMALL_COLUMNS (kernel) and below it (the twin itself), over several parallel pieces.
+def test_decode_sum_matches_twin(n, offset, step, seed, denominator, dtype):
+    # Past SMALL_COLUMNS (kernel) and below it (the twin itself), over several parallel pieces;
+    # with a mean's division and rounding to float32 or float64 in the same pass.
     total = np.random.default_rng(seed).integers(0, 2**40, n)
-    ours = decode_sum(total, offset, step)
-    twin = decode_sum_numpy(total, offset, step)
+
+    def run(decode):
+        out = None if dtype is None else np.empty(n, dtype)
+        return decode(total, offset, step, denominator=denominator, out=out)
+
+    ours, twin = run(decode_sum), run(decode_sum_numpy)
+    assert ours[0].dtype == twin[0].dtype == (dtype or np.float64)
     np.testing.assert_array_equal(ours[0], twin[0])
     assert ours[1:] == twin[1:]
     if n:
         assert ours[1:] == (total.min(), total.max())
-    np.testing.assert_array_equal(twin[0], (total + offset).astype(np.float64) * step)
+    decoded = (total + offset).astype(np.float64) * step
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        expected = np.divide(decoded, denominator).astype(dtype or np.float64)
+    np.testing.assert_array_equal(twin[0], expected)
 
 
 @pytest.mark.parametrize("n", [3, 70_000], ids=["NumPy", "kernel"])

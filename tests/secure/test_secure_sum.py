@@ -651,6 +651,16 @@ def test_a_round_hands_over_a_new_result_that_a_mean_divides_in_place(factory, d
         np.testing.assert_array_equal(out.result, expected)
 
 
+@pytest.mark.parametrize(("lo", "hi"), [(0.5, 0.5), (1e15, 1e15 + 1)], ids=["equal", "far"])
+def test_decoding_without_the_kernel_divides_with_numpys_bits(lo, hi):
+    code = FloatCode.of(lo, hi, np.float64)  # equal bounds, or a range tiny next to its offset
+    total = np.array([0, 7, code.max_code * 3], dtype=np.int64)
+    plain = code.decode(total, 3)
+    out = np.empty(3, np.float32)
+    assert np.shares_memory(code.decode(total, 3, denominator=3.0, out=out), out)
+    np.testing.assert_array_equal(out, np.divide(plain, 3.0).astype(np.float32))
+
+
 def test_zero_clients():
     out = _run(secure_sum(1.0), _spec(np.float32, (2,)), [])
     assert out.result.tolist() == [0.0, 0.0]
