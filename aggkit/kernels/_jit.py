@@ -292,7 +292,10 @@ class _Job:
         self.lock = threading.Lock()
         self.next = 0
         self.pending = total
-        self.done = threading.Event()
+        # Held until the last task finishes; a bare lock costs a fraction of an Event (a lock and
+        # a condition), which the calling thread builds before its first range.
+        self.done = threading.Lock()
+        self.done.acquire()
         self.error: BaseException | None = None
 
     def work(self, ranges: int | None = None) -> None:
@@ -312,7 +315,7 @@ class _Job:
             with lock:
                 self.pending -= stop - first
                 if not self.pending:
-                    self.done.set()
+                    self.done.release()
             if ranges is not None:
                 ranges -= 1
 
@@ -394,7 +397,7 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
         job.work(ranges=1)
     _helpers.post(job, threads - 1)
     job.work()
-    job.done.wait()
+    job.done.acquire()
     # A helper that had not woken by now still finds this job in its queue later: drop the
     # arrays it references, or a pooled result buffer (aggkit._buffers) would look held.
     job.args = ()
