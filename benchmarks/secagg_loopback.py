@@ -21,13 +21,23 @@ format version 3): 5 bytes for the 37-bit sums of 32-bit codes over 20 clients, 
 The model is the MNIST CNN (431,080 float32 values); the nodes do not train (see
 ``benchmarks/secagg_loopback_apps.py``, and ``secagg_loopback_servers.py`` for the servers), so a
 round is the aggregation. Same share holders and threshold on both sides (aggkit's default
-SecAgg+ graph: 11 holders and threshold 6 at 20 nodes). Each server reports its process's CPU
-time (all its threads: its own work and Flower's transport) for every round, the part spent in
-Flower's push and pull and the number of pulls, the round's wall time (dominated by the nodes:
-every message a node answers starts a fresh ``flwr-clientapp`` process) and the bytes it sent to
-and received from each node. The per-round figure is the median round after the first, which
-also pays one-off costs. A /proc monitor counts the ``flwr-clientapp`` starts, their CPU and
-how many ran at once, and stops a run whose ClientApps cascade (``--max-clientapps``).
+SecAgg+ graph: 11 holders and threshold 6 at 20 nodes).
+
+What is counted, the same way for both servers (``benchmarks/secagg_loopback_servers.py``): the
+CPU time of the ``flwr-serverapp`` process that runs the strategy or workflow, all its threads
+(its own work, Flower's transport and Flower's background threads), from the start of a round
+to the start of the next; not the SuperLink's, the SuperNodes' or the ClientApps' (the /proc
+monitor reports those beside it). Left out: only the main-thread CPU time of the benchmark's
+own byte counting. Each round is split into the strategy's or workflow's work (main thread
+outside push and pull), Flower's push and pull (all threads), and the other threads (Flower's
+heartbeat, log upload and parent monitor, which run while the server waits for replies); each
+push and pull is logged (CPU time, messages, objects, bytes) in the JSON. Also reported: the
+round's wall time (dominated by the nodes: every message a node answers starts a fresh
+``flwr-clientapp`` process) and the bytes sent to and received from each node. The per-round
+figure is the median round after the first, which also pays one-off costs. Variants alternate,
+in reverse order every other repeat. A /proc monitor counts the ``flwr-clientapp`` starts,
+their CPU and how many ran at once, and stops a run whose ClientApps cascade
+(``--max-clientapps``).
 
 The figures, with their load and commands, are in docs/benchmarks.md ("Secure aggregation on
 Flower").
@@ -295,7 +305,13 @@ def main(argv: list[str] | None = None) -> dict:
         registry, keys = identities(tmp, args.nodes)
         node_config = {p: f'secagg-key="{keys[p]}"' for p in range(args.nodes)}
         with Federation(tmp / "flwr", args.nodes, node_config=node_config) as federation:
-            schedule = [(r, v) for r in range(args.repeats) for v in args.variants]
+            # Alternating, and in reverse order every other repeat (A B, B A, ...), so that a
+            # drift of the machine's load over the run does not favour one variant.
+            schedule = [
+                (r, v)
+                for r in range(args.repeats)
+                for v in (args.variants if r % 2 == 0 else args.variants[::-1])
+            ]
             for repeat, variant in schedule:
                 out = tmp / f"out-{repeat}-{variant}"
                 app = write_variant_app(
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
                     profile=args.profile is not None,
                     warm_up=args.warm_up,
                 )
-                start = time.perf_counter()
+                start, load_start = time.perf_counter(), os.getloadavg()[0]
                 roots = [process.pid for process in federation.processes]
                 limit = args.max_clientapps or 3 * args.nodes
                 with ProcessMonitor(roots, limit=limit, on_excess=federation.stop) as monitor:
@@ -328,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                 figures = json.loads(result.read_text())
                 figures["load_average"] = os.getloadavg()[0]
+                figures["load_average_start"] = load_start
                 figures.update({f"processes.{k}": v for k, v in monitor.figures().items()})
                 print(
                     f"{repeat} {variant}: server CPU {figures['server_cpu_s_per_round']:.3f} s "
@@ -337,7 +354,13 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{figures['pull_cpu_s_per_round']:.3f} s in {figures['pulls_per_round']:.1f} "
                     f"pulls per round), wall {figures['wall_s_per_round']:.1f} s per round "
                     f"({time.perf_counter() - start:.0f} s run, "
-                    f"load {figures['load_average']:.1f})",
+                    f"load {load_start:.1f} -> {figures['load_average']:.1f}); after the "
+                    f"first round: strategy {figures['strategy_cpu_s_after_first']:.3f} s, push "
+                    f"{figures['push_cpu_s_after_first']:.3f} s, pull "
+                    f"{figures['pull_cpu_s_after_first']:.3f} s in "
+                    f"{figures['pulls_after_first']:.0f} pulls, other threads "
+                    f"{figures['other_threads_cpu_s_after_first']:.3f} s; threads "
+                    + json.dumps({k: round(v, 2) for k, v in figures["thread_cpu_s"].items()}),
                     flush=True,
                 )
                 print(
@@ -362,6 +385,13 @@ def main(argv: list[str] | None = None) -> dict:
             for key in runs[0]
             if isinstance(runs[0][key], (int, float))
         }
+    for variant, runs in results.items():
+        # Every round after the first, of every repeat: the spread behind the median.
+        steady = sorted(c for r in runs for c in r["round_cpu_s"][1:])
+        summary["variants"][variant]["steady_round_cpu_s"] = steady
+        summary["variants"][variant]["each_run_server_cpu_s"] = [
+            r["server_cpu_s_per_round"] for r in runs
+        ]
     if "flower" in results:
         for key, name in [
             ("server_cpu_s_per_round", "flower_over_this_server_cpu"),
@@ -372,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ours = [r[key] for r in results[variant]]
                 ratios = [f / o for f, o in zip(flower, ours, strict=True)]  # paired by repeat
                 summary["variants"][variant][name] = statistics.median(ratios)
+                summary["variants"][variant][f"{name}_each_repeat"] = ratios
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

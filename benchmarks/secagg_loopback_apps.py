@@ -58,6 +58,13 @@ def message_bytes(message: Message) -> int:
     return sum(len(o.deflate()) for o in get_all_nested_objects(message.content).values())
 
 
+def message_objects(message: Message) -> int:
+    """Objects of a message (each its own request to the SuperLink), the message included."""
+    if message.has_error():
+        return 1
+    return 1 + len(get_all_nested_objects(message.content))
+
+
 # -- aggkit ---------------------------------------------------------------------------------------
 
 aggkit_client = ClientApp()

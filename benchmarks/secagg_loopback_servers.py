@@ -10,10 +10,11 @@ helpers: ``benchmarks/secagg_loopback_apps.py``).
 
 Each server waits until all ``nodes`` SuperNodes are connected, warms up (run config
 ``warm-up``), then times its whole run (``rounds`` rounds) on a :class:`CountingGrid`: wall time,
-the server process's CPU time (all its threads: the HTTP transport included) per round, the CPU
-time spent pushing and pulling messages and the number of pulls, and the bytes of every message
-it sends and receives (Flower's serialization, ``deflate()`` of every object of a message; the
-counting's own CPU time is subtracted). It writes them as JSON to ``<out>/<label>.json``.
+the server process's CPU time (all its threads: the HTTP transport included) per round and its
+split (strategy, push, pull, other threads), the number of pulls, each push and pull, and the
+bytes of every message it sends and receives (Flower's serialization, ``deflate()`` of every
+object of a message; the counting's own main-thread CPU time is subtracted). It writes them as
+JSON to ``<out>/<label>.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from benchmarks.secagg_loopback_apps import (
     initial_model,
     legacy,
     message_bytes,
+    message_objects,
     neighbourhood,
     trained,
 )
@@ -45,7 +47,11 @@ class CountingGrid(GridWrapper):
     CPU time spent pushing and pulling messages (Flower's transport), with the number of pulls
     (``send_and_receive`` pulls every 3 s until every reply is in). It polls for replies, so
     :class:`~aggkit_torch.flower.secure.SecureAggkitStrategy` waits on it as on Flower's own
-    deployment grid."""
+    deployment grid.
+
+    The counting itself runs on the main thread (it serializes every message once more); its
+    main-thread CPU time is left out of every figure. ``calls`` records each push and pull:
+    round, process and main-thread CPU time, messages, objects and bytes."""
 
     polls_for_replies = True
 
@@ -53,41 +59,83 @@ class CountingGrid(GridWrapper):
         super().__init__(grid)
         self.sent = 0
         self.received = 0
-        self.counting_cpu = 0.0
+        self.counting_cpu = 0.0  # main-thread CPU time spent counting bytes
         self.push_cpu = 0.0
         self.pull_cpu = 0.0
         self.pulls = 0
         self.exchanges = 0
-        self.marks: list[float] = []  # process CPU time at the start of each round after the first
+        # At the start of each round after the first: process CPU time, main-thread CPU time.
+        self.marks: list[float] = []
+        self.thread_marks: list[float] = []
+        # Per round (one entry per round started so far): push and pull CPU time of the
+        # process, and the main thread's share of it.
+        self.rounds: list[dict[str, float]] = [_phases()]
+        self.calls: list[dict[str, float]] = []
+        self._last = (0.0, 0.0)
 
-    def _count(self, messages: Iterable[Message], attribute: str) -> list[Message]:
-        messages = list(messages)
-        start = time.process_time()
-        setattr(self, attribute, getattr(self, attribute) + sum(map(message_bytes, messages)))
-        self.counting_cpu += time.process_time() - start
-        return messages
+    def _count(self, messages: list[Message], attribute: str) -> tuple[int, int]:
+        """Add the messages' bytes to ``attribute``; returns (bytes, objects)."""
+        start = time.thread_time()
+        size = objects = 0
+        for message in messages:
+            size += message_bytes(message)
+            objects += message_objects(message)
+        setattr(self, attribute, getattr(self, attribute) + size)
+        self.counting_cpu += time.thread_time() - start
+        return size, objects
+
+    def cpu(self) -> tuple[float, float]:
+        """(process, main-thread) CPU time now, less the counting's."""
+        return time.process_time() - self.counting_cpu, time.thread_time() - self.counting_cpu
 
     def mark_round(self) -> None:
-        """Note the process CPU time: a round (after the first) starts now."""
-        self.marks.append(time.process_time() - self.counting_cpu)
+        """Note the CPU times: a round (after the first) starts now."""
+        process, main = self.cpu()
+        self.marks.append(process)
+        self.thread_marks.append(main)
+        self.rounds.append(_phases())
+
+    def _timed_call(self, phase: str, call: Any, arg: Any) -> list[Any]:
+        """``list(call(arg))``; its process and main-thread CPU time go to the phase's, and to
+        ``_last`` for :meth:`_log`."""
+        start, thread = time.process_time(), time.thread_time()
+        try:
+            return list(call(arg))
+        finally:
+            spent, spent_here = time.process_time() - start, time.thread_time() - thread
+            setattr(self, f"{phase}_cpu", getattr(self, f"{phase}_cpu") + spent)
+            self.rounds[-1][phase] += spent
+            self.rounds[-1][f"{phase}_main"] += spent_here
+            self._last = (spent, spent_here)
+
+    def _log(self, phase: str, messages: list[Message]) -> None:
+        size, objects = self._count(messages, "sent" if phase == "push" else "received")
+        spent, spent_here = self._last
+        self.calls.append(
+            {
+                "phase": phase,
+                "round": len(self.rounds),
+                "cpu": spent,
+                "main": spent_here,
+                "messages": len(messages),
+                "objects": objects,
+                "bytes": size,
+            }
+        )
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages = self._count(messages, "sent")
+        messages = list(messages)
         self.exchanges += bool(messages)
-        start = time.process_time()
-        try:
-            return self.grid.push_messages(messages)
-        finally:
-            self.push_cpu += time.process_time() - start
+        ids = self._timed_call("push", self.grid.push_messages, messages)
+        self._log("push", messages)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        start = time.process_time()
-        try:
-            replies = self.grid.pull_messages(message_ids)
-        finally:
-            self.pull_cpu += time.process_time() - start
-            self.pulls += 1
-        return self._count(replies, "received")
+        self.pulls += 1
+        self.rounds[-1]["pulls"] += 1
+        replies = self._timed_call("pull", self.grid.pull_messages, message_ids)
+        self._log("pull", replies)
+        return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         """Flower's own loop (``Grid.send_and_receive``: push, then pull every 3 s), through
@@ -104,6 +152,29 @@ class CountingGrid(GridWrapper):
                 break
             time.sleep(3)
         return replies
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name (``native-<tid>`` for
+    threads Python did not start: numba's, torch's, OpenMP's)."""
+    import os
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = names.get(int(task.name), f"native-{task.name}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _phases() -> dict[str, float]:
+    return dict.fromkeys(("push", "push_main", "pull", "pull_main", "pulls"), 0.0)
 
 
 def _wait_for_nodes(grid: Grid, count: int, timeout: float = 600.0) -> None:
@@ -140,15 +211,37 @@ def _timed(label: str, grid: Grid, context: Context, body: Any, warm: Any = None
 
         profile = cProfile.Profile()
         profile.enable()
-    wall, cpu = time.perf_counter(), time.process_time()
+    threads_before = _thread_cpu()
+    wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
     body(counting, rounds)
     if profile is not None:
         profile.disable()
-    wall, end = time.perf_counter() - wall, time.process_time() - counting.counting_cpu
+    wall = time.perf_counter() - wall
+    end, thread_end = counting.cpu()
+    threads_after = _thread_cpu()
     if len(counting.marks) != rounds - 1:
         raise RuntimeError(f"{len(counting.marks)} round marks in {rounds} rounds")
     bounds = [cpu, *counting.marks, end]
     per_round = [b - a for a, b in itertools.pairwise(bounds)]
+    main = [b - a for a, b in itertools.pairwise([thread, *counting.thread_marks, thread_end])]
+    phases = counting.rounds
+    # Where a round's process CPU time went: the main thread's work outside push and pull (the
+    # strategy or workflow, building and reading messages), push and pull (Flower's transport:
+    # the main thread's part plus the threads it starts), and the other threads' CPU outside
+    # push and pull (Flower's heartbeat and log threads, thread pools), which accrue while the
+    # server waits for replies.
+    split = {
+        "strategy": [
+            m - p["push_main"] - p["pull_main"] for m, p in zip(main, phases, strict=True)
+        ],
+        "push": [p["push"] for p in phases],
+        "pull": [p["pull"] for p in phases],
+        "pulls": [p["pulls"] for p in phases],
+        "other_threads": [
+            c - m - (p["push"] - p["push_main"]) - (p["pull"] - p["pull_main"])
+            for c, m, p in zip(per_round, main, phases, strict=True)
+        ],
+    }
     result = {
         "label": label,
         "nodes": nodes,
@@ -166,6 +259,19 @@ def _timed(label: str, grid: Grid, context: Context, body: Any, warm: Any = None
         "exchanges_per_round": counting.exchanges / rounds,
         "bytes_to_each_node_per_round": counting.sent / nodes / rounds,
         "bytes_from_each_node_per_round": counting.received / nodes / rounds,
+        **{f"round_{k}_cpu_s" if k != "pulls" else "round_pulls": v for k, v in split.items()},
+        **{
+            f"{k}_cpu_s_after_first" if k != "pulls" else "pulls_after_first": float(
+                np.median(v[1:] or v)
+            )
+            for k, v in split.items()
+        },
+        "calls": counting.calls,
+        "thread_cpu_s": {
+            name: threads_after[name] - threads_before.get(name, 0.0)
+            for name in threads_after
+            if threads_after[name] - threads_before.get(name, 0.0) > 0.005
+        },
     }
     out = Path(str(config["out"]))
     out.mkdir(parents=True, exist_ok=True)
