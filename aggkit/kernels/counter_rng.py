@@ -117,6 +117,7 @@ __all__ = [
     "fill_uniform01",
     "fill_uniform01_numpy",
     "fold_in",
+    "fold_in_array",
     "fold_in_numpy",
     "mix64",
     "mix64_numpy",
@@ -668,6 +669,28 @@ def mix_block_numpy(key: int, counters: Any) -> np.ndarray:
 def fold_in_numpy(key: int, data: int) -> int:
     """Twin of :func:`fold_in`."""
     return _fold(int(key), int(data), _FOLD_INT)
+
+
+def fold_in_array(keys: Any, data: Any) -> np.ndarray:
+    """:func:`fold_in` over arrays: ``uint64`` keys and integer data, broadcast against each other.
+
+    Element ``i`` is ``fold_in_numpy(keys[i], data[i])``, from one vectorized Philox pass: a
+    caller that needs many sub-stream keys computes them here instead of in a kernel.
+
+    Example
+    -------
+    >>> keys = fold_in_array(np.uint64(7), np.arange(3))
+    >>> [int(k) for k in keys] == [fold_in_numpy(7, i) for i in range(3)]
+    True
+    """
+    k = np.asarray(keys, dtype=np.uint64)
+    d = np.asarray(data).astype(np.uint64)
+    k, d = np.broadcast_arrays(k, d)
+    counters = np.stack(
+        [d & _MASK32, d >> _SHIFT32, np.full_like(d, _FOLD_TAG), np.full_like(d, _FOLD_INT)], -1
+    )
+    w = philox4x32_10_numpy(counters, np.stack([k & _MASK32, k >> _SHIFT32], -1))
+    return (w[..., 0] << _SHIFT32) | w[..., 1]
 
 
 def uniform01_numpy(key: int, index: Any) -> np.ndarray:

@@ -61,7 +61,7 @@ from numba import prange
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks
 from aggkit.kernels._minmax import min2
-from aggkit.kernels.counter_rng import fold_in, fold_in_numpy, mix_block, mix_block_numpy
+from aggkit.kernels.counter_rng import fold_in_array, fold_in_numpy, mix_block, mix_block_numpy
 from aggkit.kernels.limits import WORD_BITS
 
 __all__ = [
@@ -215,26 +215,23 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
         stop_task,
         matrix,
         rows,
-        coef,
         task_tensor,
         task_start,
         offsets,
         quantize,
-        lo,
-        scale,
-        step,
+        params,
+        keys,
         top,
         inv,
-        round_key,
-        first_client,
         acc,
     ):  # pragma: no cover - compiled
         num_rows = rows.shape[0]
         chunk_size = BLOCKS * per_block
-        words = np.empty((4, per_block, BLOCKS), dtype=np.uint32)
-        flat = words.reshape(4, chunk_size)
-        p = np.empty((4, 4))
-        keys = np.empty(4, dtype=np.uint64)
+        # The only scratch: one random-number buffer per row of a group of four. (The rows'
+        # keys and parameters come from the caller, so no other array is allocated here: each
+        # np.empty of a new shape or dtype is one more compilation.)
+        flat = np.empty((4, chunk_size), dtype=np.uint32)
+        words = flat.reshape(4, per_block, BLOCKS)
         for task in range(first_task, stop_task):
             t = task_tensor[task]
             first = task_start[task]
@@ -243,8 +240,7 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                 if not quantize[t]:
                     out = acc[first:task_stop]
                     for ii in range(num_rows):
-                        i = rows[ii]
-                        _accumulate_exact(matrix[i, first:task_stop], coef[i], out)
+                        _accumulate_exact(matrix[rows[ii], first:task_stop], params[t, ii, 0], out)
                     continue
             # Rows four at a time, then (``remainder``) the last ones one at a time: for every
             # column the rows are added in order.
@@ -254,13 +250,6 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                 if remainder:
                     if ii + 4 > num_rows:
                         group = 1
-                for k in range(group):
-                    i = rows[ii + k]
-                    keys[k] = fold_in(fold_in(round_key, first_client + i), t)
-                    p[k, 0] = coef[i]
-                    p[k, 1] = lo[i, t]
-                    p[k, 2] = scale[i, t]
-                    p[k, 3] = step[i, t]
                 # Row by row over the whole task: long contiguous runs of each row for the
                 # prefetcher.
                 for start in range(first, task_stop, chunk_size):
@@ -270,7 +259,7 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                     count = min2(m, BLOCKS)
                     out = acc[start:stop]
                     for k in range(group):
-                        _chunk_words(keys[k], chunk, count, words[k], short)
+                        _chunk_words(keys[t, ii + k], chunk, count, words[k], short)
                     if group == 4:
                         _accumulate_levels4(
                             matrix[rows[ii], start:stop],
@@ -281,15 +270,15 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                             flat[1, :m],
                             flat[2, :m],
                             flat[3, :m],
-                            p,
+                            params[t, ii : ii + 4],
                             inv,
                             top,
                             out,
                         )
                     elif remainder:
                         x = matrix[rows[ii], start:stop]
-                        w = flat[0, :m]
-                        _accumulate_levels(x, w, p[0, 0], p[0, 1], p[0, 2], p[0, 3], inv, top, out)
+                        p = params[t, ii]
+                        _accumulate_levels(x, flat[0, :m], p[0], p[1], p[2], p[3], inv, top, out)
                 ii += group
 
     _quantized_row_sum.__qualname__ = (
@@ -414,6 +403,20 @@ def _stream_shape(bits: int) -> tuple[int, float]:
     return 128 // r, 2.0**-r
 
 
+def _row_params(coef, lo, scale, step, rows) -> np.ndarray:
+    """``float64[T, R, 4]``: active row ``rows[r]``'s coefficient, range start, scale and step
+    for tensor ``t`` at ``[t, r]`` (so a group of four rows reads one contiguous ``[4, 4]``)."""
+    columns = (np.broadcast_to(coef[rows, None], lo[rows].shape), lo[rows], scale[rows], step[rows])
+    return np.ascontiguousarray(np.stack(columns, axis=-1).transpose(1, 0, 2))
+
+
+def _row_keys(round_key: int, first_client: int, rows: np.ndarray, num_tensors: int) -> np.ndarray:
+    """``uint64[T, R]``: the stream key ``fold_in(fold_in(round_key, first_client + rows[r]), t)``
+    of active row ``r``'s tensor ``t`` (module docstring), in one vectorized pass."""
+    clients = fold_in_array(np.uint64(round_key), np.uint64(first_client) + rows.astype(np.uint64))
+    return fold_in_array(clients[None, :], np.arange(num_tensors, dtype=np.uint64)[:, None])
+
+
 def quantized_row_sum(
     matrix: np.ndarray,
     coef: np.ndarray,
@@ -509,18 +512,14 @@ def quantized_row_sum(
             tasks[0].size,
             matrix,
             rows,
-            coef,
             tasks[0],
             tasks[1],
             np.asarray(offsets, dtype=np.int64),
             np.asarray(quantize, dtype=np.bool_),
-            lo,
-            scale,
-            step,
+            _row_params(coef, lo, scale, step, rows),
+            _row_keys(round_key, first_client, rows, t),
             top,
             inv,
-            np.uint64(round_key),
-            np.int64(first_client),
             acc,
         )
     return acc

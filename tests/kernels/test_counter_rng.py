@@ -238,6 +238,14 @@ def test_derive_key_composes_and_matches_fold_in(key, a, b):
     assert rng.derive_key(key) == key
 
 
+@given(st.lists(KEYS, min_size=1, max_size=5), st.lists(KEYS, min_size=1, max_size=5))
+def test_fold_in_array_matches_fold_in_element_by_element(keys, data):
+    # Broadcast [K, 1] keys against [D] data, as the quantized sum folds clients and tensors.
+    ours = rng.fold_in_array(np.array(keys, np.uint64)[:, None], np.array(data, np.uint64))
+    assert ours.dtype == np.uint64 and ours.shape == (len(keys), len(data))
+    assert ours.tolist() == [[rng.fold_in_numpy(k, d) for d in data] for k in keys]
+
+
 def test_derive_key_separates_fields():
     base = rng.seed_to_key(1)
     keys = {
