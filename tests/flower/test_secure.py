@@ -1,10 +1,12 @@
 """Secure aggregation over Flower: the secure apps against AggkitStrategy + MaskingBackend.
 
 In-process (the grid hands messages to the ClientApp, nodes die at chosen protocol stages) and
-between real processes (a SuperLink and 5 SuperNodes on 127.0.0.1; two SuperNodes are killed in
-round 2, one before it sends its masked input, one after: with the nodes' default policy, a
-round needs 4 nodes, so the deaths come in the last round). Both must end with the model of the
-in-process reference run with the same seeds and dropouts.
+between real processes (a SuperLink and 5 SuperNodes on 127.0.0.1, one round in which two
+SuperNodes are killed, one before it sends its masked input, one after). Both must end with the
+model of the in-process reference run with the same seeds and dropouts. The in-process test runs
+two rounds, the deaths in the second: rounds after deaths, and the state carried between rounds,
+are checked there; the real-process run checks what only real processes show (a node process
+dying mid-protocol, the bytes on the wire), and one round of it is enough for that.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ NODES = 5
 DEATHS = {1: (2, "masked_input"), 3: (2, "consistency_check")}
 #: The nodes in each round's sum.
 INCLUDED = [[0, 1, 2, 3, 4], [0, 2, 3, 4]]
+#: The same deaths in the one round of the real-process run.
+DEATHS_REAL = {p: (1, stage) for p, (_, stage) in DEATHS.items()}
 
 
 def identities(tmp_path, count: int) -> tuple[dict[int, str], str]:
@@ -98,9 +102,12 @@ def test_secure_apps_in_process_equal_masking_backend_with_dropouts(mnist_root, 
 @pytest.mark.slow
 @pytest.mark.mnist
 def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp_path, monkeypatch):
-    """SuperLink + 5 SuperNodes on 127.0.0.1, authenticated SecAgg+, 2 rounds; in round 2 the
+    """SuperLink + 5 SuperNodes on 127.0.0.1, authenticated SecAgg+, 1 round, in which the
     SuperNode of partition 1 is killed when the masked-input request reaches it, that of
-    partition 3 after it sent its masked input. The final model is the reference's."""
+    partition 3 after it sent its masked input. The final model is the reference's.
+
+    Each protocol stage starts a ClientApp process on every node, so every round costs about
+    20 process starts; one round keeps this test within the suite's budget."""
     from aggkit_torch.flower.secure_apps import write_secure_app
     from tests.flower.federation import Federation
 
@@ -110,10 +117,10 @@ def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp
         "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     )
     keys, registry = identities(tmp_path, NODES)
-    config = secure_config(mnist_root, tmp_path, registry)
+    config = secure_config(mnist_root, tmp_path, registry, rounds=1)
     config["secagg-stage-timeout"] = 600.0
     extra = {p: f'secagg-key="{keys[p]}"' for p in range(NODES)}
-    for p, (server_round, stage) in DEATHS.items():
+    for p, (server_round, stage) in DEATHS_REAL.items():
         extra[p] += f' crash-at="{server_round}:{stage}"'
     app = write_secure_app(tmp_path / "app", **{k.replace("-", "_"): v for k, v in config.items()})
     app.write_text(
@@ -127,11 +134,11 @@ def test_secure_run_between_real_processes_with_two_nodes_killed(mnist_root, tmp
         assert done.returncode == 0, logs[-4000:] + federation.tail()
     ours = dict(np.load(tmp_path / "out" / "model.npz"))
     summary = __import__("json").loads((tmp_path / "out" / "metrics.json").read_text())
-    assert [h["clients"] for h in summary["history"]] == INCLUDED
+    assert [h["clients"] for h in summary["history"]] == INCLUDED[1:]
 
     nodes = {100 + i: {"partition-id": i, "num-partitions": NODES} for i in range(NODES)}
     config["out"] = str(tmp_path / "reference")
-    masked_reference_run(nodes, config, DEATHS)
+    masked_reference_run(nodes, config, DEATHS_REAL)
     theirs = dict(np.load(tmp_path / "reference" / "model.npz"))
     worst = assert_same_model(ours, theirs)
     print(f"largest weight difference from the MaskingBackend run: {worst:.3g}")
