@@ -18,9 +18,11 @@ How it is fast (see ``docs/design.md``, "Contributions: a composition as coeffic
   vectorize in numba (they run several times slower than memory), so loop B works on the float
   bits as integers: ``bits & 0x7f..f`` orders ``|x|``, and ``bits ^ ((bits >> 31) & 0x7f..f)``
   orders signed floats; integer min/max vectorizes. For float32 rows, loops A and B are one loop
-  (:func:`_sum_sq_abs_max32_8`, with FMA in the sums of squares), which reads each element once.
-  Float64 rows keep two loops, with loop B re-reading the pieces from cache. The measurements
-  behind these choices are in ``docs/benchmarks-history.md`` ("Statistics pass").
+  (the helpers of :func:`_sum_sq_max32_8`, with FMA in the sums of squares), which reads each
+  element once; when min/max are asked for, that loop keeps the signed-order keys' minima and
+  maxima instead, and ``max |x|`` follows from them. Float64 rows keep two loops, with loop B
+  re-reading the pieces from cache (and a third, per row, for the keys). The measurements behind
+  these choices are in ``docs/benchmarks-history.md`` ("Statistics pass").
 * Finiteness: a float32 row is finite exactly when its float64 sum of squares is (a finite float32
   squared is below 1.2e77); for float64 rows a non-finite sum of squares is confirmed with
   ``np.isfinite`` on that row, and norms of rows that merely overflowed are recomputed with scaling.
@@ -112,54 +114,122 @@ def _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
 
 # numba widens int32 arithmetic to int64, which halves the vector width; the explicit np.int32
 # casts keep the maxima in 32-bit lanes.
-@kernel(fastmath_reassoc=True, fastmath_contract=True, helper=True)
-def _sum_sq_abs_max32_8(
-    x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
-):  # pragma: no cover - compiled
-    """Loops A and B in one pass for float32 rows: the sums of squares of ``x0..x7`` (with FMA)
-    and the largest ``bits & 0x7f..f`` of their int32 views ``b0..b7``.
+def _sum_sq_max32_8(keys: bool):
+    """Loops A and B in one pass for float32 rows, over the eight pieces ``x[o_k : o_k + m]`` of
+    the flat matrix ``x`` (and ``b[o_k : o_k + m]`` of its int32 view ``b``).
+
+    Returns the pieces' sums of squares (with FMA) and, when ``keys`` is False, the largest
+    ``bits & 0x7f..f`` of each piece (which orders ``|x|``); when ``keys`` is True, the least
+    and the largest signed-order key ``bits ^ ((bits >> 31) & 0x7f..f)`` of each piece instead
+    (the min/max case: ``max |x|`` follows from them, so no second pass over the rows for the
+    keys). ``keys`` is a constant of the closure, so numba prunes the other branch before typing
+    it (a literal argument would not be pruned: numba types and lowers both branches then).
 
     One loop reads each element once from memory and has no second pass over the cache (figures
-    in ``docs/benchmarks-history.md``, "Statistics pass").
+    in ``docs/benchmarks-history.md``, "Statistics pass"). The pieces are read at unsigned offsets
+    of the flat matrix rather than passed as sixteen slices: the same loop (and the same packed
+    instructions), with a fraction of the code for numba to lower and LLVM to optimize.
     """
-    mask = np.int32(0x7FFFFFFF)
-    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int32(0)
-    for j in range(x0.shape[0]):
-        v0 = np.float64(x0[j])
-        v1 = np.float64(x1[j])
-        v2 = np.float64(x2[j])
-        v3 = np.float64(x3[j])
-        v4 = np.float64(x4[j])
-        v5 = np.float64(x5[j])
-        v6 = np.float64(x6[j])
-        v7 = np.float64(x7[j])
-        q0 += v0 * v0
-        q1 += v1 * v1
-        q2 += v2 * v2
-        q3 += v3 * v3
-        q4 += v4 * v4
-        q5 += v5 * v5
-        q6 += v6 * v6
-        q7 += v7 * v7
-        a0 = max2(a0, np.int32(b0[j] & mask))
-        a1 = max2(a1, np.int32(b1[j] & mask))
-        a2 = max2(a2, np.int32(b2[j] & mask))
-        a3 = max2(a3, np.int32(b3[j] & mask))
-        a4 = max2(a4, np.int32(b4[j] & mask))
-        a5 = max2(a5, np.int32(b5[j] & mask))
-        a6 = max2(a6, np.int32(b6[j] & mask))
-        a7 = max2(a7, np.int32(b7[j] & mask))
-    return (q0, q1, q2, q3, q4, q5, q6, q7), (
-        np.int64(a0),
-        np.int64(a1),
-        np.int64(a2),
-        np.int64(a3),
-        np.int64(a4),
-        np.int64(a5),
-        np.int64(a6),
-        np.int64(a7),
-    )
+
+    def _sum_sq_max32_8_(x, b, o0, o1, o2, o3, o4, o5, o6, o7, m):  # pragma: no cover
+        mask = np.int32(0x7FFFFFFF)
+        q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int32(0)  # max |x| bits, or the largest keys
+        n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = mask  # the least keys
+        if keys:
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.int32(-mask - 1)
+        for i in range(m):
+            j = np.uint64(i)
+            v0 = np.float64(x[o0 + j])
+            v1 = np.float64(x[o1 + j])
+            v2 = np.float64(x[o2 + j])
+            v3 = np.float64(x[o3 + j])
+            v4 = np.float64(x[o4 + j])
+            v5 = np.float64(x[o5 + j])
+            v6 = np.float64(x[o6 + j])
+            v7 = np.float64(x[o7 + j])
+            q0 += v0 * v0
+            q1 += v1 * v1
+            q2 += v2 * v2
+            q3 += v3 * v3
+            q4 += v4 * v4
+            q5 += v5 * v5
+            q6 += v6 * v6
+            q7 += v7 * v7
+            if keys:
+                c0 = b[o0 + j]
+                c1 = b[o1 + j]
+                c2 = b[o2 + j]
+                c3 = b[o3 + j]
+                c4 = b[o4 + j]
+                c5 = b[o5 + j]
+                c6 = b[o6 + j]
+                c7 = b[o7 + j]
+                k0 = np.int32(c0 ^ ((c0 >> 31) & mask))
+                k1 = np.int32(c1 ^ ((c1 >> 31) & mask))
+                k2 = np.int32(c2 ^ ((c2 >> 31) & mask))
+                k3 = np.int32(c3 ^ ((c3 >> 31) & mask))
+                k4 = np.int32(c4 ^ ((c4 >> 31) & mask))
+                k5 = np.int32(c5 ^ ((c5 >> 31) & mask))
+                k6 = np.int32(c6 ^ ((c6 >> 31) & mask))
+                k7 = np.int32(c7 ^ ((c7 >> 31) & mask))
+                n0 = min2(n0, k0)
+                n1 = min2(n1, k1)
+                n2 = min2(n2, k2)
+                n3 = min2(n3, k3)
+                n4 = min2(n4, k4)
+                n5 = min2(n5, k5)
+                n6 = min2(n6, k6)
+                n7 = min2(n7, k7)
+                a0 = max2(a0, k0)
+                a1 = max2(a1, k1)
+                a2 = max2(a2, k2)
+                a3 = max2(a3, k3)
+                a4 = max2(a4, k4)
+                a5 = max2(a5, k5)
+                a6 = max2(a6, k6)
+                a7 = max2(a7, k7)
+            else:
+                a0 = max2(a0, np.int32(b[o0 + j] & mask))
+                a1 = max2(a1, np.int32(b[o1 + j] & mask))
+                a2 = max2(a2, np.int32(b[o2 + j] & mask))
+                a3 = max2(a3, np.int32(b[o3 + j] & mask))
+                a4 = max2(a4, np.int32(b[o4 + j] & mask))
+                a5 = max2(a5, np.int32(b[o5 + j] & mask))
+                a6 = max2(a6, np.int32(b[o6 + j] & mask))
+                a7 = max2(a7, np.int32(b[o7 + j] & mask))
+        return (
+            (q0, q1, q2, q3, q4, q5, q6, q7),
+            (
+                np.int64(a0),
+                np.int64(a1),
+                np.int64(a2),
+                np.int64(a3),
+                np.int64(a4),
+                np.int64(a5),
+                np.int64(a6),
+                np.int64(a7),
+            ),
+            (
+                np.int64(n0),
+                np.int64(n1),
+                np.int64(n2),
+                np.int64(n3),
+                np.int64(n4),
+                np.int64(n5),
+                np.int64(n6),
+                np.int64(n7),
+            ),
+        )
+
+    _sum_sq_max32_8_.__qualname__ = f"_sum_sq_{'keys' if keys else 'abs_max'}32_8"
+    return kernel(_sum_sq_max32_8_, fastmath_reassoc=True, fastmath_contract=True, helper=True)
+
+
+# The two cases as module-level helpers (a kernel calls them as globals; nothing compiles until a
+# kernel that calls one compiles).
+_sum_sq_abs_max32_8 = _sum_sq_max32_8(keys=False)
+_sum_sq_keys32_8 = _sum_sq_max32_8(keys=True)
 
 
 @kernel(helper=True)
@@ -176,19 +246,6 @@ def _abs_max64_8(x0, x1, x2, x3, x4, x5, x6, x7):  # pragma: no cover - compiled
         a6 = max2(a6, x6[j] & mask)
         a7 = max2(a7, x7[j] & mask)
     return a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@kernel(helper=True)
-def _key_min_max32(x):  # pragma: no cover - compiled
-    mask = np.int32(0x7FFFFFFF)
-    kmin = mask
-    kmax = np.int32(-mask - 1)
-    for j in range(x.shape[0]):
-        b = x[j]
-        k = np.int32(b ^ ((b >> 31) & mask))
-        kmin = min2(kmin, k)
-        kmax = max2(kmax, k)
-    return np.int64(kmin), np.int64(kmax)
 
 
 @kernel(helper=True)
@@ -222,6 +279,9 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
         first, stop, matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits
     ):  # pragma: no cover - compiled
         num_tasks = starts.shape[0]
+        n = matrix.shape[1]
+        flat = matrix.reshape(-1)
+        flat_bits = bits.reshape(-1)
         for t in range(first, stop):
             g = t // num_tasks
             c = t - g * num_tasks
@@ -235,43 +295,79 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
             r5 = groups[g, 5]
             r6 = groups[g, 6]
             r7 = groups[g, 7]
-            x0, x1, x2, x3 = (
-                matrix[r0, lo:hi],
-                matrix[r1, lo:hi],
-                matrix[r2, lo:hi],
-                matrix[r3, lo:hi],
-            )
-            x4, x5, x6, x7 = (
-                matrix[r4, lo:hi],
-                matrix[r5, lo:hi],
-                matrix[r6, lo:hi],
-                matrix[r7, lo:hi],
-            )
-            b0, b1, b2, b3 = bits[r0, lo:hi], bits[r1, lo:hi], bits[r2, lo:hi], bits[r3, lo:hi]
-            b4, b5, b6, b7 = bits[r4, lo:hi], bits[r5, lo:hi], bits[r6, lo:hi], bits[r7, lo:hi]
+            if wide or with_l1:
+                x0, x1, x2, x3 = (
+                    matrix[r0, lo:hi],
+                    matrix[r1, lo:hi],
+                    matrix[r2, lo:hi],
+                    matrix[r3, lo:hi],
+                )
+                x4, x5, x6, x7 = (
+                    matrix[r4, lo:hi],
+                    matrix[r5, lo:hi],
+                    matrix[r6, lo:hi],
+                    matrix[r7, lo:hi],
+                )
             if wide:
                 q = _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7)
-                a = _abs_max64_8(b0, b1, b2, b3, b4, b5, b6, b7)
-            else:
-                q, a = _sum_sq_abs_max32_8(
-                    x0, x1, x2, x3, x4, x5, x6, x7, b0, b1, b2, b3, b4, b5, b6, b7
+                a = _abs_max64_8(
+                    bits[r0, lo:hi],
+                    bits[r1, lo:hi],
+                    bits[r2, lo:hi],
+                    bits[r3, lo:hi],
+                    bits[r4, lo:hi],
+                    bits[r5, lo:hi],
+                    bits[r6, lo:hi],
+                    bits[r7, lo:hi],
                 )
+            else:
+                # Element j of row r's piece is flat[r * n + lo + j]: unsigned offsets, so the
+                # helper indexes without slices (and without negative-index checks).
+                o0 = np.uint64(r0 * n + lo)
+                o1 = np.uint64(r1 * n + lo)
+                o2 = np.uint64(r2 * n + lo)
+                o3 = np.uint64(r3 * n + lo)
+                o4 = np.uint64(r4 * n + lo)
+                o5 = np.uint64(r5 * n + lo)
+                o6 = np.uint64(r6 * n + lo)
+                o7 = np.uint64(r7 * n + lo)
+                if with_minmax:
+                    q, a, kn = _sum_sq_keys32_8(
+                        flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, hi - lo
+                    )
+                else:
+                    q, a, kn = _sum_sq_abs_max32_8(
+                        flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, hi - lo
+                    )
             if with_l1:
                 s = _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7)
             for k in range(8):
                 r = groups[g, k]
                 p_sq[r, c] = q[k]
-                p_bits[r, c, 0] = a[k]
                 if with_l1:
                     p_abs[r, c] = s[k]
-                if with_minmax:
-                    x = bits[r, lo:hi]
-                    if wide:
-                        kmin, kmax = _key_min_max64(x)
-                    else:
-                        kmin, kmax = _key_min_max32(x)
+                if wide:
+                    p_bits[r, c, 0] = a[k]
+                    if with_minmax:
+                        kmin, kmax = _key_min_max64(bits[r, lo:hi])
+                        p_bits[r, c, 1] = kmin
+                        p_bits[r, c, 2] = kmax
+                elif with_minmax:
+                    # Back from the keys to the float bits; their magnitudes' maximum is max |x|
+                    # (0 for the piece of an empty tensor, whose keys keep their start values).
+                    kmin = kn[k]
+                    kmax = a[k]
+                    a_k = 0
+                    if kmin <= kmax:
+                        a_k = max2(
+                            (kmin ^ ((kmin >> 31) & 0x7FFFFFFF)) & 0x7FFFFFFF,
+                            (kmax ^ ((kmax >> 31) & 0x7FFFFFFF)) & 0x7FFFFFFF,
+                        )
+                    p_bits[r, c, 0] = a_k
                     p_bits[r, c, 1] = kmin
                     p_bits[r, c, 2] = kmax
+                else:
+                    p_bits[r, c, 0] = a[k]
 
     _row_stats_partials.__qualname__ = (
         f"_row_stats_partials_{'f64' if wide else 'f32'}{'_l1' * with_l1}{'_minmax' * with_minmax}"

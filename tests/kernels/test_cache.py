@@ -72,8 +72,8 @@ def test_editing_a_helper_in_another_file_invalidates_cached_callers(tmp_path, d
 def test_a_helper_refuses_a_call_from_python_and_runs_inside_kernels():
     from aggkit.kernels import row_stats
 
-    with pytest.raises(TypeError, match="_key_min_max32 is a kernel helper"):
-        row_stats._key_min_max32(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="_sum_sq_keys32_8 is a kernel helper"):
+        row_stats._sum_sq_keys32_8(np.zeros(3, np.float32))
     stats = row_stats.row_stats(
         np.array([[1.0, -2.0, 3.0]], np.float32), np.array([0, 3]), with_minmax=True
     )  # calls the helper from a kernel
