@@ -141,8 +141,10 @@ for clients, sizes in ((8, (30000,)), (7, (30000, 10))):
     found.append(compiled[:])
     compiled.clear()
 from aggkit.kernels import discretize, quantize
-flags = [str(s[-1]) for s in quantize._chunk_words.signatures + discretize._code.signatures]
-print(json.dumps([found, flags]))
+flags = [str(s[-1]) for s in discretize._code.signatures]
+helpers = (quantize._chunk_words16, quantize._chunk_words32)
+words = [h.py_func.__qualname__ for h in helpers for _ in h.signatures]
+print(json.dumps([found, flags, words]))
 """
 )
 
@@ -150,7 +152,7 @@ print(json.dumps([found, flags]))
 @pytest.mark.slow
 def test_a_round_compiles_only_the_kernel_paths_it_takes():
     env = dict(os.environ, PYTHONPATH=str(ROOT), AGGKIT_NUMBA_CACHE="0")
-    (first, second), flags = _json_of(_PATHS, env)
+    (first, second), flags, words = _json_of(_PATHS, env)
     # Four active rows at a time, every tensor quantized with 16-bit uniforms, the fast code.
     assert "_quantized_row_sum_u16" in first and "_discretize_float" in first
     for unused in ("_accumulate_levels", "_accumulate_exact", "_chunk_words32"):
@@ -159,6 +161,8 @@ def test_a_round_compiles_only_the_kernel_paths_it_takes():
     # The flags that pick a branch of the helpers are compile-time constants, never runtime
     # values that would keep both branches in the loop.
     assert flags and all(flag.startswith("Literal[bool]") for flag in flags)
+    # The random-word helper of the one uniform width used, from its closure factory.
+    assert words == ["_chunk_words16"]
     # Three rows left over and a tensor summed exactly: the kernels with those paths.
     assert "_quantized_row_sum_u16_rem_exact" in second and "_discretize_float_rem" in second
     assert "_accumulate_levels" in second and "_accumulate_exact" in second

@@ -107,47 +107,57 @@ def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
     return min2(np.floor((v - lo) * scale + np.float64(word) * inv), top)
 
 
-@kernel(helper=True)
-def _chunk_words(key, chunk, count, words, short):  # pragma: no cover - compiled
-    """Blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into ``words[:, b]``.
+def _chunk_words_helper(short: bool):
+    """The helper that writes blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into
+    ``words[:, b]``: ``_chunk_words16`` (``short``) or ``_chunk_words32``.
 
     ``words`` is ``uint32[4, 256]`` (word ``k`` of a block to row ``k``) or, when ``short``,
     ``uint32[8, 256]`` (the low then the high 16 bits of word ``k`` to rows ``2k`` and ``2k + 1``;
     kept as uint32, which the rounding loop converts in one instruction);
-    ``words.reshape(-1)[r]`` is then the random number of element ``r`` of the chunk. The fused
-    sum passes ``short`` as a constant (numba then compiles only that branch).
+    ``words.reshape(-1)[r]`` is then the random number of element ``r`` of the chunk. ``short`` is
+    a constant of the closure, so numba types and lowers only its branch (with a literal
+    argument it would lower both, each with its own inlined ``mix_block``).
     """
-    first = chunk * BLOCKS
-    if short:
-        h0 = words[0]
-        h1 = words[1]
-        h2 = words[2]
-        h3 = words[3]
-        h4 = words[4]
-        h5 = words[5]
-        h6 = words[6]
-        h7 = words[7]
-        for b in range(count):
-            w0, w1, w2, w3 = mix_block(key, first + b)
-            h0[b] = w0 & _M16
-            h1[b] = w0 >> _S16
-            h2[b] = w1 & _M16
-            h3[b] = w1 >> _S16
-            h4[b] = w2 & _M16
-            h5[b] = w2 >> _S16
-            h6[b] = w3 & _M16
-            h7[b] = w3 >> _S16
-    else:
-        w0s = words[0]
-        w1s = words[1]
-        w2s = words[2]
-        w3s = words[3]
-        for b in range(count):
-            w0, w1, w2, w3 = mix_block(key, first + b)
-            w0s[b] = w0
-            w1s[b] = w1
-            w2s[b] = w2
-            w3s[b] = w3
+
+    def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
+        first = chunk * BLOCKS
+        if short:
+            h0 = words[0]
+            h1 = words[1]
+            h2 = words[2]
+            h3 = words[3]
+            h4 = words[4]
+            h5 = words[5]
+            h6 = words[6]
+            h7 = words[7]
+            for b in range(count):
+                w0, w1, w2, w3 = mix_block(key, first + b)
+                h0[b] = w0 & _M16
+                h1[b] = w0 >> _S16
+                h2[b] = w1 & _M16
+                h3[b] = w1 >> _S16
+                h4[b] = w2 & _M16
+                h5[b] = w2 >> _S16
+                h6[b] = w3 & _M16
+                h7[b] = w3 >> _S16
+        else:
+            w0s = words[0]
+            w1s = words[1]
+            w2s = words[2]
+            w3s = words[3]
+            for b in range(count):
+                w0, w1, w2, w3 = mix_block(key, first + b)
+                w0s[b] = w0
+                w1s[b] = w1
+                w2s[b] = w2
+                w3s[b] = w3
+
+    _chunk_words.__qualname__ = f"_chunk_words{16 if short else 32}"
+    return kernel(_chunk_words, helper=True)
+
+
+_chunk_words16 = _chunk_words_helper(short=True)
+_chunk_words32 = _chunk_words_helper(short=False)
 
 
 @kernel(helper=True)
@@ -259,7 +269,10 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                     count = min2(m, BLOCKS)
                     out = acc[start:stop]
                     for k in range(group):
-                        _chunk_words(keys[t, ii + k], chunk, count, words[k], short)
+                        if short:
+                            _chunk_words16(keys[t, ii + k], chunk, count, words[k])
+                        else:
+                            _chunk_words32(keys[t, ii + k], chunk, count, words[k])
                     if group == 4:
                         _accumulate_levels4(
                             matrix[rows[ii], start:stop],
@@ -296,7 +309,10 @@ def _stochastic_levels(x, coef, lo, scale, top, per_block, inv, key, out):  # pr
         stop = min2(start + chunk_size, n)
         m = stop - start
         words = np.empty((per_block, BLOCKS), dtype=np.uint32)
-        _chunk_words(key, chunk, min2(m, BLOCKS), words, per_block == 8)
+        if per_block == 8:
+            _chunk_words16(key, chunk, min2(m, BLOCKS), words)
+        else:
+            _chunk_words32(key, chunk, min2(m, BLOCKS), words)
         w = words.reshape(chunk_size)[:m]
         _store_levels(x[start:stop], w, coef, lo, scale, inv, top, out[start:stop])
 
