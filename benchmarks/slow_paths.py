@@ -12,7 +12,8 @@ table of issue 26 in the project's tracker) so that every row shares the machine
 
 It prints one line per goal (measured, goal, met or not) and, with ``--json``, writes the raw
 figures and the load average before and after each part: read the load beside every figure, as
-the ratio goals are meant for an otherwise idle machine (docs/benchmarks.md has the figures).
+the ratio goals assume that nothing else runs beside the measurement (docs/benchmarks.md has the
+figures).
 
 Example::
 

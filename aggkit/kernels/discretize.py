@@ -52,6 +52,7 @@ from numba import prange
 from aggkit import _checks
 from aggkit.kernels._jit import kernel, run_tasks, threads_for
 from aggkit.kernels._minmax import max2, min2
+from aggkit.kernels.divide_cast import divide_cast_numpy
 from aggkit.kernels.limits import INT64_MAX, INT64_MIN, MAX_CODE, MAX_MODULUS
 from aggkit.kernels.weighted_sum import SMALL_COLUMNS
 
@@ -581,13 +582,12 @@ def decode_sum_numpy(
 ) -> tuple[np.ndarray, int, int]:
     """Twin of :func:`decode_sum`."""
     decoded = np.multiply(total + np.int64(offset), step, dtype=np.float64)
-    if denominator != 1.0:  # a division by 1.0 changes no bit
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            decoded = np.divide(decoded, np.float64(denominator))
-    if out is None:
+    if out is None and denominator == 1.0:  # a division by 1.0 changes no bit
         out = decoded
     else:
-        out[...] = decoded.astype(out.dtype)
+        out = divide_cast_numpy(
+            decoded, denominator, np.empty(decoded.shape) if out is None else out
+        )
     if not total.size:
         return out, 0, 0
     return out, int(total.min()), int(total.max())
