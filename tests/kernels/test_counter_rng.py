@@ -125,6 +125,8 @@ def test_philox_known_answers(counter, key, expected):
     assert tuple(int(w) for w in _philox_scalar(*counter, *key)) == expected
     twin = rng.philox4x32_10_numpy(np.array(counter, np.uint32), np.array(key, np.uint32))
     assert tuple(int(w) for w in twin) == expected
+    # The one-counter form in Python ints that derive_key and seed_to_key use.
+    assert rng._philox_words(*counter, *key) == expected
 
 
 @given(KEYS, INDICES)
