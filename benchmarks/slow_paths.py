@@ -11,9 +11,10 @@ table of issue 26 in the project's tracker) so that every row shares the machine
   (:mod:`benchmarks.bench_flower_strategy`; needs ``torch`` and ``flwr``).
 
 It prints one line per goal (measured, goal, met or not) and, with ``--json``, writes the raw
-figures and the load average before and after each part: read the load beside every figure, as
-the ratio goals assume that nothing else runs beside the measurement (docs/benchmarks.md has the
-figures).
+figures, the load average before and after each part and the share of CPU time the host stole
+during it (a virtual machine's neighbours do not show in its load average): read both beside every
+figure, as the ratio goals assume that nothing else runs beside the measurement
+(docs/benchmarks.md has the figures).
 
 Example::
 
@@ -62,6 +63,33 @@ FLOWER_GOALS = {"aggkit mean": 1.0, "aggkit robust_aggregator": 1 / 1.15}
 
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """``(steal, total)`` clock ticks of all CPUs since boot from ``/proc/stat`` (Linux; None
+    elsewhere). On a virtual machine, steal is the time the host gave this machine's CPUs to
+    another guest: the load average cannot show it, and it slows every measurement here."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    return fields[7], sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the CPUs' time stolen by the host between two :func:`_cpu_jiffies` readings.
+
+    >>> steal_percent((10, 1000), (30, 1200))
+    10.0
+    >>> steal_percent(None, (30, 1200)) is None
+    True
+    """
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 def cold_start(runs: int) -> dict:
@@ -166,7 +194,9 @@ def markdown(rows, sittings: list[dict]) -> str:
 
 def _loads(data: dict) -> str:
     values = [x for pair in data.get("load", {}).values() for x in pair]
-    return f"{min(values):.1f}-{max(values):.1f}" if values else "?"
+    text = f"{min(values):.1f}-{max(values):.1f}" if values else "?"
+    steal = [x for x in data.get("steal_percent", {}).values() if x is not None]
+    return text + (f", host steal <= {max(steal):.1f}%" if steal else "")
 
 
 PARTS = ("cold", "probe", "large", "flower")
@@ -186,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         sittings = [json.loads(path.read_text()) for path in args.markdown]
         print(markdown([table(d) for d in sittings], sittings))
         return 0
-    data: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": {}}
+    data: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": {},
+        "steal_percent": {},
+    }
     steps = {
         "cold": lambda: cold_start(args.cold_runs),
         "probe": lambda: probe_rows(args.rounds),
@@ -196,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     for part in PARTS:
         if part in args.skip:
             continue
-        before = _load()
+        before, jiffies = _load(), _cpu_jiffies()
         data[part] = steps[part]()
         data["load"][part] = [before, _load()]
+        data["steal_percent"][part] = steal_percent(jiffies, _cpu_jiffies())
         if args.json:  # partial results survive an interrupted run
             args.json.write_text(json.dumps(data, indent=1))
     print(render(table(data)))
     print("load average (1 min) before/after each part:", data["load"])
+    print("CPU time stolen by the host during each part (%):", data["steal_percent"])
     return 0
 
 

@@ -32,3 +32,12 @@ def test_cold_start_is_met_only_when_every_run_is_and_every_goal_has_a_row():
     assert len(rows) == len(COLD) + 1 + len(PROBE_GOALS) + 1 + len(FLOWER_GOALS)
     text = render(rows)
     assert "NO" not in text and text.count("yes") == len(rows)
+
+
+def test_a_sitting_header_shows_the_hosts_steal_when_it_was_recorded():
+    from benchmarks.slow_paths import _loads, steal_percent
+
+    data = {"load": {"cold": [0.5, 0.9]}, "steal_percent": {"cold": 0.2, "probe": 3.5}}
+    assert _loads(data) == "0.5-0.9, host steal <= 3.5%"
+    assert _loads({"load": {"cold": [0.5, 0.9]}}) == "0.5-0.9"  # sittings from before it
+    assert steal_percent((5, 100), (5, 100)) is None  # no time passed: no share
