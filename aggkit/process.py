@@ -553,7 +553,8 @@ class AggregationProcess(ABC):
         need = rows * layout.size
         buffer = getattr(self._scratch, name, None)
         if buffer is None or buffer.size < need or buffer.dtype != layout.dtype:
-            buffer = np.empty(max(need, 1), dtype=layout.dtype)
+            # Aligned: a kernel's vector loads and stores then never straddle two cache lines.
+            buffer = _buffers.aligned_empty(max(need, 1), layout.dtype)
             setattr(self._scratch, name, buffer)
         return buffer[:need].reshape(rows, layout.size)
 
