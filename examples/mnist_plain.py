@@ -30,9 +30,13 @@ def train(model, optimizer, images, labels, batch_size=64):
 
 
 @torch.no_grad()
-def test(model, images, labels):
+def test(model, images, labels, batch_size=1000):
     model.eval()
-    return (model(images).argmax(dim=1) == labels).float().mean().item()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        predicted = model(images[start : start + batch_size]).argmax(dim=1)
+        correct += (predicted == labels[start : start + batch_size]).sum().item()
+    return correct / len(images)
 
 
 def main():
