@@ -16,14 +16,15 @@ so the ratio has a ceiling set by the CPU's vector adders. This script measures 
   per round, the least CPU time at each rate, the probe's time measured in the same run, and the
   best ratio possible with perfect two-core scaling and nothing else in the round (no read of
   the client matrix, no sum).
-* ``--passes``: one round of ``ak.mean(ak.hadamard(inner))`` split pass by pass (rotation, the
-  inner round's read of the rotated rows, unrotation, signs, the rest), wall and process CPU
-  time, paired with the probe (a pause after the probe lets OpenBLAS's threads stop spinning).
+* ``--passes``: one round of ``ak.mean(ak.hadamard(inner))`` split pass by pass (the rotation,
+  the rotation plus the inner round's read of the rotated rows, the unrotation, the signs), wall
+  and process CPU time, at one and at two threads alternately, each round paired with the probe
+  (a pause after the probe lets OpenBLAS's threads stop spinning).
 
 Usage::
 
     python -m benchmarks.fwht_floor                  # peak, FWHT rates, the floor table
-    NUMBA_NUM_THREADS=1 python -m benchmarks.fwht_floor --passes sum --rounds 10
+    python -m benchmarks.fwht_floor --passes sum --rounds 10
 
 Run it alone (``flock`` the benchmark lock) and read ``uptime`` beside it: the peak figures are
 thread CPU time, so a busy sibling core lowers them only through shared caches and clocks.
@@ -221,7 +222,10 @@ def floor_table(peaks: dict, fwht: dict, probe: float) -> list[str]:
 
 
 def passes(inner_name: str, rounds: int) -> list[str]:
-    """One round split pass by pass, paired with the probe (medians over ``rounds``)."""
+    """One round split pass by pass at one and at two threads, alternately in one run, each round
+    paired with the probe: best and median wall, median process CPU (ms)."""
+    import numba
+
     import aggkit as ak
     from aggkit import kernels
     from benchmarks.summary import _data, _round
@@ -246,57 +250,53 @@ def passes(inner_name: str, rounds: int) -> list[str]:
                 entry[1] += time.process_time() - cpu
 
         setattr(owner, name, timed)
-        return original
+        return owner, name, original
 
     originals = [
-        (kernels.hadamard, "rotate_rows", wrap(kernels.hadamard, "rotate_rows", "rotate")),
-        (kernels.hadamard, "unrotate", wrap(kernels.hadamard, "unrotate", "unrotate")),
-        (hmod._HadamardRound, "_get_signs", wrap(hmod._HadamardRound, "_get_signs", "signs")),
-        (hmod._HadamardRound, "add", wrap(hmod._HadamardRound, "add", "add (all chunks)")),
+        wrap(kernels.hadamard, "rotate_rows", "rotation (rotate_rows)"),
+        wrap(hmod._HadamardRound, "add", "rotation + inner round (add)"),
+        wrap(kernels.hadamard, "unrotate", "unrotation"),
+        wrap(hmod._HadamardRound, "_get_signs", "signs"),
     ]
-    fused = getattr(kernels.hadamard, "rotate_sum_rows", None)
-    if fused is not None:
-        originals.append(
-            (
-                kernels.hadamard,
-                "rotate_sum_rows",
-                wrap(kernels.hadamard, "rotate_sum_rows", "fused"),
-            )
-        )
+    counts = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
+    records: dict[int, list[dict]] = {t: [] for t in counts}
     try:
-        run()
-        rows, probes, totals = [], [], []
-        for _ in range(rounds):
-            time.sleep(0.15)  # OpenBLAS's threads spin about 45 ms after a call
-            start = time.perf_counter()
-            w32 @ matrix
-            probes.append(time.perf_counter() - start)
-            time.sleep(0.15)
-            spent.clear()
-            wall, cpu = time.perf_counter(), time.process_time()
+        for threads in counts:
+            numba.set_num_threads(threads)
             run()
-            totals.append((time.perf_counter() - wall, time.process_time() - cpu))
-            rows.append({k: tuple(v) for k, v in spent.items()})
+        for _ in range(rounds):
+            for threads in counts:
+                numba.set_num_threads(threads)
+                time.sleep(0.15)  # OpenBLAS's threads spin about 45 ms after a call
+                start = time.perf_counter()
+                w32 @ matrix
+                probe = time.perf_counter() - start
+                time.sleep(0.15)
+                spent.clear()
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                record = {k: tuple(v) for k, v in spent.items()}
+                record["whole round"] = (time.perf_counter() - wall, time.process_time() - cpu)
+                record["probe"] = (probe, probe)
+                records[threads].append(record)
     finally:
         for owner, name, original in originals:
             setattr(owner, name, original)
-    ratio = statistics.median(p / t[0] for p, t in zip(probes, totals, strict=True))
-    lines = [
-        f"threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}, inner {inner_name}: "
-        f"probe {min(probes) * 1e3:.2f} ms best, round {min(t[0] for t in totals) * 1e3:.1f} ms "
-        f"best / {statistics.median(t[0] for t in totals) * 1e3:.1f} median, "
-        f"{ratio:.3f}x probe (median of pairs)",
-        "| pass | wall ms (median) | process CPU ms (median) |",
-        "|---|---:|---:|",
-    ]
-    for key in rows[0]:
-        walls = [r[key][0] * 1e3 for r in rows if key in r]
-        cpus = [r[key][1] * 1e3 for r in rows if key in r]
-        lines.append(f"| {key} | {statistics.median(walls):.2f} | {statistics.median(cpus):.2f} |")
-    lines.append(
-        f"| whole round | {statistics.median(t[0] for t in totals) * 1e3:.2f} | "
-        f"{statistics.median(t[1] for t in totals) * 1e3:.2f} |"
-    )
+    lines = []
+    for threads, rows in records.items():
+        ratio = statistics.median(r["probe"][0] / r["whole round"][0] for r in rows)
+        lines += [
+            f"{threads} thread(s), inner {inner_name}: {ratio:.3f}x probe (median of pairs)",
+            "| pass | best wall ms | median wall ms | median process CPU ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for key in rows[0]:
+            walls = [r[key][0] * 1e3 for r in rows]
+            cpus = [r[key][1] * 1e3 for r in rows]
+            lines.append(
+                f"| {key} | {min(walls):.2f} | {statistics.median(walls):.2f} | "
+                f"{statistics.median(cpus):.2f} |"
+            )
     return lines
 
 
@@ -305,6 +305,9 @@ def main() -> None:
     parser.add_argument("--passes", choices=["sum", "quantized_sum"], help="profile one round")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    from benchmarks.slow_paths import _cpu_jiffies, steal_percent
+
+    jiffies = _cpu_jiffies()
     print(f"load {os.getloadavg()}", flush=True)
     if args.passes:
         print("\n".join(passes(args.passes, args.rounds)))
@@ -319,7 +322,7 @@ def main() -> None:
         fwht = fwht_rates()
         print("FWHT element-stages per ns: " + ", ".join(f"{k} {v:.1f}" for k, v in fwht.items()))
         print("\n".join(floor_table(peaks, fwht, probe_ms())))
-    print(f"load {os.getloadavg()}")
+    print(f"load {os.getloadavg()}, host steal {steal_percent(jiffies, _cpu_jiffies())}%")
 
 
 if __name__ == "__main__":
