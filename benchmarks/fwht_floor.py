@@ -140,6 +140,18 @@ def peak_rates(calls: int = 200_000) -> dict:
     return out
 
 
+def _repeated(kernel):
+    """``(x, count)``: ``count`` calls of ``kernel(x)`` in compiled code (a call from Python costs
+    a good part of a 4,096-value transform)."""
+
+    @njit(nogil=True)
+    def repeat(x, count):
+        for _ in range(count):
+            kernel(x)
+
+    return repeat
+
+
 def fwht_rates(reps: int = 30) -> dict:
     """Element-stages per ns of the FWHT (one thread, thread CPU time)."""
     hk = importlib.import_module("aggkit.kernels.hadamard")
@@ -164,7 +176,8 @@ def fwht_rates(reps: int = 30) -> dict:
     def rotate():
         hk._rotate_once(rows[next(counter) % 100], dst, signs, inv, True)
 
-    l1 = best(lambda: [hk._fwht_serial(small) for _ in range(128)])
+    repeat = _repeated(hk._fwht_serial)
+    l1 = best(lambda: repeat(small, 128))
     return {
         "l1_4096": 128 * 4096 * 12 / l1 / 1e9,
         "vector_2**19": (1 << 19) * 19 / best(lambda: hk._fwht_serial(large)) / 1e9,
@@ -218,7 +231,28 @@ def floor_table(peaks: dict, fwht: dict, probe: float) -> list[str]:
     for name, rate in rates.items():
         cpu = stages / rate / 1e6  # ms
         lines.append(f"| {name} | {rate:.1f} | {cpu:.1f} ms | {probe / (cpu / 2):.2f}x |")
+    # Memory: a padded float32 row of the largest layer (2 MiB) does not fit a 1 MiB L2, so each
+    # rotated row goes out to the shared cache or memory and comes back once, at the least.
+    client, rotated = round_bytes()
+    share = rotated / client
+    lines += [
+        f"client matrix {client / 1e6:.1f} MB (one probe), rotated rows {rotated / 1e6:.1f} MB "
+        f"({share:.2f} probes each way): reading the matrix and writing and reading the rotated "
+        f"rows once moves {1 + 2 * share:.2f} probes of data, so a round is at most "
+        f"{1 / (1 + 2 * share):.2f}x the probe with no arithmetic at all "
+        f"({1 / (1 + 3 * share):.2f}x when a second pass reads the rotated rows, as the quantized "
+        "sum's statistics do)",
+    ]
     return lines
+
+
+def round_bytes(n: int = 431_080, k: int = 100) -> tuple[int, int]:
+    """Bytes of the float32 client matrix and of its rotated (padded) rows."""
+    from benchmarks.bench_robust import layer_shapes
+
+    hk = importlib.import_module("aggkit.kernels.hadamard")
+    padded = sum(hk.padded_size(int(np.prod(shape))) for shape in layer_shapes(n))
+    return 4 * k * n, 4 * k * padded
 
 
 def passes(inner_name: str, rounds: int) -> list[str]:
@@ -304,6 +338,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", choices=["sum", "quantized_sum"], help="profile one round")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--probe-ms", type=float, help="the probe's time to divide by (default: measured here)"
+    )
     args = parser.parse_args()
     from benchmarks.slow_paths import _cpu_jiffies, steal_percent
 
@@ -321,7 +358,8 @@ def main() -> None:
             )
         fwht = fwht_rates()
         print("FWHT element-stages per ns: " + ", ".join(f"{k} {v:.1f}" for k, v in fwht.items()))
-        print("\n".join(floor_table(peaks, fwht, probe_ms())))
+        probe = args.probe_ms if args.probe_ms else probe_ms()
+        print("\n".join(floor_table(peaks, fwht, probe)))
     print(f"load {os.getloadavg()}, host steal {steal_percent(jiffies, _cpu_jiffies())}%")
 
 
