@@ -202,6 +202,20 @@ def test_log_and_trig_polynomials_are_accurate():
         assert rng._cos_sin_turns(t) == tuple(float(a[0]) for a in rng._cos_sin_turns_numpy([t]))
 
 
+@given(st.integers(0, 63), st.integers(1, 2**53))
+def test_log_unit_kernel_is_its_twin_at_every_scaling_step(exponent, mantissa):
+    """``t = mantissa * 2**-53 * 2**-exponent`` in (2**-117, 1], taken up to (2**-64, 1]: every
+    combination of the seven power-of-two steps (branch-free selects in the kernel)."""
+    t = max(math.ldexp(mantissa, -53 - exponent), 2.0**-64 * (1 + 2.0**-52))
+    assert rng._log_unit(t) == rng._log_unit_numpy(np.array([t]))[0]
+
+
+@given(st.integers(0, 2**53 - 1))
+def test_cos_sin_turns_kernel_is_its_twin_in_every_quadrant(m):
+    v = m * 2.0**-53
+    assert rng._cos_sin_turns(v) == tuple(float(a[0]) for a in rng._cos_sin_turns_numpy([v]))
+
+
 # --------------------------------------------------------------------------------------------
 # Keys
 # --------------------------------------------------------------------------------------------
