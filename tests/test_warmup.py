@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _LISTENER = """
 from numba.core import event
 compiled = []
+internal = []  # numba's own implementations compiled on the way (np.empty's, say)
 
 class Listener(event.Listener):
     def on_start(self, ev):
@@ -26,6 +27,8 @@ class Listener(event.Listener):
         func = getattr(ev.data["dispatcher"], "py_func", None)
         if func is not None and func.__module__.startswith("aggkit."):
             compiled.append(func.__qualname__.rsplit(".", 1)[-1])
+        elif func is not None:
+            internal.append(func.__module__ + "." + func.__qualname__)
 
 event.register("numba:compile", Listener())
 """
@@ -141,10 +144,11 @@ for clients, sizes in ((8, (30000,)), (7, (30000, 10))):
     found.append(compiled[:])
     compiled.clear()
 from aggkit.kernels import discretize, quantize
-flags = [str(s[-1]) for s in discretize._code.signatures]
+helpers = (discretize._code_fast, discretize._code_general)
+codes = [h.py_func.__qualname__ for h in helpers for _ in h.signatures]
 helpers = (quantize._chunk_words16, quantize._chunk_words32)
 words = [h.py_func.__qualname__ for h in helpers for _ in h.signatures]
-print(json.dumps([found, flags, words]))
+print(json.dumps([found, codes, words, internal]))
 """
 )
 
@@ -152,17 +156,19 @@ print(json.dumps([found, flags, words]))
 @pytest.mark.slow
 def test_a_round_compiles_only_the_kernel_paths_it_takes():
     env = dict(os.environ, PYTHONPATH=str(ROOT), AGGKIT_NUMBA_CACHE="0")
-    (first, second), flags, words = _json_of(_PATHS, env)
+    (first, second), codes, words, internal = _json_of(_PATHS, env)
     # Four active rows at a time, every tensor quantized with 16-bit uniforms, the fast code.
     assert "_quantized_row_sum_u16" in first and "_discretize_float" in first
-    for unused in ("_accumulate_levels", "_accumulate_exact", "_chunk_words32"):
+    for unused in ("_accumulate_levels", "_accumulate_exact", "_chunk_words32", "_code_general"):
         assert unused not in first
-    assert first.count("_code") == 1  # one form of the secure sum's code
-    # The flags that pick a branch of the helpers are compile-time constants, never runtime
-    # values that would keep both branches in the loop.
-    assert flags and all(flag.startswith("Literal[bool]") for flag in flags)
-    # The random-word helper of the one uniform width used, from its closure factory.
+    # One form of the secure sum's code and the random-word helper of the one uniform width
+    # used, each from its closure factory (not a helper taking a flag, whose branches numba
+    # would type and lower both).
+    assert codes == ["_code_fast"] and first.count("_code_fast") == 1
     assert words == ["_chunk_words16"]
+    # The kernels allocate nothing (their scratch comes from run_tasks): no np.empty or
+    # np.zeros implementation of numba's compiles, nor anything else of numba's own.
+    assert internal == []
     # Three rows left over and a tensor summed exactly: the kernels with those paths.
     assert "_quantized_row_sum_u16_rem_exact" in second and "_discretize_float_rem" in second
     assert "_accumulate_levels" in second and "_accumulate_exact" in second

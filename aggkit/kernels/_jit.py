@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numba
+import numpy as np
 
 __all__ = [
     "CACHE",
@@ -46,6 +47,7 @@ __all__ = [
     "prepare_runtime",
     "run_tasks",
     "start_thread_pool",
+    "thread_scratch",
     "threads_for",
 ]
 
@@ -282,13 +284,25 @@ class _Job:
     shared with another process) holds at most an eighth of the work at two threads.
     """
 
-    __slots__ = ("args", "done", "error", "function", "lock", "next", "pending", "threads", "total")
+    __slots__ = (
+        "args",
+        "done",
+        "error",
+        "function",
+        "lock",
+        "next",
+        "pending",
+        "scratch",
+        "threads",
+        "total",
+    )
 
-    def __init__(self, function, total, threads, args):
+    def __init__(self, function, total, threads, args, scratch=None):
         self.function = function
         self.total = total
         self.threads = threads
         self.args = args
+        self.scratch = scratch
         self.lock = threading.Lock()
         self.next = 0
         self.pending = total
@@ -302,14 +316,19 @@ class _Job:
         """Run ranges until none is left (or ``ranges`` of them)."""
         total, threads, lock = self.total, self.threads, self.lock
         longest = total // (4 * threads)
+        args = None
         while ranges is None or ranges > 0:
             with lock:
                 first = self.next
                 if first >= total:
                     return
                 stop = self.next = first + max(1, min(longest, (total - first) // (2 * threads)))
+            if args is None:  # this thread's scratch, once it has work
+                args = self.args
+                if self.scratch is not None:
+                    args = (*args, thread_scratch(*self.scratch))
             try:
-                self.function(first, stop, *self.args)
+                self.function(first, stop, *args)
             except BaseException as error:  # re-raised by the caller
                 self.error = self.error or error
             with lock:
@@ -357,7 +376,43 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_helpers_after_fork)
 
 
-def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> None:
+#: Each thread's scratch arrays by (shape, dtype): see :func:`thread_scratch`.
+_scratch = threading.local()
+#: Scratch arrays a thread keeps (the oldest goes first).
+_SCRATCH_KEYS = 8
+
+
+def thread_scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """This thread's scratch array of ``shape`` and ``dtype``: uninitialized, and the same array
+    on every call from this thread with the same shape and dtype (until eight others were asked
+    for).
+
+    For :func:`run_tasks`' ``scratch``: a kernel that needs a buffer gets one from its caller
+    instead of allocating it. Every ``np.empty`` or ``np.zeros`` in a kernel is a compilation of
+    its own with an empty cache, and the first one of a process also pays for numba's array
+    allocation code (together 0.2-0.25 s of CPU time of ``compression_aggregator()``'s and
+    ``secure_aggregator()``'s first rounds; ``docs/benchmarks-history.md``, "Cold start", fourth
+    pass); warm, the round allocates nothing.
+    """
+    arrays = getattr(_scratch, "arrays", None)
+    if arrays is None:
+        arrays = _scratch.arrays = {}
+    key = (tuple(shape), np.dtype(dtype))
+    buf = arrays.get(key)
+    if buf is None:
+        if len(arrays) >= _SCRATCH_KEYS:
+            del arrays[next(iter(arrays))]
+        buf = arrays[key] = np.empty(key[0], key[1])
+    return buf
+
+
+def run_tasks(
+    function,
+    num_tasks: int,
+    *args,
+    elements: int | None = None,
+    scratch: tuple[tuple[int, ...], object] | None = None,
+) -> None:
     """Call the serial kernel ``function(first, stop, *args)`` over tasks ``0 .. num_tasks - 1``.
 
     The calling thread and up to ``numba.get_num_threads() - 1`` helper threads take contiguous
@@ -369,6 +424,11 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
     The thread count follows numba's (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``,
     :func:`threads_for`), capped at ``num_tasks`` and, given the ``elements`` the call reads, at
     one thread per :data:`MIN_ELEMENTS_PER_THREAD`.
+
+    With ``scratch=(shape, dtype)``, each thread passes its own :func:`thread_scratch` array of that
+    shape and dtype as one more argument, ``function(first, stop, *args, buf)``: uninitialized
+    (whatever an earlier call left there), so the kernel writes before it reads. Which thread
+    runs a task, and so which buffer it gets, must not change a result.
 
     Example
     -------
@@ -388,10 +448,12 @@ def run_tasks(function, num_tasks: int, *args, elements: int | None = None) -> N
     threads = min(numba.get_num_threads(), num_tasks)
     if elements is not None:
         threads = min(threads, max(1, int(elements) // MIN_ELEMENTS_PER_THREAD))
+    if scratch is not None and threads <= 1:
+        args = (*args, thread_scratch(*scratch))
     if threads <= 1:
         function(0, num_tasks, *args)
         return
-    job = _Job(function, num_tasks, threads, args)
+    job = _Job(function, num_tasks, threads, args, scratch)
     if not getattr(function, "overloads", True):
         # A kernel's first call compiles it: in the calling thread (the helpers would wait).
         job.work(ranges=1)

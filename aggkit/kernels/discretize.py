@@ -87,37 +87,51 @@ _FAST_LIMIT = 2.0**40
 # -- float rows ----------------------------------------------------------------------------------
 
 
-@kernel(helper=True)
-def _code(v, lo, hi, scale, low, high, shift, general):  # pragma: no cover - compiled
-    """The code of one float64 value, as a float64 integer; NaN for NaN.
+def _code_form(general: bool):
+    """The helper that gives the code of one float64 value, as a float64 integer; NaN for NaN.
 
-    ``general=False`` (the fast form) returns ``code + low`` with ``low = rint(lo * scale)`` and
-    ``high = min(rint(hi * scale), low + 2**32 - 1)``: clipping ``v`` and then scaling and
-    rounding equals scaling and rounding and then clipping (all three are monotone), so the code
-    is ``min(max(rint(v * scale), low), high) - low``; the caller subtracts ``low`` once per sum.
-    This is exact when ``scale > 0`` and ``|lo * scale|``, ``|hi * scale|`` are far below
-    ``2**53``, so that no saturation can act and every rounded product is an exact double.
+    ``general=False`` (the fast form, ``_code_fast``) returns ``code + low`` with
+    ``low = rint(lo * scale)`` and ``high = min(rint(hi * scale), low + 2**32 - 1)``: clipping
+    ``v`` and then scaling and rounding equals scaling and rounding and then clipping (all three
+    are monotone), so the code is ``min(max(rint(v * scale), low), high) - low``; the caller
+    subtracts ``low`` once per sum. This is exact when ``scale > 0`` and ``|lo * scale|``,
+    ``|hi * scale|`` are far below ``2**53``, so that no saturation can act and every rounded
+    product is an exact double.
 
-    ``general=True`` follows the definition literally: clip, saturating int64 casts, and the
-    unsigned difference with ``shift`` (a uint64 holding ``sat64(rint(lo * scale))``).
+    ``general=True`` (``_code_general``) follows the definition literally: clip, saturating
+    int64 casts, and the unsigned difference with ``shift`` (a uint64 holding
+    ``sat64(rint(lo * scale))``).
+
+    ``general`` is a constant of the closure, so numba prunes the other form before it types it:
+    a secure sum compiles one form (with a literal argument numba typed and lowered both).
     """
-    if not general:
-        return min2(max2(np.rint(v * scale), low), high)
-    v = min2(max2(v, lo), hi)
-    t = np.rint(v * scale)
-    if t >= _TWO_63:
-        a = np.int64(INT64_MAX)
-    elif t >= -_TWO_63:
-        a = np.int64(t)
-    else:  # below the int64 range, or NaN
-        a = np.int64(INT64_MIN)
-    u = np.uint64(a) - shift
-    if u > np.uint64(MAX_CODE):
-        u = np.uint64(MAX_CODE)
-    code = np.float64(u)
-    if v != v:
-        code = v
-    return code
+
+    def _code(v, lo, hi, scale, low, high, shift):  # pragma: no cover - compiled
+        if not general:
+            return min2(max2(np.rint(v * scale), low), high)
+        v = min2(max2(v, lo), hi)
+        t = np.rint(v * scale)
+        if t >= _TWO_63:
+            a = np.int64(INT64_MAX)
+        elif t >= -_TWO_63:
+            a = np.int64(t)
+        else:  # below the int64 range, or NaN
+            a = np.int64(INT64_MIN)
+        u = np.uint64(a) - shift
+        if u > np.uint64(MAX_CODE):
+            u = np.uint64(MAX_CODE)
+        code = np.float64(u)
+        if v != v:
+            code = v
+        return code
+
+    _code.__qualname__ = f"_code_{'general' if general else 'fast'}"
+    return kernel(_code, helper=True)
+
+
+# The two forms as module-level helpers (nothing compiles until a kernel that calls one does).
+_code_fast = _code_form(general=False)
+_code_general = _code_form(general=True)
 
 
 @kernel(helper=True)
@@ -131,12 +145,13 @@ def _count_inf(x):  # pragma: no cover - compiled
 
 @kernel(inline=True)
 def _four_rows(
-    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, general
+    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, code
 ):  # pragma: no cover - compiled
     """Add the codes of four rows into ``total``; their counts above ``hi`` and below ``lo``.
 
-    Called with a literal ``general``, so that each call site compiles one form: with a runtime
-    flag, LLVM computed both forms for every element and blended them (twice the work)."""
+    ``code`` is one form of the code (``_code_fast`` or ``_code_general``), chosen by the
+    kernel's closure: with a runtime flag picking the form, LLVM computed both forms for every
+    element and blended them (twice the work)."""
     a0 = a1 = a2 = a3 = 0
     b0 = b1 = b2 = b3 = 0
     for j in range(total.shape[0]):
@@ -152,23 +167,23 @@ def _four_rows(
         b1 += v1 < lo
         b2 += v2 < lo
         b3 += v3 < lo
-        q0 = _code(v0, lo, hi, scale, low, high, shift, general)
-        q1 = _code(v1, lo, hi, scale, low, high, shift, general)
-        q2 = _code(v2, lo, hi, scale, low, high, shift, general)
-        q3 = _code(v3, lo, hi, scale, low, high, shift, general)
+        q0 = code(v0, lo, hi, scale, low, high, shift)
+        q1 = code(v1, lo, hi, scale, low, high, shift)
+        q2 = code(v2, lo, hi, scale, low, high, shift)
+        q3 = code(v3, lo, hi, scale, low, high, shift)
         total[j] += (q0 + q1) + (q2 + q3)
     return a0, a1, a2, a3, b0, b1, b2, b3
 
 
 @kernel(inline=True)
-def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general):  # pragma: no cover
+def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, code):  # pragma: no cover
     """:func:`_four_rows` for one row."""
     a0 = b0 = 0
     for j in range(total.shape[0]):
         v0 = c0 * np.float64(x0[j])
         a0 += v0 > hi
         b0 += v0 < lo
-        total[j] += _code(v0, lo, hi, scale, low, high, shift, general)
+        total[j] += code(v0, lo, hi, scale, low, high, shift)
     return a0, b0
 
 
@@ -176,7 +191,7 @@ def _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general):  # pragma
 def _float_kernel(general: bool, remainder: bool):
     """The float pass for one case, compiled only when a sum first needs it.
 
-    ``general`` (the literal form of :func:`_code`, for ranges the fast form cannot take) and
+    ``general`` (the literal form of the code, for ranges the fast form cannot take) and
     ``remainder`` (the active rows are not a multiple of four: the last ones go one at a time)
     are constants of the closure, so numba prunes the branches a case does not take before it
     types them: a secure sum compiles one form of the code and the one-row loop only when it has
@@ -184,6 +199,8 @@ def _float_kernel(general: bool, remainder: bool):
     ``secure_aggregator()``'s first round with an empty cache). numba's disk cache keys closures
     on their cells' values, so the cases are cached side by side.
     """
+
+    code = _code_general if general else _code_fast
 
     def _discretize_float(
         first,
@@ -201,6 +218,7 @@ def _float_kernel(general: bool, remainder: bool):
         flags,
         nan_columns,
         block,
+        buffer,
     ):  # pragma: no cover - compiled
         n = matrix.shape[1]
         num_rows = rows.shape[0]
@@ -214,7 +232,11 @@ def _float_kernel(general: bool, remainder: bool):
             m = stop - start
             # Codes (plus low) are integers, and the wrapper bounds the rows per call so that
             # their float64 sums stay below 2**53 and exact; they convert to int64 once per block.
-            total = np.zeros(m)
+            # The block's sums go to this thread's float64[block] scratch (run_tasks' scratch:
+            # an np.zeros here would be three compilations of numba's allocation code).
+            total = buffer[:m]
+            for j in range(m):
+                total[j] = 0.0
             i = 0
             while i + 4 <= num_rows:
                 x0 = matrix[rows[i], start:stop]
@@ -225,10 +247,9 @@ def _float_kernel(general: bool, remainder: bool):
                 c1 = coef[rows[i + 1]]
                 c2 = coef[rows[i + 2]]
                 c3 = coef[rows[i + 3]]
-                # `general` is a constant of the closure: numba types it as a literal, and
-                # compiles one form of the code.
+                # `code` is a constant of the closure: the one form of the code this case uses.
                 a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
-                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, general
+                    x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, code
                 )
                 flags[b, i, 0] = a0
                 flags[b, i + 1, 0] = a1
@@ -253,7 +274,7 @@ def _float_kernel(general: bool, remainder: bool):
                 while i < num_rows:
                     x0 = matrix[rows[i], start:stop]
                     c0 = coef[rows[i]]
-                    a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, general)
+                    a0, b0 = _one_row(x0, c0, total, lo, hi, scale, low, high, shift, code)
                     flags[b, i, 0] = a0
                     flags[b, i, 1] = b0
                     if a0 + b0:
@@ -331,7 +352,7 @@ def discretize_sum(
         float64 weight column of ``secure_aggregator``, for one).
     max_code : int
         The largest code, ``2**b - 1`` for ``b``-bit codes (default 32 bits); codes are clamped
-        to it. Below 32 bits, the literal form (ranges far from 0, see :func:`_code`) runs in
+        to it. Below 32 bits, the literal form (ranges far from 0, see :func:`_code_form`) runs in
         the NumPy twin, so the compiled kernel keeps its one clamp.
 
     Returns
@@ -393,6 +414,7 @@ def discretize_sum(
             chunk,
             nan_columns,
             block,
+            scratch=((block,), np.float64),
         )
         partials[:, part] = chunk
     if nan_columns.any():  # rare (an error for the caller): count NaN and Inf per row exactly

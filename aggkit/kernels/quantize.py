@@ -94,6 +94,8 @@ _S16 = np.uint64(16)
 _WORD_MASK = np.uint64((1 << WORD_BITS) - 1)
 _WORD_BITS_U = np.uint64(WORD_BITS)
 _ZERO = np.uint64(0)
+#: Where row ``k`` of a chunk's random numbers starts in its flat buffer (``k * BLOCKS``).
+_ROW1, _ROW2, _ROW3, _ROW4, _ROW5, _ROW6, _ROW7 = (np.uint64(k * BLOCKS) for k in range(1, 8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,48 +111,40 @@ def _level(v, lo, scale, word, inv, top):  # pragma: no cover - compiled
 
 def _chunk_words_helper(short: bool):
     """The helper that writes blocks ``256 * chunk + b`` (``b < count``) of stream ``key`` into
-    ``words[:, b]``: ``_chunk_words16`` (``short``) or ``_chunk_words32``.
+    ``words``: ``_chunk_words16`` (``short``) or ``_chunk_words32``.
 
-    ``words`` is ``uint32[4, 256]`` (word ``k`` of a block to row ``k``) or, when ``short``,
-    ``uint32[8, 256]`` (the low then the high 16 bits of word ``k`` to rows ``2k`` and ``2k + 1``;
-    kept as uint32, which the rounding loop converts in one instruction);
-    ``words.reshape(-1)[r]`` is then the random number of element ``r`` of the chunk. ``short`` is
-    a constant of the closure, so numba types and lowers only its branch (with a literal
-    argument it would lower both, each with its own inlined ``mix_block``).
+    ``words`` is a flat ``uint32[4 * 256]`` (word ``k`` of block ``b`` at ``k * 256 + b``) or,
+    when ``short``, ``uint32[8 * 256]`` (the low then the high 16 bits of word ``k`` at
+    ``2k * 256 + b`` and ``(2k + 1) * 256 + b``; kept as uint32, which the rounding loop converts
+    in one instruction); ``words[r]`` is then the random number of element ``r`` of the chunk.
+    Flat, at unsigned offsets: no reshape in the callers and no row views here, each a piece of
+    code for numba to compile. ``short`` is a constant of the closure, so numba types and lowers
+    only its branch (with a literal argument it would lower both, each with its own inlined
+    ``mix_block``).
     """
 
     def _chunk_words(key, chunk, count, words):  # pragma: no cover - compiled
         first = chunk * BLOCKS
         if short:
-            h0 = words[0]
-            h1 = words[1]
-            h2 = words[2]
-            h3 = words[3]
-            h4 = words[4]
-            h5 = words[5]
-            h6 = words[6]
-            h7 = words[7]
             for b in range(count):
                 w0, w1, w2, w3 = mix_block(key, first + b)
-                h0[b] = w0 & _M16
-                h1[b] = w0 >> _S16
-                h2[b] = w1 & _M16
-                h3[b] = w1 >> _S16
-                h4[b] = w2 & _M16
-                h5[b] = w2 >> _S16
-                h6[b] = w3 & _M16
-                h7[b] = w3 >> _S16
+                j = np.uint64(b)
+                words[j] = w0 & _M16
+                words[j + _ROW1] = w0 >> _S16
+                words[j + _ROW2] = w1 & _M16
+                words[j + _ROW3] = w1 >> _S16
+                words[j + _ROW4] = w2 & _M16
+                words[j + _ROW5] = w2 >> _S16
+                words[j + _ROW6] = w3 & _M16
+                words[j + _ROW7] = w3 >> _S16
         else:
-            w0s = words[0]
-            w1s = words[1]
-            w2s = words[2]
-            w3s = words[3]
             for b in range(count):
                 w0, w1, w2, w3 = mix_block(key, first + b)
-                w0s[b] = w0
-                w1s[b] = w1
-                w2s[b] = w2
-                w3s[b] = w3
+                j = np.uint64(b)
+                words[j] = w0
+                words[j + _ROW1] = w1
+                words[j + _ROW2] = w2
+                words[j + _ROW3] = w3
 
     _chunk_words.__qualname__ = f"_chunk_words{16 if short else 32}"
     return kernel(_chunk_words, helper=True)
@@ -234,14 +228,13 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
         top,
         inv,
         acc,
+        flat,
     ):  # pragma: no cover - compiled
         num_rows = rows.shape[0]
         chunk_size = BLOCKS * per_block
-        # The only scratch: one random-number buffer per row of a group of four. (The rows'
-        # keys and parameters come from the caller, so no other array is allocated here: each
-        # np.empty of a new shape or dtype is one more compilation.)
-        flat = np.empty((4, chunk_size), dtype=np.uint32)
-        words = flat.reshape(4, per_block, BLOCKS)
+        # The scratch, uint32[4, chunk_size]: one random-number buffer per row of a group of
+        # four, this thread's (run_tasks' scratch). The rows' keys and parameters come from the
+        # caller too, so the kernel allocates nothing: each np.empty is one more compilation.
         for task in range(first_task, stop_task):
             t = task_tensor[task]
             first = task_start[task]
@@ -270,9 +263,9 @@ def _row_sum_kernel(short: bool, remainder: bool, exact: bool):
                     out = acc[start:stop]
                     for k in range(group):
                         if short:
-                            _chunk_words16(keys[t, ii + k], chunk, count, words[k])
+                            _chunk_words16(keys[t, ii + k], chunk, count, flat[k])
                         else:
-                            _chunk_words32(keys[t, ii + k], chunk, count, words[k])
+                            _chunk_words32(keys[t, ii + k], chunk, count, flat[k])
                     if group == 4:
                         _accumulate_levels4(
                             matrix[rows[ii], start:stop],
@@ -308,13 +301,12 @@ def _stochastic_levels(x, coef, lo, scale, top, per_block, inv, key, out):  # pr
         start = chunk * chunk_size
         stop = min2(start + chunk_size, n)
         m = stop - start
-        words = np.empty((per_block, BLOCKS), dtype=np.uint32)
+        words = np.empty(chunk_size, dtype=np.uint32)
         if per_block == 8:
             _chunk_words16(key, chunk, min2(m, BLOCKS), words)
         else:
             _chunk_words32(key, chunk, min2(m, BLOCKS), words)
-        w = words.reshape(chunk_size)[:m]
-        _store_levels(x[start:stop], w, coef, lo, scale, inv, top, out[start:stop])
+        _store_levels(x[start:stop], words[:m], coef, lo, scale, inv, top, out[start:stop])
 
 
 # Packing works on groups of values that fill whole words: g values of b bits are g * b / 28
@@ -537,6 +529,7 @@ def quantized_row_sum(
             top,
             inv,
             acc,
+            scratch=((4, BLOCKS * per_block), np.uint32),
         )
     return acc
 

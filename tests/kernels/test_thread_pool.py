@@ -189,6 +189,36 @@ def test_run_tasks_gives_small_work_one_thread():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_tasks_scratch_is_each_threads_own_buffer_reused_across_calls(threads):
+    """``scratch=(shape, dtype)``: one more argument, this thread's array of that shape and dtype
+    (no two threads share one; the same array again on the next call), uninitialized."""
+    import threading
+
+    import numpy as np
+
+    seen: dict = {}
+    lock = threading.Lock()
+
+    def function(first, stop, out, buf):
+        with lock:
+            seen.setdefault(threading.current_thread().name, set()).add(id(buf))
+        assert buf.shape == (3, 5) and buf.dtype == np.uint32
+        for t in range(first, stop):
+            buf[0, 0] = t  # a task writes its scratch before it reads it
+            out[t] = buf[0, 0] + 1
+
+    out = np.zeros(64)
+    with _jit.threads_for(threads):
+        for _ in range(3):
+            _jit.run_tasks(function, 64, out, scratch=((3, 5), np.uint32))
+    assert np.array_equal(out, np.arange(64) + 1.0)
+    assert all(len(ids) == 1 for ids in seen.values())  # one buffer per thread, every call
+    assert len(set().union(*seen.values())) == len(seen)  # and no buffer shared by two threads
+    assert next(iter(seen["MainThread"])) == id(_jit.thread_scratch((3, 5), np.uint32))
+    assert _jit.thread_scratch((3, 5), np.float64) is not _jit.thread_scratch((3, 5), np.uint32)
+
+
 def test_a_finished_run_tasks_call_keeps_no_reference_to_its_arrays(monkeypatch):
     """A job posted to helpers that never woke stays queued: it must not keep the call's arrays
     alive, or aggkit._buffers would see a free result buffer as held (a flaky buffer-reuse test
