@@ -341,8 +341,21 @@ def _block_nonfinite(v, acc):  # pragma: no cover
 
 @kernel(parallel=True)
 def _step_center_sq(
-    matrix, rows, row_coef, active, coef, keep, denominator, width, center, out, partial, distances
+    matrix,
+    flat,
+    rows,
+    row_coef,
+    active,
+    coef,
+    keep,
+    denominator,
+    width,
+    center,
+    out,
+    partial,
+    distances,
 ):  # pragma: no cover
+    """``flat`` is ``matrix.reshape(-1)``, from the caller (for ``add_rows``)."""
     n = matrix.shape[1]
     num_blocks = (n + width - 1) // width
     tasks = partial.shape[0]
@@ -355,7 +368,7 @@ def _step_center_sq(
             m = hi - lo
             for j in range(m):
                 acc[j] = 0.0
-            add_rows(matrix, rows, row_coef, acc, lo, hi)
+            add_rows(flat, n, rows, row_coef, acc, lo, hi)
             v = out[lo:hi]
             if keep == 0.0:  # the old center is not read
                 for j in range(m):
@@ -497,6 +510,7 @@ def center_step(
         with threads_for(tasks, elements=matrix.size):
             _step_center_sq(
                 matrix,
+                matrix.reshape(-1),
                 np.flatnonzero(row_coef).astype(np.int64),
                 np.ascontiguousarray(row_coef),
                 np.flatnonzero(coef).astype(np.int64),

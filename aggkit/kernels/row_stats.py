@@ -276,12 +276,12 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
     """
 
     def _row_stats_partials(
-        first, stop, matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits
+        first, stop, flat, flat_bits, n, groups, starts, ends, p_sq, p_abs, p_bits
     ):  # pragma: no cover - compiled
+        # flat and flat_bits: the matrix and its integer view in C order, from the caller (a
+        # reshape here is one more compilation of numba's reshape code with an empty cache);
+        # element j of row r's piece is flat[r * n + lo + j].
         num_tasks = starts.shape[0]
-        n = matrix.shape[1]
-        flat = matrix.reshape(-1)
-        flat_bits = bits.reshape(-1)
         for t in range(first, stop):
             g = t // num_tasks
             c = t - g * num_tasks
@@ -295,30 +295,33 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
             r5 = groups[g, 5]
             r6 = groups[g, 6]
             r7 = groups[g, 7]
+            m = hi - lo
             if wide or with_l1:
+                s0, s1, s2, s3 = r0 * n + lo, r1 * n + lo, r2 * n + lo, r3 * n + lo
+                s4, s5, s6, s7 = r4 * n + lo, r5 * n + lo, r6 * n + lo, r7 * n + lo
                 x0, x1, x2, x3 = (
-                    matrix[r0, lo:hi],
-                    matrix[r1, lo:hi],
-                    matrix[r2, lo:hi],
-                    matrix[r3, lo:hi],
+                    flat[s0 : s0 + m],
+                    flat[s1 : s1 + m],
+                    flat[s2 : s2 + m],
+                    flat[s3 : s3 + m],
                 )
                 x4, x5, x6, x7 = (
-                    matrix[r4, lo:hi],
-                    matrix[r5, lo:hi],
-                    matrix[r6, lo:hi],
-                    matrix[r7, lo:hi],
+                    flat[s4 : s4 + m],
+                    flat[s5 : s5 + m],
+                    flat[s6 : s6 + m],
+                    flat[s7 : s7 + m],
                 )
             if wide:
                 q = _sum_sq8(x0, x1, x2, x3, x4, x5, x6, x7)
                 a = _abs_max64_8(
-                    bits[r0, lo:hi],
-                    bits[r1, lo:hi],
-                    bits[r2, lo:hi],
-                    bits[r3, lo:hi],
-                    bits[r4, lo:hi],
-                    bits[r5, lo:hi],
-                    bits[r6, lo:hi],
-                    bits[r7, lo:hi],
+                    flat_bits[s0 : s0 + m],
+                    flat_bits[s1 : s1 + m],
+                    flat_bits[s2 : s2 + m],
+                    flat_bits[s3 : s3 + m],
+                    flat_bits[s4 : s4 + m],
+                    flat_bits[s5 : s5 + m],
+                    flat_bits[s6 : s6 + m],
+                    flat_bits[s7 : s7 + m],
                 )
             else:
                 # Element j of row r's piece is flat[r * n + lo + j]: unsigned offsets, so the
@@ -332,12 +335,10 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
                 o6 = np.uint64(r6 * n + lo)
                 o7 = np.uint64(r7 * n + lo)
                 if with_minmax:
-                    q, a, kn = _sum_sq_keys32_8(
-                        flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, hi - lo
-                    )
+                    q, a, kn = _sum_sq_keys32_8(flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, m)
                 else:
                     q, a, kn = _sum_sq_abs_max32_8(
-                        flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, hi - lo
+                        flat, flat_bits, o0, o1, o2, o3, o4, o5, o6, o7, m
                     )
             if with_l1:
                 s = _sum_abs8(x0, x1, x2, x3, x4, x5, x6, x7)
@@ -349,7 +350,7 @@ def _partials_kernel(wide: bool, with_l1: bool, with_minmax: bool):
                 if wide:
                     p_bits[r, c, 0] = a[k]
                     if with_minmax:
-                        kmin, kmax = _key_min_max64(bits[r, lo:hi])
+                        kmin, kmax = _key_min_max64(flat_bits[r * n + lo : r * n + hi])
                         p_bits[r, c, 1] = kmin
                         p_bits[r, c, 2] = kmax
                 elif with_minmax:
@@ -463,7 +464,8 @@ def row_stats(
         run_tasks(
             partials,
             len(groups) * num_tasks,
-            *(matrix, bits, groups, starts, ends, p_sq, p_abs, p_bits),
+            *(matrix.reshape(-1), bits.reshape(-1), matrix.shape[1], groups, starts, ends),
+            *(p_sq, p_abs, p_bits),
             elements=matrix.size,
         )
     sq = p_sq.sum(axis=1)

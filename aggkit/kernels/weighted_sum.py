@@ -56,24 +56,29 @@ _NO_QUOTIENT = np.zeros(0, np.float64)
 
 
 @kernel(inline=True)
-def add_rows(matrix, rows, coef, out, lo, hi):  # pragma: no cover
+def add_rows(flat, n, rows, coef, out, lo, hi):  # pragma: no cover
     """``out += sum_i coef[rows[i]] * matrix[rows[i], lo:hi]``, eight rows at a time, each column
     in row order (``((out + c0*x0) + c1*x1) + ...``); a device function of the kernels that sum
-    a block of columns (this module's and :mod:`aggkit.kernels.distances`)."""
+    a block of columns (this module's and :mod:`aggkit.kernels.distances`).
+
+    ``flat`` is the ``[K, n]`` matrix's values in C order (``matrix.reshape(-1)``): element ``j``
+    of row ``r``'s piece is ``flat[r * n + lo + j]``, read at unsigned offsets. numba cannot prove
+    a computed signed index non-negative and keeps a negative-index branch in the loop, which
+    stops LLVM from vectorizing it; unsigned offsets have no such branch, and they cost numba a
+    fraction of the code of eight row slices to lower (and LLVM to optimize), for the same loop.
+    """
     num_rows = rows.shape[0]
     m = hi - lo
     i = 0
     while i + 8 <= num_rows:
-        # Slices, not matrix[r][j] with a computed j: numba cannot prove j >= 0 and keeps a
-        # negative-index branch in the loop, which stops LLVM from vectorizing it.
-        x0 = matrix[rows[i], lo:hi]
-        x1 = matrix[rows[i + 1], lo:hi]
-        x2 = matrix[rows[i + 2], lo:hi]
-        x3 = matrix[rows[i + 3], lo:hi]
-        x4 = matrix[rows[i + 4], lo:hi]
-        x5 = matrix[rows[i + 5], lo:hi]
-        x6 = matrix[rows[i + 6], lo:hi]
-        x7 = matrix[rows[i + 7], lo:hi]
+        o0 = np.uint64(rows[i] * n + lo)
+        o1 = np.uint64(rows[i + 1] * n + lo)
+        o2 = np.uint64(rows[i + 2] * n + lo)
+        o3 = np.uint64(rows[i + 3] * n + lo)
+        o4 = np.uint64(rows[i + 4] * n + lo)
+        o5 = np.uint64(rows[i + 5] * n + lo)
+        o6 = np.uint64(rows[i + 6] * n + lo)
+        o7 = np.uint64(rows[i + 7] * n + lo)
         c0 = coef[rows[i]]
         c1 = coef[rows[i + 1]]
         c2 = coef[rows[i + 2]]
@@ -82,33 +87,36 @@ def add_rows(matrix, rows, coef, out, lo, hi):  # pragma: no cover
         c5 = coef[rows[i + 5]]
         c6 = coef[rows[i + 6]]
         c7 = coef[rows[i + 7]]
-        for j in range(m):
+        for jj in range(m):
+            j = np.uint64(jj)
             a = out[j]
-            a += c0 * x0[j]
-            a += c1 * x1[j]
-            a += c2 * x2[j]
-            a += c3 * x3[j]
-            a += c4 * x4[j]
-            a += c5 * x5[j]
-            a += c6 * x6[j]
-            a += c7 * x7[j]
+            a += c0 * flat[o0 + j]
+            a += c1 * flat[o1 + j]
+            a += c2 * flat[o2 + j]
+            a += c3 * flat[o3 + j]
+            a += c4 * flat[o4 + j]
+            a += c5 * flat[o5 + j]
+            a += c6 * flat[o6 + j]
+            a += c7 * flat[o7 + j]
             out[j] = a
         i += 8
     while i < num_rows:
-        x0 = matrix[rows[i], lo:hi]
+        o0 = np.uint64(rows[i] * n + lo)
         c0 = coef[rows[i]]
-        for j in range(m):
-            out[j] += c0 * x0[j]
+        for jj in range(m):
+            j = np.uint64(jj)
+            out[j] += c0 * flat[o0 + j]
         i += 1
 
 
 @kernel
 def _weighted_row_sum(
-    first, stop, matrix, rows, coef, acc, block, fresh, bits, top, quotient, denominator
+    first, stop, flat, rows, coef, acc, block, fresh, bits, top, quotient, denominator
 ):  # pragma: no cover
     """Blocks ``first .. stop - 1`` of the sum (:func:`aggkit.kernels._jit.run_tasks` runs the
-    blocks on threads: a serial kernel compiles in half a parallel one's time)."""
-    n = matrix.shape[1]
+    blocks on threads: a serial kernel compiles in half a parallel one's time). ``flat`` is the
+    matrix in C order, ``matrix.reshape(-1)`` from the caller (see :func:`add_rows`)."""
+    n = acc.shape[0]
     for b in range(first, stop):
         lo = b * block
         hi = min2(lo + block, n)
@@ -117,7 +125,7 @@ def _weighted_row_sum(
         if fresh:  # zero the block in cache, just before its rows are added
             for j in range(m):
                 out[j] = 0
-        add_rows(matrix, rows, coef, out, lo, hi)
+        add_rows(flat, n, rows, coef, out, lo, hi)
         if bits.shape[0]:  # while the block is in cache: its largest |value| as integer bits
             seg = bits[lo:hi]
             t = np.int64(0)
@@ -245,7 +253,7 @@ def weighted_row_sum(
     run_tasks(
         _weighted_row_sum,
         num_blocks,
-        matrix,
+        matrix.reshape(-1),
         rows,
         coef,
         acc,
