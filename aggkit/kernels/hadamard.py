@@ -325,7 +325,8 @@ def _vstages(x, h, limit, most):  # pragma: no cover - compiled
     ``limit``, ``h`` a multiple of the lanes), in passes of up to ``most``-point butterflies.
 
     Sixteen vectors at a stride of a few KiB fall into one L1 set, more than a 12-way L1 holds,
-    so passes outside an L1 block use at most 8 points."""
+    so passes outside an L1 block use at most 8 points. Callers pass ``most`` as ``np.intp(...)``:
+    a bare constant is typed as a literal, and numba compiled one copy per value (16 and 8)."""
     n = x.shape[0]
     while h < limit:
         points = _points(h, limit, most)
@@ -341,7 +342,7 @@ def _block_stages(block):  # pragma: no cover - compiled
     tile = lanes * lanes
     for t in range(0, block.shape[0], tile):
         _tile(block, t)
-    _vstages(block, tile, block.shape[0], 16)
+    _vstages(block, tile, block.shape[0], np.intp(16))
 
 
 @kernel
@@ -358,8 +359,8 @@ def _fwht_serial(x):  # pragma: no cover - compiled
         piece = x[s : s + segment]
         for b in range(0, segment, block):
             _block_stages(piece[b : b + block])
-        _vstages(piece, block, segment, 8)
-    _vstages(x, segment, n, 8)
+        _vstages(piece, block, segment, np.intp(8))
+    _vstages(x, segment, n, np.intp(8))
 
 
 @kernel(parallel=True)
@@ -377,7 +378,7 @@ def _fwht_parallel(x):  # pragma: no cover - compiled
         piece = x[s * segment : (s + 1) * segment]
         for b in range(0, segment, block):
             _block_stages(piece[b : b + block])
-        _vstages(piece, block, segment, 8)
+        _vstages(piece, block, segment, np.intp(8))
     h = segment
     while h < n:
         points = _points(h, n, 8)
@@ -459,8 +460,8 @@ def _rotate_once(src, dst, signs, inv, first):  # pragma: no cover - compiled
             else:
                 _times_signs(dst[b : b + block], signs[b : b + block], inv)
             _block_stages(dst[b : b + block])
-        _vstages(dst[s : s + segment], block, segment, 8)
-    _vstages(dst, segment, d, 8)
+        _vstages(dst[s : s + segment], block, segment, np.intp(8))
+    _vstages(dst, segment, d, np.intp(8))
 
 
 @kernel
