@@ -200,8 +200,6 @@ def _float_kernel(general: bool, remainder: bool):
     on their cells' values, so the cases are cached side by side.
     """
 
-    code = _code_general if general else _code_fast
-
     def _discretize_float(
         first,
         stop_block,
@@ -222,6 +220,10 @@ def _float_kernel(general: bool, remainder: bool):
     ):  # pragma: no cover - compiled
         n = matrix.shape[1]
         num_rows = rows.shape[0]
+        # One form of the code: `general` is a constant of the closure, so numba prunes the
+        # other. (Not a closure cell holding the helper: numba's disk cache keys a closure on its
+        # cells' pickled values, and a dispatcher's differ from one process to the next.)
+        code = _code_general if general else _code_fast
         # The fast form sums code + low: subtract low once per row at the end.
         offset = 0
         if not general:
@@ -247,7 +249,7 @@ def _float_kernel(general: bool, remainder: bool):
                 c1 = coef[rows[i + 1]]
                 c2 = coef[rows[i + 2]]
                 c3 = coef[rows[i + 3]]
-                # `code` is a constant of the closure: the one form of the code this case uses.
+                # `code`: the one form of the code this case uses.
                 a0, a1, a2, a3, b0, b1, b2, b3 = _four_rows(
                     x0, x1, x2, x3, c0, c1, c2, c3, total, lo, hi, scale, low, high, shift, code
                 )

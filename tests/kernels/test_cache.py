@@ -78,3 +78,28 @@ def test_a_helper_refuses_a_call_from_python_and_runs_inside_kernels():
         np.array([[1.0, -2.0, 3.0]], np.float32), np.array([0, 3]), with_minmax=True
     )  # calls the helper from a kernel
     assert stats.tensor_min.tolist() == [[-2.0]] and stats.tensor_max.tolist() == [[3.0]]
+
+
+def test_every_kernel_closure_holds_plain_values_so_its_cache_key_is_stable():
+    """numba's disk cache keys a closure on its cells' pickled values. A cell holding a helper
+    (a dispatcher) pickles differently in every process, so such a kernel would compile again in
+    each one, filled cache or not: every case of aggkit's kernel factories holds bools and
+    integers only."""
+    import itertools
+
+    from numba.core.dispatcher import Dispatcher
+
+    from aggkit.kernels import discretize, quantize, row_stats
+
+    cases = [
+        *(row_stats._partials_kernel(*c) for c in itertools.product((False, True), repeat=3)),
+        *(quantize._row_sum_kernel(*c) for c in itertools.product((False, True), repeat=3)),
+        *(discretize._float_kernel(*c) for c in itertools.product((False, True), repeat=2)),
+    ]
+    for module in (discretize, quantize, row_stats):
+        cases += [d for d in vars(module).values() if isinstance(d, Dispatcher)]
+    closures = [d for d in cases if d.py_func.__closure__]
+    assert len(closures) >= 20  # the factories' cases and the helpers made by factories
+    for dispatcher in closures:
+        values = [cell.cell_contents for cell in dispatcher.py_func.__closure__]
+        assert all(type(v) in (bool, int) for v in values), (dispatcher, values)
