@@ -106,8 +106,12 @@ def _reason(error: pickle.UnpicklingError) -> str:
 
 
 def save(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a crash never leaves half a file)."""
+    """Write ``state`` to ``path`` atomically (a crash never leaves half a file), creating the
+    missing parent directories: the main job saves after its first round, and a
+    ``--checkpoint runs/job.ckpt`` whose ``runs/`` did not exist yet used to end the job there
+    with a traceback, losing the round."""
     payload = {"format": FORMAT, "state": to_plain(state)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{os.fspath(path)}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, path)

@@ -88,6 +88,16 @@ def test_other_files_are_refused_clearly(tmp_path):
         checkpoint.load(tmp_path / "foreign")
 
 
+def test_save_creates_missing_parent_directories(tmp_path):
+    # The main job saves after its first round: a --checkpoint in a directory that does not
+    # exist yet must not end the job there.
+    path = tmp_path / "runs" / "today" / "job.ckpt"
+    checkpoint.save(path, {"round": 3, "t": torch.arange(3)})
+    back = checkpoint.load(path)
+    assert back["round"] == 3 and torch.equal(back["t"], torch.arange(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["job.ckpt"]  # no .tmp left
+
+
 def test_numpy_values_round_trip_with_their_dtypes():
     state = {
         "a": (np.float64(0.1), np.int64(-3), np.uint64(2**64 - 1), np.bool_(True), ()),
