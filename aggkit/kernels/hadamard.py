@@ -192,9 +192,10 @@ def _tile(typingctx, x, start):  # pragma: no cover - compiled
         h = 1
         while h < lanes:
             swap = ir.Constant(lane_index, [j ^ h for j in range(lanes)])
-            # fma(v, s, partner): lanes without bit h get b * 1 + a = a + b, lanes with bit h
-            # get b * -1 + a = a - b (a the lane below, b this lane), each rounded once: the
-            # twin's bits, in one shuffle and one FMA instead of two adds and two shuffles.
+            # fma(v, s, partner), a the lower lane of a pair and b the upper: a lane without bit h
+            # holds a and gets a * 1 + b = a + b, a lane with bit h holds b and gets b * -1 + a =
+            # a - b, each rounded once: the twin's bits, in one shuffle and one FMA instead of two
+            # adds and two shuffles.
             flip = _opaque(
                 context,
                 builder,
