@@ -411,19 +411,24 @@ def array(
     ``contiguous=False``, for NumPy code) and writeable if asked."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
-    allowed = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,)))
+    # A round makes some 30 of these checks: compare the dtype with what the caller gave (a
+    # dtype equals its type and its name) before building anything, and loop instead of
+    # a generator (0.3-0.8 us a check instead of 2.2-2.4).
+    allowed = dtype if isinstance(dtype, tuple) else (dtype,)
     if value.dtype not in allowed:
-        names = " or ".join(str(d) for d in allowed)
+        names = " or ".join(str(np.dtype(d)) for d in allowed)
         raise TypeError(f"{name} must be {names}, got {value.dtype}")
     if shape is not None:
         ndim = len(shape)
     if ndim is not None and value.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {value.shape}")
-    if shape is not None and any(
-        want is not None and got != want for got, want in zip(value.shape, shape, strict=True)
-    ):
-        want = tuple("any" if d is None else d for d in shape)
-        raise ValueError(f"{name} must have shape {want}, got {value.shape}".replace("'", ""))
+    if shape is not None:
+        for got, want in zip(value.shape, shape, strict=True):
+            if want is not None and got != want:
+                want = tuple("any" if d is None else d for d in shape)
+                raise ValueError(
+                    f"{name} must have shape {want}, got {value.shape}".replace("'", "")
+                )
     if contiguous and not value.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray makes a copy)")
     if writeable and not value.flags.writeable:

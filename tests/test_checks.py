@@ -243,3 +243,28 @@ def test_rules_whose_kernels_read_the_tensors_take_float32_and_float64_only():
         _checks.floating_layout(layout, "ak.median", kernel_floats=True)
     with pytest.raises(TypeError, match=r"float32 or float64 tensors; got \['h'\]: float16"):
         ak.median().create(layout)
+
+
+# -- kernel arguments ------------------------------------------------------------------------------
+
+
+def test_array_rule_takes_dtypes_as_types_names_or_dtypes_and_names_what_is_wrong():
+    x = np.zeros((3, 4), np.float32)
+    for dtype in (np.float32, "float32", np.dtype("<f4"), (np.float64, np.float32)):
+        assert _checks.array(x, "x", dtype=dtype, shape=(None, 4)) is x
+    with pytest.raises(TypeError, match=r"^x must be float64 or int64, got float32$"):
+        _checks.array(x, "x", dtype=(np.float64, "int64"))
+    with pytest.raises(TypeError, match=r"^x must be float32, got >f4$"):  # byte order counts
+        _checks.array(x.astype(">f4"), "x", dtype=np.float32)
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray, got list"):
+        _checks.array([1.0], "x", dtype=np.float64)
+    with pytest.raises(ValueError, match=r"^x must have 1 dimension\(s\), got shape \(3, 4\)$"):
+        _checks.array(x, "x", dtype=np.float32, ndim=1)
+    with pytest.raises(ValueError, match=r"^x must have shape \(any, 5\), got \(3, 4\)$"):
+        _checks.array(x, "x", dtype=np.float32, shape=(None, 5))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _checks.array(x[:, ::2], "x", dtype=np.float32)
+    _checks.array(x[:, ::2], "x", dtype=np.float32, contiguous=False)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="x must be writeable"):
+        _checks.array(x, "x", dtype=np.float32, writeable=True)
