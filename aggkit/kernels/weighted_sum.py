@@ -22,6 +22,8 @@ NumPy twin reproduces them exactly. Accumulation is in float64 (int64 for intege
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -109,33 +111,46 @@ def add_rows(flat, n, rows, coef, out, lo, hi):  # pragma: no cover
         i += 1
 
 
-@kernel
-def _weighted_row_sum(
-    first, stop, flat, rows, coef, acc, block, fresh, bits, top, quotient, denominator
-):  # pragma: no cover
-    """Blocks ``first .. stop - 1`` of the sum (:func:`aggkit.kernels._jit.run_tasks` runs the
-    blocks on threads: a serial kernel compiles in half a parallel one's time). ``flat`` is the
-    matrix in C order, ``matrix.reshape(-1)`` from the caller (see :func:`add_rows`)."""
-    n = acc.shape[0]
-    for b in range(first, stop):
-        lo = b * block
-        hi = min2(lo + block, n)
-        out = acc[lo:hi]
-        m = out.shape[0]
-        if fresh:  # zero the block in cache, just before its rows are added
-            for j in range(m):
-                out[j] = 0
-        add_rows(flat, n, rows, coef, out, lo, hi)
-        if bits.shape[0]:  # while the block is in cache: its largest |value| as integer bits
-            seg = bits[lo:hi]
-            t = np.int64(0)
-            for j in range(m):
-                t = max2(t, seg[j] & _ABS_MASK)
-            top[b] = t
-        if quotient.shape[0]:  # ``acc / denominator``, while the block is in cache
-            dst = quotient[lo:hi]
-            for j in range(m):
-                dst[j] = out[j] / denominator
+@functools.cache
+def _sum_kernel(divide: bool):
+    """The weighted sum's kernel, with (``divide``) or without the fused division of a mean.
+
+    ``divide`` is a constant of the closure, so numba prunes the division loop before typing it
+    in a round that does not divide (``dp_aggregator``'s sum, which is noised first): the loop
+    took a fifth of the kernel's compile time with an empty cache (``docs/benchmarks-history.md``,
+    "Cold start", fourth pass). numba's disk cache keys closures on their cells' values, so the
+    two cases are cached side by side.
+    """
+
+    def _weighted_row_sum(
+        first, stop, flat, rows, coef, acc, block, fresh, bits, top, quotient, denominator
+    ):  # pragma: no cover
+        # Blocks first .. stop - 1 of the sum (run_tasks runs the blocks on threads: a serial
+        # kernel compiles in half a parallel one's time). flat is the matrix in C order,
+        # matrix.reshape(-1) from the caller (see add_rows).
+        n = acc.shape[0]
+        for b in range(first, stop):
+            lo = b * block
+            hi = min2(lo + block, n)
+            out = acc[lo:hi]
+            m = out.shape[0]
+            if fresh:  # zero the block in cache, just before its rows are added
+                for j in range(m):
+                    out[j] = 0
+            add_rows(flat, n, rows, coef, out, lo, hi)
+            if bits.shape[0]:  # while the block is in cache: its largest |value| as integer bits
+                seg = bits[lo:hi]
+                t = np.int64(0)
+                for j in range(m):
+                    t = max2(t, seg[j] & _ABS_MASK)
+                top[b] = t
+            if divide:  # ``acc / denominator``, while the block is in cache
+                dst = quotient[lo:hi]
+                for j in range(m):
+                    dst[j] = out[j] / denominator
+
+    _weighted_row_sum.__qualname__ = f"_weighted_row_sum{'_divided' * divide}"
+    return kernel(_weighted_row_sum)
 
 
 def _check_sum_args(
@@ -251,7 +266,7 @@ def weighted_row_sum(
     else:
         bits, top = _NO_BITS, _NO_BITS
     run_tasks(
-        _weighted_row_sum,
+        _sum_kernel(quotient is not None),
         num_blocks,
         matrix.reshape(-1),
         rows,

@@ -89,9 +89,10 @@ def test_every_kernel_closure_holds_plain_values_so_its_cache_key_is_stable():
 
     from numba.core.dispatcher import Dispatcher
 
-    from aggkit.kernels import discretize, quantize, row_stats
+    from aggkit.kernels import discretize, quantize, row_stats, weighted_sum
 
     cases = [
+        *(weighted_sum._sum_kernel(divide) for divide in (False, True)),
         *(row_stats._partials_kernel(*c) for c in itertools.product((False, True), repeat=3)),
         *(quantize._row_sum_kernel(*c) for c in itertools.product((False, True), repeat=3)),
         *(discretize._float_kernel(*c) for c in itertools.product((False, True), repeat=2)),
@@ -99,7 +100,7 @@ def test_every_kernel_closure_holds_plain_values_so_its_cache_key_is_stable():
     for module in (discretize, quantize, row_stats):
         cases += [d for d in vars(module).values() if isinstance(d, Dispatcher)]
     closures = [d for d in cases if d.py_func.__closure__]
-    assert len(closures) >= 20  # the factories' cases and the helpers made by factories
+    assert len(closures) >= 22  # the factories' cases and the helpers made by factories
     for dispatcher in closures:
         values = [cell.cell_contents for cell in dispatcher.py_func.__closure__]
         assert all(type(v) in (bool, int) for v in values), (dispatcher, values)
