@@ -413,7 +413,7 @@ def array(
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
     # A round makes some 30 of these checks: compare the dtype with what the caller gave (a
     # dtype equals its type and its name) before building anything, and loop instead of
-    # a generator (0.3-0.8 us a check instead of 2.2-2.4).
+    # building a generator.
     allowed = dtype if isinstance(dtype, tuple) else (dtype,)
     if value.dtype not in allowed:
         names = " or ".join(str(np.dtype(d)) for d in allowed)

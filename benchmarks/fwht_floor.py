@@ -1,8 +1,10 @@
-"""The Hadamard rotation's floor on this machine: peak vector adds, the FWHT's rate, the arithmetic.
+"""The Hadamard rotation's floor on the machine it runs on: peak vector adds, the FWHT's rate,
+the arithmetic and the memory traffic.
 
 Issue 26 asks ``ak.mean(ak.hadamard(ak.sum()))`` for 0.3x the BLAS probe ``w @ X`` (and 0.25x
 around ``ak.quantized_sum()``). A rotation is compute, the probe is one read of the client matrix,
-so the ratio has a ceiling set by the CPU's vector adders. This script measures it:
+so the ratio has two ceilings: the CPU's vector adders and the bytes a round moves (a rotated row
+that does not fit the L2 leaves the core and comes back). This script measures both:
 
 * ``peak``: float32 512-bit vector operations per ns on one core (thread CPU time), as
   independent chains of ``v = v + c`` (the adders), of ``v = fma(v, m, c)`` (the multiply-add
@@ -44,18 +46,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from aggkit.kernels.hadamard import _fma
+
 #: Vector operations per call of a peak kernel: CHAINS independent chains, DEPTH deep.
 CHAINS, DEPTH = 12, 64
 LANES = 16  # float32 lanes of a 512-bit vector
-
-
-def _declare_fma(module, vector):
-    """``llvm.fma`` on ``vector`` (llvmlite's ``declare_intrinsic`` takes scalar types only)."""
-    name = f"llvm.fma.v{vector.count}f32"
-    existing = module.globals.get(name)
-    if existing is not None:
-        return existing
-    return ir.Function(module, ir.FunctionType(vector, [vector] * 3), name=name)
 
 
 def _peak(kind: str):
@@ -77,13 +72,12 @@ def _peak(kind: str):
             ]
             values = [builder.load(p, align=4) for p in pointers[:chains]]
             c, m = (builder.load(p, align=4) for p in pointers[chains:])
-            fma = _declare_fma(builder.module, vector)
             for _ in range(DEPTH):
                 for k, v in enumerate(values):
                     if kind == "add" or (kind == "mix" and k % 2 == 0):
                         values[k] = builder.fadd(v, c)
                     else:
-                        values[k] = builder.call(fma, [v, m, c])
+                        values[k] = _fma(builder, v, m, c)  # the kernels' own llvm.fma
             for v, p in zip(values, pointers, strict=False):
                 builder.store(v, p, align=4)
             return context.get_dummy_value()
@@ -342,9 +336,9 @@ def main() -> None:
         "--probe-ms", type=float, help="the probe's time to divide by (default: measured here)"
     )
     args = parser.parse_args()
-    from benchmarks.slow_paths import _cpu_jiffies, steal_percent
+    from benchmarks.slow_paths import cpu_jiffies, steal_percent
 
-    jiffies = _cpu_jiffies()
+    jiffies = cpu_jiffies()
     print(f"load {os.getloadavg()}", flush=True)
     if args.passes:
         print("\n".join(passes(args.passes, args.rounds)))
@@ -360,7 +354,7 @@ def main() -> None:
         print("FWHT element-stages per ns: " + ", ".join(f"{k} {v:.1f}" for k, v in fwht.items()))
         probe = args.probe_ms if args.probe_ms else probe_ms()
         print("\n".join(floor_table(peaks, fwht, probe)))
-    print(f"load {os.getloadavg()}, host steal {steal_percent(jiffies, _cpu_jiffies())}%")
+    print(f"load {os.getloadavg()}, host steal {steal_percent(jiffies, cpu_jiffies())}%")
 
 
 if __name__ == "__main__":

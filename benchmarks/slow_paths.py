@@ -65,7 +65,7 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
+def cpu_jiffies() -> tuple[int, int] | None:
     """``(steal, total)`` clock ticks of all CPUs since boot from ``/proc/stat`` (Linux; None
     elsewhere). On a virtual machine, steal is the time the host gave this machine's CPUs to
     another guest: the load average cannot show it, and it slows every measurement here."""
@@ -80,7 +80,7 @@ def _cpu_jiffies() -> tuple[int, int] | None:
 
 
 def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """Share of the CPUs' time stolen by the host between two :func:`_cpu_jiffies` readings.
+    """Share of the CPUs' time stolen by the host between two :func:`cpu_jiffies` readings.
 
     >>> steal_percent((10, 1000), (30, 1200))
     10.0
@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     for part in PARTS:
         if part in args.skip:
             continue
-        before, jiffies = _load(), _cpu_jiffies()
+        before, jiffies = _load(), cpu_jiffies()
         data[part] = steps[part]()
         data["load"][part] = [before, _load()]
-        data["steal_percent"][part] = steal_percent(jiffies, _cpu_jiffies())
+        data["steal_percent"][part] = steal_percent(jiffies, cpu_jiffies())
         if args.json:  # partial results survive an interrupted run
             args.json.write_text(json.dumps(data, indent=1))
     print(render(table(data)))

@@ -31,9 +31,8 @@ work for the cache and the vector unit:
   vector.
 * Every difference ``a - b`` is computed as ``fma(b, -1, a)``: the product is exact, so the one
   rounding gives the subtraction's bits (signed zeros included), but it runs on the multiply-add
-  pipes while the sums run on the adders (AMD's Zen cores have two of each; the FWHT of a 2**19
-  float32 vector went from 0.157 to 0.127 ms of CPU, ``docs/benchmarks-history.md``, "Hadamard
-  rotation, second look").
+  pipes while the sums run on the adders, on cores that have both kinds of pipe
+  (``docs/benchmarks-history.md``, "Hadamard rotation, second look", has the figures).
 * An L1 *block* (:data:`BLOCK_BYTES`) is loaded from the client row (signs applied, padding
   added) and taken through every stage below its size: its tiles, then 16-point vector
   butterflies.
